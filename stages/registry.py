@@ -1,0 +1,22 @@
+"""Each stage's declared interface: the params keys it reads and the code it depends on.
+
+The single home of what a stage depends on. The Snakemake rules read it; `dvc.yaml` lists the same
+keys and files, and a test keeps the two orchestrators equal. Code dependencies are the stage's
+own entry point and the library modules holding its algorithm (not shared plumbing such as the
+config module, so that adding a parameter does not invalidate hours of GPTQ).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Stage(NamedTuple):
+    params: tuple[str, ...]
+    code: tuple[str, ...]
+
+
+STAGES: dict[str, Stage] = {
+    "prepare": Stage(params=("model", "task"),
+                     code=("stages/prepare.py", "src/autoqra/models.py", "src/autoqra/tasks.py")),
+}

@@ -1,0 +1,75 @@
+"""Shared fixtures: the smoke task, the tiny model (built once per session), project copies."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "DVC_NO_ANALYTICS"):
+    os.environ[_var] = "1"
+os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count() or 2)))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def smoke_params():
+    from autoqra.config import load_params
+    from stages.params import compose
+
+    return load_params(compose(["experiment=smoke"]))
+
+
+@pytest.fixture(scope="session")
+def smoke():
+    return smoke_params()
+
+
+@pytest.fixture(scope="session")
+def task_dir(tmp_path_factory, smoke):
+    from autoqra import tasks
+
+    out = tmp_path_factory.mktemp("task")
+    sizes = {s: getattr(smoke.task, s) for s in tasks.SPLITS}
+    tasks.write_splits(tasks.generate(smoke.task.families, sizes, smoke.task.seed), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, smoke, task_dir):
+    """The prepared tiny model (char tokenizer, pre-trained on the smoke train split)."""
+    from autoqra import models, tasks
+
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    models.prepare_model("tiny", out, smoke.model.tiny, tasks.read_split(task_dir, "train"), smoke.model.tiny.seed)
+    return out
+
+
+def project_files() -> list[str]:
+    """Tracked files plus untracked files git does not ignore: what a clean clone would hold."""
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                         capture_output=True, check=True).stdout.decode()
+    return sorted({f for f in out.split("\0") if f and (ROOT / f).is_file()})
+
+
+def copy_project(dest: Path, git_commit: bool = False) -> Path:
+    for rel in project_files():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, target)
+    if git_commit:
+        for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+            subprocess.run(cmd, cwd=dest, check=True)
+    return dest
+
+
+def run_tool(args: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,57 @@
+"""Model resolution: the embedded SmolLM2 knows Paris, the tiny model is deterministic and fast to load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from autoqra import models, tasks
+
+
+@pytest.mark.slow
+def test_embedded_model_completes_paris(tmp_path):
+    info = models.prepare_model("embedded", tmp_path / "m", None, [], 0)
+    assert "GGUF" in info["origin"] and info["parameters"] == 134_515_008
+    tok = models.load_tokenizer(tmp_path / "m")
+    model = models.load_model(tmp_path / "m")
+    assert not hasattr(model.config, "quantization_config")
+    ids = tok("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=6, do_sample=False)
+    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+def test_tiny_model_is_deterministic_and_pretrained(tmp_path, tiny_dir, smoke, task_dir):
+    train = tasks.read_split(task_dir, "train")
+    models.prepare_model("tiny", tmp_path / "again", smoke.model.tiny, train, smoke.model.tiny.seed)
+    a = load_file(tiny_dir / "model.safetensors")
+    b = load_file(tmp_path / "again" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    tok = models.load_tokenizer(tiny_dir)
+    model = models.load_model(tiny_dir)
+    val = tasks.read_split(task_dir, "val")
+    batch = tasks.collate([tasks.encode(tok, ex, 96) for ex in val], tok.pad_token_id)
+    fresh = type(model)(model.config).eval()
+    with torch.no_grad():
+        trained_loss, fresh_loss = model(**batch).loss.item(), fresh(**batch).loss.item()
+    assert trained_loss < 0.6 * fresh_loss  # pre-training learned the task format
+
+
+def test_missing_local_model_is_rejected_before_work(tmp_path):
+    from autoqra.config import ParamError, check_model_source
+
+    with pytest.raises(ParamError, match="model.source"):
+        check_model_source(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ParamError, match="no config.json"):
+        check_model_source(str(tmp_path / "empty"))
+    with pytest.raises(ParamError, match="Hugging Face cache"):
+        check_model_source("someone/not-downloaded-model")
+
+
+def test_local_folder_source_is_copied(tmp_path, tiny_dir):
+    info = models.prepare_model(str(tiny_dir), tmp_path / "copy", None, [], 0)
+    assert "copied" in info["origin"]
+    assert (tmp_path / "copy" / "model.safetensors").read_bytes() == (tiny_dir / "model.safetensors").read_bytes()

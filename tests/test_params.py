@@ -1,0 +1,88 @@
+"""Parameters: composition, overrides on both orchestrators, and one-line errors naming the key."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import ROOT, run_tool
+
+from autoqra.config import ParamError, load_params, params_schema
+from stages import params as P
+
+
+def test_params_yaml_is_the_default_composition():
+    assert (ROOT / "params.yaml").read_text() == P.to_yaml(P.compose([]))
+
+
+def test_schema_file_is_generated_from_the_dataclasses():
+    assert json.loads((ROOT / "workflow/schemas/params.schema.json").read_text()) == params_schema()
+
+
+def test_default_composition_validates_and_round_trips():
+    tree = P.compose([])
+    from autoqra.config import to_dict
+
+    assert to_dict(load_params(tree)) == tree
+
+
+def test_smoke_experiment_overrides_groups_and_values():
+    tree = P.compose(["experiment=smoke", "search.population=16"])
+    assert tree["model"]["source"] == "tiny"
+    assert tree["quant"]["group_size"] == 32
+    assert tree["search"]["population"] == 16
+
+
+@pytest.mark.parametrize("config, expected", [
+    ({"search": {"population": 16}}, ["search.population=16"]),
+    ({"experiment": "smoke", "quant": {"bits": ["2", "4"]}}, ["experiment=smoke", "quant.bits=[2,4]"]),
+    ({"finetune": {"lr": "1e-3"}, "search": {"storage": "null"}}, ["finetune.lr=0.001", "search.storage=null"]),
+    ({"model": {"source": "/a b/c"}}, ["model.source='/a b/c'"]),
+])
+def test_snakemake_config_is_flattened_to_hydra_overrides(config, expected):
+    assert P.flatten_overrides(config) == expected
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["search.population=-3"], "search.population"),
+    (["quant.bits=[5]"], "quant.bits"),
+    (["search.populaton=8"], "search.populaton"),
+    (["model.source=/nonexistent/model"], "model.source"),
+    (["experiment=smok"], "experiment"),
+    (["finetune.schedule=step"], "finetune.schedule"),
+    (["quant.calib_samples=500"], "quant.calib_samples"),
+    (["search.fidelities=[32,8]"], "search.fidelities"),
+    (["lora.ranks=true"], "lora.ranks"),
+    (["task.source=/no/such/file.jsonl"], "task.source"),
+])
+def test_bad_values_fail_in_one_line_naming_the_key(overrides, key):
+    with pytest.raises(ParamError) as err:
+        load_params(P.compose(overrides))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(key)
+
+
+def test_type_errors_name_the_type():
+    with pytest.raises(ParamError, match=r"search.population='many': must be of type int"):
+        load_params(P.compose(["search.population=many"]))
+
+
+@pytest.mark.parametrize("config, key", [
+    ("search={population: -3}", "search.population"),
+    ("quant={bits: [5]}", "quant.bits"),
+    ("search={populaton: 8}", "search.populaton"),
+    ("model={source: /nonexistent/model}", "model.source"),
+])
+def test_snakemake_rejects_bad_config_naming_the_key(config, key):
+    res = run_tool(["snakemake", "-n", "--config", config], cwd=ROOT, timeout=60)
+    assert res.returncode != 0
+    assert f"invalid parameter: {key}" in res.stdout + res.stderr
+
+
+def test_snakemake_passes_a_composed_file_only_when_overridden(tmp_path):
+    tree = P.compose([])
+    assert P.params_file(tree) == "params.yaml"
+    smoke = P.compose(["experiment=smoke"])
+    path = P.params_file(smoke, root=tmp_path)
+    assert yaml.safe_load((tmp_path / path).read_text()) == smoke

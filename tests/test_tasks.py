@@ -1,0 +1,126 @@
+"""The task generator is deterministic, its splits disjoint, and every answer re-derivable."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from autoqra import tasks
+
+SIZES = {"train": 400, "val": 60, "test": 60, "calib": 40}
+FAMILIES = ["arithmetic", "strings", "lists", "units"]
+UNIT_FACTORS = {("kilometers", "meters"): 1000, ("meters", "centimeters"): 100, ("hours", "minutes"): 60,
+                ("minutes", "seconds"): 60, ("kilograms", "grams"): 1000, ("feet", "inches"): 12}
+
+
+def rederive(prompt: str) -> str:
+    """Solve a prompt from its text alone (independent of the generator's code)."""
+    if m := re.fullmatch(r"What is (\d+) ([-+*]) (\d+)\?", prompt):
+        a, op, b = int(m[1]), m[2], int(m[3])
+        return str({"+": a + b, "-": a - b, "*": a * b}[op])
+    if m := re.fullmatch(r"Reverse the word '(\w+)'\.", prompt):
+        return m[1][::-1]
+    if m := re.fullmatch(r"Write '(\w+)' in capital letters\.", prompt):
+        return m[1].upper()
+    if m := re.fullmatch(r"How many times does the letter '(\w)' occur in '(\w+)'\?", prompt):
+        return str(sum(ch == m[1] for ch in m[2]))
+    if m := re.fullmatch(r"Remove the vowels from '(\w+)'\.", prompt):
+        return re.sub("[aeiou]", "", m[1])
+    if m := re.fullmatch(r"(Sort in ascending order: |What is the largest of |What is the sum of |"
+                         r"Reverse the list: )([\d, ]+)[.?]", prompt):
+        xs = [int(x) for x in m[2].split(", ")]
+        op = m[1].split()[0]
+        out = {"Sort": sorted(xs), "Reverse": xs[::-1]}.get(op)
+        if out is not None:
+            return ", ".join(map(str, out))
+        return str(max(xs) if "largest" in m[1] else sum(xs))
+    if m := re.fullmatch(r"Convert ([\d.]+) (\w+) to (\w+)\.", prompt):
+        value = float(m[1]) * UNIT_FACTORS[(m[2], m[3])]
+        return str(int(value)) if value.is_integer() else f"{value:g}"
+    raise AssertionError(f"unparsed prompt: {prompt}")
+
+
+def test_same_seed_same_splits_other_seed_other_splits():
+    a = tasks.generate(FAMILIES, SIZES, seed=3)
+    assert a == tasks.generate(FAMILIES, SIZES, seed=3)
+    b = tasks.generate(FAMILIES, SIZES, seed=4)
+    for split in tasks.SPLITS:
+        assert [r["prompt"] for r in a[split]] != [r["prompt"] for r in b[split]]
+
+
+def test_every_answer_is_rederivable_for_every_family():
+    splits = tasks.generate(FAMILIES, SIZES, seed=0)
+    kinds = set()
+    for rows in splits.values():
+        for r in rows:
+            assert rederive(r["prompt"]) == r["answer"], r
+            assert r["messages"][-1] == {"role": "assistant", "content": r["answer"]}
+            kinds.add((r["family"], r["kind"]))
+    assert {f for f, _ in kinds} == set(FAMILIES)
+    assert len(kinds) == 3 + 4 + 4 + 6  # every kind of every family occurs
+
+
+def test_splits_are_disjoint_sized_and_balanced():
+    splits = tasks.generate(FAMILIES, SIZES, seed=0)
+    prompts = [r["prompt"] for rows in splits.values() for r in rows]
+    assert len(prompts) == len(set(prompts)) == sum(SIZES.values())
+    counts = pd.Series([r["family"] for r in splits["train"]]).value_counts()
+    assert counts.max() - counts.min() <= 1
+
+
+def test_written_splits_round_trip(tmp_path):
+    splits = tasks.generate(["lists"], {"train": 5, "val": 2, "test": 2, "calib": 2}, seed=1)
+    tasks.write_splits(splits, tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {f"{s}.jsonl" for s in tasks.SPLITS}
+    assert tasks.read_split(tmp_path, "val") == splits["val"]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_user_tables_with_custom_columns(tmp_path, suffix):
+    rows = [{"q": f"question {i}", "a": f"answer {i}"} for i in range(30)]
+    path = tmp_path / f"data{suffix}"
+    if suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif suffix == ".csv":
+        pd.DataFrame(rows).to_csv(path, index=False)
+    else:
+        pd.DataFrame(rows).to_parquet(path)
+    sizes = {"train": 100, "val": 5, "test": 5, "calib": 4}
+    splits = tasks.build(str(path), [], sizes, seed=0, prompt_column="q", answer_column="a")
+    assert [len(splits[s]) for s in tasks.SPLITS] == [20, 5, 5, 4]
+    assert {r["prompt"] for r in splits["val"]}.isdisjoint(r["prompt"] for r in splits["train"])
+    assert all(r["answer"] == r["prompt"].replace("question", "answer") for s in splits.values() for r in s)
+    assert splits == tasks.build(str(path), [], sizes, seed=0, prompt_column="q", answer_column="a")
+
+
+def test_user_split_column_is_respected(tmp_path):
+    rows = [{"prompt": f"p{i}", "answer": "x", "split": "train" if i < 8 else "val" if i < 10 else "test"}
+            for i in range(12)]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    splits = tasks.build(str(path), [], {"train": 100, "val": 100, "test": 100, "calib": 3}, seed=0)
+    assert [r["prompt"] for r in splits["val"]] == ["p8", "p9"]
+    assert len(splits["calib"]) == 3
+
+
+def test_missing_column_and_empty_split_are_clear_errors(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"question": "a", "answer": "b"}\n')
+    with pytest.raises(ValueError, match=r"task.prompt_column='prompt': no such column .*question"):
+        tasks.build(str(path), [], {"train": 1, "val": 1, "test": 1, "calib": 1}, seed=0)
+    with pytest.raises(ValueError, match="split is empty"):
+        tasks.build(str(path), [], {"train": 1, "val": 1, "test": 1, "calib": 1}, seed=0, prompt_column="question")
+
+
+def test_encoding_scores_only_answer_tokens(tiny_dir):
+    from autoqra.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_dir)
+    ex = {"prompt": "What is 2 + 2?", "answer": "4"}
+    ids, labels = tasks.encode(tok, ex, max_length=64)
+    scored = [t for t in labels if t != -100]
+    assert tok.decode(scored) == "4</s>" and len(ids) == len(labels)
+    assert tasks.prompt_ids(tok, ex) == ids[: len(ids) - len(scored)]
