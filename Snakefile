@@ -33,9 +33,12 @@ def stage_code(name):
 
 
 include: "workflow/rules/prepare.smk"
+include: "workflow/rules/quantize.smk"
 
 
 rule all:
     default_target: True
     input:
         "data/prepare",
+        expand("data/quantize/b{bits}", bits=BITS),
+        "data/profile",

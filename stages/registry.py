@@ -19,4 +19,9 @@ class Stage(NamedTuple):
 STAGES: dict[str, Stage] = {
     "prepare": Stage(params=("model", "task"),
                      code=("stages/prepare.py", "src/autoqra/models.py", "src/autoqra/tasks.py")),
+    "quantize": Stage(params=("quant.group_size", "quant.sym", "quant.desc_act", "quant.damp", "quant.calib_samples",
+                              "quant.max_length", "quant.targets"),
+                      code=("stages/quantize.py", "src/autoqra/quant.py")),
+    "profile": Stage(params=("profile",),
+                     code=("stages/profile.py", "src/autoqra/priors.py")),
 }

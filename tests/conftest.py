@@ -73,3 +73,31 @@ def copy_project(dest: Path, git_commit: bool = False) -> Path:
 def run_tool(args: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def calibration(model_dir, task_dir, n=32, max_length=256):
+    from autoqra import models, tasks
+
+    tok = models.load_tokenizer(model_dir)
+    return [tasks.encode(tok, ex, max_length)[0] for ex in tasks.read_split(task_dir, "calib")[:n]]
+
+
+def quantize_all(model_dir, task_dir, out_root, bits=(2, 3, 4, 8), group_size=64):
+    from autoqra import quant
+
+    calib = calibration(model_dir, task_dir)
+    caches = {}
+    for b in bits:
+        out = Path(out_root) / f"b{b}"
+        quant.gptq_quantize(model_dir, calib, b, group_size, True, False, 0.01, TARGETS, out)
+        caches[b] = quant.QuantCache(out)
+    return caches
+
+
+@pytest.fixture(scope="session")
+def tiny_caches(tmp_path_factory, tiny_dir, task_dir):
+    """GPTQ caches of the tiny model at 2, 3, 4 and 8 bits (group 64, as in the smoke experiment)."""
+    return quantize_all(tiny_dir, task_dir, tmp_path_factory.mktemp("caches"))

@@ -9,12 +9,20 @@ from conftest import ROOT, copy_project, run_tool
 from workflow_util import dvc_stages, snakemake_jobs
 
 from autoqra import fingerprint
+from stages import params as P
 from stages.registry import STAGES
 
 
-@pytest.mark.parametrize("config", [{}, {"experiment": "smoke"}])
-def test_snakemake_and_dvc_define_the_same_stages(config):
-    smk, dvc = snakemake_jobs(ROOT, config), dvc_stages(ROOT)
+@pytest.mark.parametrize("overrides", [[], ["experiment=smoke", "quant.bits=[3,8,16]"]])
+def test_snakemake_and_dvc_define_the_same_stages(tmp_path, overrides):
+    root = ROOT
+    if overrides:  # DVC reads params.yaml: write the composition `dvc exp run -S` would write
+        root = copy_project(tmp_path, git_commit=True)
+        (root / "params.yaml").write_text(P.to_yaml(P.compose(overrides)))
+    config = dict(o.split("=", 1) for o in overrides)
+    if "quant.bits" in config:
+        config["quant"] = {"bits": config.pop("quant.bits").strip("[]").split(",")}
+    smk, dvc = snakemake_jobs(root, config), dvc_stages(root)
     assert smk.keys() == dvc.keys()
     for name, job in smk.items():
         assert job == dvc[name], name
@@ -71,3 +79,35 @@ def test_prepare_default_embedded_same_files_from_both(tmp_path):
     smk_dir, dvc_dir = _run_both(tmp_path, [])
     assert json.loads((dvc_dir / "data/prepare/metrics.json").read_text())["source"] == "embedded"
     _assert_same_and_idempotent(smk_dir, dvc_dir, [])
+
+
+UNRELATED = {"search": "{population: 9, fidelities: [2, 6]}", "lora": "{ranks: [4, 16], dropout: 0.1}",
+             "finetune": "{lr: 0.001, steps: 7}"}
+
+
+@pytest.mark.slow
+def test_search_lora_finetune_changes_rerun_neither_quantize_nor_profile(tmp_path):
+    smk_dir = copy_project(tmp_path / "smk")
+    res = run_tool(["snakemake", "--cores", "2", "data/profile", "--config", "experiment=smoke"], cwd=smk_dir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    changed = [f"{k}={v}" for k, v in UNRELATED.items()]
+    dry = run_tool(["snakemake", "-n", "data/profile", "--config", "experiment=smoke", *changed], cwd=smk_dir)
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+    # the test can fail: quant.* re-runs quantize and profile, profile.* re-runs profile only
+    dry = run_tool(["snakemake", "-n", "data/profile", "--config", "experiment=smoke", "quant={damp: 0.02}"],
+                   cwd=smk_dir)
+    assert "rule quantize:" in dry.stdout and "rule profile:" in dry.stdout
+    dry = run_tool(["snakemake", "-n", "data/profile", "--config", "experiment=smoke", "profile={samples: 8}"],
+                   cwd=smk_dir)
+    assert "rule quantize:" not in dry.stdout and "rule profile:" in dry.stdout
+
+    dvc_dir = copy_project(tmp_path / "dvc", git_commit=True)
+    res = run_tool(["dvc", "exp", "run", "-S", "experiment=smoke", "profile"], cwd=dvc_dir)
+    assert res.returncode == 0 and "Running stage 'quantize@2'" in res.stdout, res.stdout[-3000:]
+    dotted = ["search.population=9", "search.fidelities=[2,6]", "lora.ranks=[4,16]", "lora.dropout=0.1",
+              "finetune.lr=0.001", "finetune.steps=7"]
+    res = run_tool(["dvc", "exp", "run", "-S", "experiment=smoke", *[a for d in dotted for a in ("-S", d)],
+                    "profile"], cwd=dvc_dir)
+    assert res.returncode == 0 and "Running stage" not in res.stdout, res.stdout[-3000:]
+    res = run_tool(["dvc", "exp", "run", "-S", "experiment=smoke", "-S", "profile.samples=8", "profile"], cwd=dvc_dir)
+    assert "Running stage 'profile'" in res.stdout and "Running stage 'quantize" not in res.stdout, res.stdout

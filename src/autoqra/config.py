@@ -42,7 +42,7 @@ class TinyParams:
     heads: int = spec(4, help="attention heads", min=1)
     kv_heads: int = spec(2, help="key/value heads (grouped-query attention)", min=1)
     pretrain_steps: int = spec(300, help="pre-training steps on the task's train split", min=0)
-    pretrain_lr: float = spec(3e-3, help="pre-training learning rate", min=0.0, exclusive_min=True)
+    pretrain_lr: float = spec(1e-2, help="pre-training learning rate", min=0.0, exclusive_min=True)
     pretrain_batch: int = spec(16, help="pre-training batch size", min=1)
     seed: int = spec(0, help="initialisation and data-order seed", min=0)
 
@@ -100,8 +100,8 @@ class TaskParams:
 class QuantParams:
     """GPTQ settings: the bit ladder and how each bit-width is quantized."""
 
-    bits: list[int] = spec([2, 3, 4, 8], help="candidate bit-widths (16 = leave unquantized)",
-                           items={"choices": [2, 3, 4, 8, 16]}, min_items=1, unique=True)
+    bits: list[int] = spec([2, 3, 4, 8], help="candidate bit-widths, ascending (16 = leave unquantized)",
+                           items={"choices": [2, 3, 4, 8, 16]}, min_items=1, increasing=True)
     group_size: int = spec(64, help="GPTQ group size (must divide every target's in_features)",
                            choices=[16, 32, 64, 128, 256])
     sym: bool = spec(True, help="symmetric quantization")
@@ -109,6 +109,7 @@ class QuantParams:
     damp: float = spec(0.01, help="GPTQ dampening (fraction of the mean Hessian diagonal)",
                        min=0.0, max=1.0, exclusive_min=True)
     calib_samples: int = spec(128, help="calibration sequences (from the calib split)", min=1)
+    max_length: int = spec(256, help="tokens per calibration sequence", min=8)
     targets: list[str] = spec(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                               help="target linears inside each block (quantized and adapted)",
                               min_items=1, unique=True)
@@ -118,8 +119,8 @@ class QuantParams:
 class LoraParams:
     """The LoRA rank ladder and adapter hyper-parameters."""
 
-    ranks: list[int] = spec([4, 8, 16], help="candidate ranks (0 = no adapter on that unit)",
-                            items={"min": 0, "max": 1024}, min_items=1, unique=True)
+    ranks: list[int] = spec([4, 8, 16], help="candidate ranks, ascending (0 = no adapter on that unit)",
+                            items={"min": 0, "max": 1024}, min_items=1, increasing=True)
     alpha_ratio: float = spec(2.0, help="lora_alpha = alpha_ratio * rank", min=0.0, exclusive_min=True)
     dropout: float = spec(0.05, help="LoRA dropout", min=0.0, max=0.9)
 
@@ -130,6 +131,7 @@ class ProfileParams:
 
     samples: int = spec(32, help="calibration sequences used for I_q and I_r", min=1)
     batch_size: int = spec(8, help="batch size of the profile passes", min=1)
+    max_length: int = spec(256, help="tokens per profile sequence", min=8)
 
 
 @dataclass

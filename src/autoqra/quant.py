@@ -1,0 +1,228 @@
+"""GPTQ through GPTQModel: quantize once per bit-width, then assemble any mixed configuration.
+
+A *cache* is one GPTQModel checkpoint holding every target linear of the model at one bit-width
+(`qweight`, `qzeros`, `scales`, `g_idx` in GPTQ v1 format). A mixed configuration never runs GPTQ:
+its modules are copied out of the caches, by one of two weight backends,
+
+- `packed`: a real mixed-precision GPTQ checkpoint (per-module bits in GPTQModel's `dynamic` config)
+  loaded with GPTQModel's quantized layers: the memory savings are real (what a GPU run uses);
+- `dequant`: the same grid dequantized once into plain `nn.Linear` weights (fastest on the CPU).
+
+Unit and module names are full Hugging Face module names (`model.layers.3.self_attn.q_proj`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoqra import fingerprint
+
+TENSORS = ("qweight", "qzeros", "scales", "g_idx")
+UNQUANTIZED = 16
+_BASE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "chat_template.jinja", "tokenizer.model")
+
+
+def target_modules(model: nn.Module, targets: list[str] | tuple[str, ...]) -> dict[str, nn.Linear]:
+    """The target linears of the decoder blocks, by full name, in model order."""
+    found = {name: mod for name, mod in model.named_modules()
+             if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in targets and ".layers." in name}
+    if not found:
+        raise ValueError(f"quant.targets={list(targets)}: no such linear inside the model's decoder layers")
+    return found
+
+
+def rtn(w: torch.Tensor, bits: int, group_size: int, sym: bool = True) -> torch.Tensor:
+    """Round-to-nearest on GPTQ's own grid (per output row and input group): the baseline GPTQ must beat."""
+    out_f, in_f = w.shape
+    g = w.float().reshape(out_f, in_f // group_size, group_size)
+    maxq = 2**bits - 1
+    lo, hi = g.amin(-1, keepdim=True).clamp(max=0), g.amax(-1, keepdim=True).clamp(min=0)
+    if sym:
+        hi = torch.maximum(hi, -lo)
+        lo = torch.where(lo < 0, -hi, lo)
+    scale = ((hi - lo) / maxq).clamp(min=1e-12)
+    zero = torch.full_like(scale, (maxq + 1) / 2) if sym else torch.round(-lo / scale)
+    q = torch.clamp(torch.round(g / scale) + zero, 0, maxq)
+    return (scale * (q - zero)).reshape(out_f, in_f)
+
+
+class QuantCache:
+    """One bit-width's GPTQ checkpoint (`data/quantize/b{bits}`), read lazily from safetensors."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        cfg = json.loads((self.path / "quantize_config.json").read_text())
+        self.bits, self.group_size = int(cfg["bits"]), int(cfg["group_size"])
+        self.sym, self.desc_act = bool(cfg["sym"]), bool(cfg.get("desc_act") or False)
+        self.config = cfg
+        self._files = sorted(self.path.glob("*.safetensors"))
+
+    @cached_property
+    def _index(self) -> dict[str, Path]:
+        from safetensors import safe_open
+
+        index = {}
+        for f in self._files:
+            with safe_open(f, "pt") as fh:
+                index.update({k: f for k in fh.keys()})
+        return index
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Content hash of the packed tensors and the grid settings (not of logs or timings)."""
+        metrics = self.path / "metrics.json"
+        if metrics.exists() and "cache_fingerprint" in (m := json.loads(metrics.read_text())):
+            return m["cache_fingerprint"]
+        return cache_fingerprint(self.path)
+
+    @cached_property
+    def modules(self) -> list[str]:
+        """Full names of the quantized modules in this cache."""
+        return sorted(k[: -len(".qweight")] for k in self._index if k.endswith(".qweight"))
+
+    def tensors(self, module: str) -> dict[str, torch.Tensor]:
+        """The packed tensors of one module, exactly as stored."""
+        from safetensors import safe_open
+
+        out = {}
+        for name in TENSORS:
+            key = f"{module}.{name}"
+            if key not in self._index:
+                raise KeyError(f"{module}: not in the {self.bits}-bit cache {self.path}")
+            with safe_open(self._index[key], "pt") as fh:
+                out[name] = fh.get_tensor(key)
+        return out
+
+    def dequantized(self, module: str, in_features: int, out_features: int) -> torch.Tensor:
+        """fp32 weight (out, in) of one module, on exactly the stored grid."""
+        return dequantize(self.tensors(module), self.bits, self.group_size, self.sym, self.desc_act,
+                          in_features, out_features)
+
+
+def cache_fingerprint(path: str | Path) -> str:
+    cfg = json.loads((Path(path) / "quantize_config.json").read_text())
+    grid = {k: cfg.get(k) for k in ("bits", "group_size", "sym", "desc_act", "format")}
+    files = [fingerprint.of_file(f) for f in sorted(Path(path).glob("*.safetensors"))]
+    return fingerprint.of_data({"grid": grid, "files": files})
+
+
+def dequantize(tensors: dict[str, torch.Tensor], bits: int, group_size: int, sym: bool, desc_act: bool,
+               in_features: int, out_features: int) -> torch.Tensor:
+    """Unpack GPTQ v1 tensors with GPTQModel's own TorchLinear (fp32 scales), returning (out, in)."""
+    from gptqmodel.nn_modules.qlinear.torch import TorchLinear
+    from gptqmodel.utils.model import convert_gptq_v1_to_v2_format_module
+
+    layer = TorchLinear(bits=bits, group_size=group_size, sym=sym, desc_act=desc_act, in_features=in_features,
+                        out_features=out_features, bias=False, pack_dtype=torch.int32)
+    for name, value in tensors.items():
+        getattr(layer, name).data = value.clone()
+    convert_gptq_v1_to_v2_format_module(layer, bits=bits, pack_dtype=torch.int32)
+    layer.scales.data = layer.scales.data.float()
+    layer.post_init()
+    with torch.no_grad():
+        return layer.dequantize_weight().float().T.contiguous()
+
+
+def apply_dequant(model: nn.Module, bits_by_module: dict[str, int], caches: dict[int, QuantCache]) -> nn.Module:
+    """Replace, in place, the weight of every module with bits < 16 by its dequantized cached weight."""
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, bits in bits_by_module.items():
+            if bits == UNQUANTIZED:
+                continue
+            lin = modules[name]
+            w = caches[bits].dequantized(name, lin.in_features, lin.out_features)
+            lin.weight.copy_(w.to(lin.weight.dtype))
+    return model
+
+
+# ----------------------------------------------------------------------------- packed checkpoints
+
+def _regex(name: str) -> str:
+    return "^" + re.escape(name) + "$"
+
+
+def write_packed(bits_by_module: dict[str, int], base_dir: str | Path, caches: dict[int, QuantCache],
+                 out_dir: str | Path) -> Path:
+    """A mixed-precision GPTQ checkpoint: each module's tensors copied from its bit-width's cache,
+    per-module bits in GPTQModel's `dynamic` config; bits 16 keeps the base weight unquantized."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    quantized = {m for m, b in bits_by_module.items() if b != UNQUANTIZED}
+    tensors: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(base_dir).glob("*.safetensors")):
+        with safe_open(f, "pt") as fh:
+            for key in fh.keys():
+                if key.rsplit(".", 1)[0] not in quantized:
+                    tensors[key] = fh.get_tensor(key)
+    for module in sorted(quantized):
+        for name, value in caches[bits_by_module[module]].tensors(module).items():
+            tensors[f"{module}.{name}"] = value
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    for name in _BASE_FILES:
+        if (Path(base_dir) / name).exists():
+            shutil.copy2(Path(base_dir) / name, out / name)
+    ref = next(iter(caches.values())).config if caches else {}
+    dynamic = {("-:" if b == UNQUANTIZED else "+:") + _regex(m): ({} if b == UNQUANTIZED else {"bits": b})
+               for m, b in sorted(bits_by_module.items())}
+    cfg = {**ref, "bits": max((b for b in bits_by_module.values() if b != UNQUANTIZED), default=4),
+           "dynamic": dynamic}
+    (out / "quantize_config.json").write_text(json.dumps(cfg, indent=2))
+    return out
+
+
+def load_packed(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """A packed checkpoint as a trainable HF model with GPTQModel's quantized layers."""
+    from gptqmodel import BACKEND, GPTQModel
+
+    # On the CPU only the pure-torch kernel trains for every bit-width and group size; on a GPU let
+    # GPTQModel choose among its trainable kernels.
+    backend = BACKEND.AUTO_TRAINABLE if device.startswith("cuda") else BACKEND.TORCH
+    return GPTQModel.load(str(path), backend=backend, dtype=dtype, device=device).model
+
+
+# ----------------------------------------------------------------------------- GPTQ
+
+def gptq_quantize(model_dir: str | Path, calibration: list[list[int]], bits: int, group_size: int, sym: bool,
+                  desc_act: bool, damp: float, targets: list[str], out_dir: str | Path,
+                  device: str = "cpu") -> dict[str, Any]:
+    """Quantize every target linear at `bits` with GPTQ and save a GPTQModel checkpoint."""
+    from gptqmodel import GPTQModel, QuantizeConfig
+
+    base = load_names(model_dir)
+    skip = sorted(n for n in base["linears"] if n.rsplit(".", 1)[-1] not in targets and ".layers." in n)
+    dynamic = {"-:" + _regex(n): {} for n in skip} or None
+    qcfg = QuantizeConfig(bits=bits, group_size=group_size, sym=sym, desc_act=desc_act, damp_percent=damp,
+                          dynamic=dynamic, fallback=None, offload_to_disk=False)
+    dtype = torch.float32 if device == "cpu" else torch.float16
+    model = GPTQModel.load(str(model_dir), qcfg, dtype=dtype, device=device)
+    calib = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in calibration]
+    model.quantize(calib, batch_size=1, calibration_data_min_length=1)
+    out = Path(out_dir)
+    model.save(str(out))
+    log_path = out / "quant_log.csv"
+    return {"modules": sum(1 for n in base["linears"] if n.rsplit(".", 1)[-1] in targets and ".layers." in n),
+            "gptq_log": log_path.name if log_path.exists() else None}
+
+
+def load_names(model_dir: str | Path) -> dict[str, Any]:
+    """Names and shapes of every linear, from the config alone (meta device: no weights loaded)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    linears = {n: (m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    return {"config": cfg, "linears": linears, "model": model}

@@ -1,0 +1,74 @@
+"""Scores of a model on a task split: answer loss, whole-sequence loss (perplexity), exact match."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from autoqra.tasks import collate, encode, prompt_ids
+
+
+def batches(tokenizer: Any, examples: list[dict[str, Any]], max_length: int, batch_size: int,
+            whole_sequence: bool = False) -> list[dict[str, torch.Tensor]]:
+    """Padded batches; labels cover the answer only, or every token with `whole_sequence`."""
+    encoded = [encode(tokenizer, ex, max_length) for ex in examples]
+    if whole_sequence:
+        encoded = [(ids, ids) for ids, _ in encoded]
+    return [collate(encoded[i:i + batch_size], tokenizer.pad_token_id) for i in range(0, len(encoded), batch_size)]
+
+
+def token_nll(model: Any, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
+    """Summed next-token negative log-likelihood over labelled tokens, and their count."""
+    device = next(model.parameters()).device
+    labels = batch["labels"].to(device)
+    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+    shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                                            ignore_index=-100, reduction="sum")
+    return nll.item(), int((shift_labels != -100).sum())
+
+
+@torch.no_grad()
+def mean_nll(model: Any, data: list[dict[str, torch.Tensor]]) -> float:
+    """Token-weighted mean negative log-likelihood over all batches."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in data:
+        nll, n = token_nll(model, batch)
+        total, count = total + nll, count + n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def loss_report(model: Any, tokenizer: Any, examples: list[dict[str, Any]], max_length: int,
+                batch_size: int) -> dict[str, float]:
+    """Answer loss and whole-sequence loss/perplexity of `model` on `examples`."""
+    answer = mean_nll(model, batches(tokenizer, examples, max_length, batch_size))
+    whole = mean_nll(model, batches(tokenizer, examples, max_length, batch_size, whole_sequence=True))
+    return {"answer_loss": answer, "sequence_loss": whole, "perplexity": math.exp(min(whole, 50.0))}
+
+
+@torch.no_grad()
+def exact_match(model: Any, tokenizer: Any, examples: list[dict[str, Any]], max_new_tokens: int,
+                batch_size: int) -> float:
+    """Fraction of examples whose greedy answer equals the reference after stripping whitespace."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    hits = 0
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
+        prompts = [prompt_ids(tokenizer, ex) for ex in chunk]
+        width = max(map(len, prompts))
+        pad = tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)  # left padding
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        for ex, row in zip(chunk, out[:, width:]):
+            hits += tokenizer.decode(row, skip_special_tokens=True).strip() == ex["answer"].strip()
+    model.train(was_training)
+    return hits / max(len(examples), 1)

@@ -1,0 +1,120 @@
+"""GPTQ caches: better than round-to-nearest, monotone in bits, and assembled without re-running GPTQ."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from conftest import TARGETS, calibration
+from safetensors import safe_open
+
+from autoqra import models, quant, scoring, tasks
+
+
+def _uniform(model_dir, bits, caches):
+    model = models.load_model(model_dir)
+    names = quant.target_modules(model, TARGETS)
+    return quant.apply_dequant(model, dict.fromkeys(names, bits), caches)
+
+
+def _calib_batch(tiny_dir, task_dir):
+    tok = models.load_tokenizer(tiny_dir)
+    return tasks.collate([(x, x) for x in calibration(tiny_dir, task_dir)], tok.pad_token_id)
+
+
+def test_rtn_is_on_the_gptq_grid():
+    w = torch.randn(8, 64)
+    q = quant.rtn(w, bits=2, group_size=32)
+    for row in q.reshape(8, 2, 32):  # at most 4 levels per group, symmetric around the zero point
+        for group in row:
+            assert len(torch.unique(group)) <= 4
+    assert torch.allclose(quant.rtn(w, 8, 32), w, atol=w.abs().max().item() / 100)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_gptq_output_error_is_below_round_to_nearest(bits, tiny_dir, task_dir, tiny_caches):
+    batch = _calib_batch(tiny_dir, task_dir)
+    base = models.load_model(tiny_dir)
+    gptq = _uniform(tiny_dir, bits, tiny_caches)
+    rtn = models.load_model(tiny_dir)
+    with torch.no_grad():
+        for lin in quant.target_modules(rtn, TARGETS).values():
+            lin.weight.copy_(quant.rtn(lin.weight, bits, 64))
+        ref = base(**batch).logits
+        err_gptq = (gptq(**batch).logits - ref).pow(2).mean().item()
+        err_rtn = (rtn(**batch).logits - ref).pow(2).mean().item()
+    assert err_gptq < err_rtn
+
+
+def test_loss_grows_as_bits_fall_and_8_bit_is_near_lossless(tiny_dir, task_dir, tiny_caches):
+    tok = models.load_tokenizer(tiny_dir)
+    val = scoring.batches(tok, tasks.read_split(task_dir, "val"), 128, 64, whole_sequence=True)
+    loss = {b: scoring.mean_nll(_uniform(tiny_dir, b, tiny_caches), val) for b in (2, 3, 4, 8)}
+    loss[16] = scoring.mean_nll(models.load_model(tiny_dir), val)
+    assert loss[2] > loss[3] > loss[4] > loss[8]
+    assert abs(loss[8] - loss[16]) < 0.002 * loss[16]
+    assert loss[2] > loss[16] + 0.01  # 2 bits hurts measurably
+
+
+def _mixed(tiny_dir):
+    names = quant.target_modules(models.load_model(tiny_dir), TARGETS)
+    rng = random.Random(0)
+    return {n: rng.choice([2, 3, 4, 8, 16]) for n in names}
+
+
+def test_packed_and_dequant_agree_and_packed_tensors_are_the_cached_bytes(tmp_path, tiny_dir, task_dir, tiny_caches):
+    mix = _mixed(tiny_dir)
+    assert set(mix.values()) == {2, 3, 4, 8, 16}
+    path = quant.write_packed(mix, tiny_dir, tiny_caches, tmp_path / "mixed")
+    with safe_open(path / "model.safetensors", "pt") as fh:
+        for module, bits in mix.items():
+            if bits == 16:
+                assert f"{module}.weight" in fh.keys() and f"{module}.qweight" not in fh.keys()
+                continue
+            for name, cached in tiny_caches[bits].tensors(module).items():
+                written = fh.get_tensor(f"{module}.{name}")
+                assert written.dtype == cached.dtype and written.numpy().tobytes() == cached.numpy().tobytes()
+
+    packed = quant.load_packed(path, dtype=torch.float16)
+    layers = dict(packed.named_modules())
+    for module, bits in mix.items():
+        layer = layers[module]
+        if bits == 16:
+            assert type(layer) is torch.nn.Linear
+            continue
+        cached = tiny_caches[bits].tensors(module)
+        assert layer.bits == bits
+        assert torch.equal(layer.qweight, cached["qweight"]) and torch.equal(layer.g_idx, cached["g_idx"])
+        assert torch.equal(layer.scales, cached["scales"])
+
+    dequant = quant.apply_dequant(models.load_model(tiny_dir), mix, tiny_caches)
+    tok = models.load_tokenizer(tiny_dir)
+    batch = scoring.batches(tok, tasks.read_split(task_dir, "val"), 128, 64)[0]
+    with torch.no_grad():
+        a, b = packed(**batch).logits.float(), dequant(**batch).logits
+    assert (a - b).norm() / b.norm() < 5e-3
+    assert abs(packed(**batch).loss.item() - dequant(**batch).loss.item()) < 2e-3
+
+
+def test_assembly_reads_the_caches_and_never_runs_gptq(tmp_path, tiny_dir, tiny_caches, monkeypatch):
+    import gptqmodel
+
+    def forbidden(*a, **k):
+        raise AssertionError("GPTQ must not run during assembly")
+
+    monkeypatch.setattr(gptqmodel.GPTQModel, "quantize", forbidden, raising=False)
+    monkeypatch.setattr(quant, "gptq_quantize", forbidden)
+    mix = _mixed(tiny_dir)
+    quant.apply_dequant(models.load_model(tiny_dir), mix, tiny_caches)
+    quant.load_packed(quant.write_packed(mix, tiny_dir, tiny_caches, tmp_path / "m"), dtype=torch.float16)
+
+
+def test_cache_fingerprint_ignores_logs_but_not_tensors(tmp_path, tiny_caches):
+    import shutil
+
+    copy = tmp_path / "b4"
+    shutil.copytree(tiny_caches[4].path, copy)
+    (copy / "quant_log.csv").write_text("other timings\n")
+    assert quant.cache_fingerprint(copy) == quant.cache_fingerprint(tiny_caches[4].path)
+    assert quant.cache_fingerprint(tiny_caches[2].path) != quant.cache_fingerprint(tiny_caches[4].path)
