@@ -168,6 +168,14 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, device
     return model.to(device).eval()
 
 
+def meta_model(model_dir: str | Path) -> Any:
+    """The model's architecture on the meta device: names and shapes without loading any weight."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+
+
 def device_and_dtype() -> tuple[str, torch.dtype]:
     """bf16 on a GPU when one is present, fp32 on the CPU."""
     if torch.cuda.is_available():

@@ -127,6 +127,7 @@ def dequantize(tensors: dict[str, torch.Tensor], bits: int, group_size: int, sym
         getattr(layer, name).data = value.clone()
     convert_gptq_v1_to_v2_format_module(layer, bits=bits, pack_dtype=torch.int32)
     layer.scales.data = layer.scales.data.float()
+    layer.optimized = True  # one call per module: torch.compile would cost more than it saves
     layer.post_init()
     with torch.no_grad():
         return layer.dequantize_weight().float().T.contiguous()
@@ -201,8 +202,12 @@ def gptq_quantize(model_dir: str | Path, calibration: list[list[int]], bits: int
     """Quantize every target linear at `bits` with GPTQ and save a GPTQModel checkpoint."""
     from gptqmodel import GPTQModel, QuantizeConfig
 
-    base = load_names(model_dir)
-    skip = sorted(n for n in base["linears"] if n.rsplit(".", 1)[-1] not in targets and ".layers." in n)
+    from autoqra.models import meta_model
+
+    meta = meta_model(model_dir)
+    chosen = target_modules(meta, targets)
+    skip = sorted(n for n, m in meta.named_modules()
+                  if isinstance(m, nn.Linear) and ".layers." in n and n not in chosen)
     dynamic = {"-:" + _regex(n): {} for n in skip} or None
     qcfg = QuantizeConfig(bits=bits, group_size=group_size, sym=sym, desc_act=desc_act, damp_percent=damp,
                           dynamic=dynamic, fallback=None, offload_to_disk=False)
@@ -213,16 +218,4 @@ def gptq_quantize(model_dir: str | Path, calibration: list[list[int]], bits: int
     out = Path(out_dir)
     model.save(str(out))
     log_path = out / "quant_log.csv"
-    return {"modules": sum(1 for n in base["linears"] if n.rsplit(".", 1)[-1] in targets and ".layers." in n),
-            "gptq_log": log_path.name if log_path.exists() else None}
-
-
-def load_names(model_dir: str | Path) -> dict[str, Any]:
-    """Names and shapes of every linear, from the config alone (meta device: no weights loaded)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    cfg = AutoConfig.from_pretrained(model_dir)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg)
-    linears = {n: (m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    return {"config": cfg, "linears": linears, "model": model}
+    return {"modules": len(chosen), "gptq_log": log_path.name if log_path.exists() else None}

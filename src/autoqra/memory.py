@@ -1,0 +1,273 @@
+"""The memory model: bytes to fine-tune a configuration, and the budget every candidate must meet.
+
+bytes(config) = Σ over target linears of
+                  packed weights   in·out·b/8                         (int32 `qweight`, GPTQ packing)
+                + GPTQ metadata    ⌈in/g⌉·out·2 (fp16 `scales`) + ⌈in/g⌉·out·b/8 (int32 `qzeros`)
+                                   + 4·in (int32 `g_idx`), exactly as GPTQModel stores them
+                  (bits 16: the dense weight in the training dtype instead, no metadata)
+                + LoRA             r·(in+out) parameters × 16 bytes: fp32 weights (PEFT keeps adapters
+                                   in fp32 beside a bf16 base), fp32 gradients, AdamW's two fp32 moments
+                + LoRA activations per token: the fp32 copy of the module input PEFT makes for the
+                                   adapter (4·in), the dropout mask (1·in) and A's output (4·r)
+              + the unquantized rest (embeddings, norms, an untied lm_head) in the training dtype
+              + base activations of the training batch: per token and layer the two RMSNorm inputs
+                (fp32), q/k/v as saved by attention, its output and log-sum-exp, the MLP's gate, up
+                and SiLU outputs; plus the logits (training dtype, their fp32 copy and log-softmax).
+                With gradient checkpointing: each layer's input plus one layer's activations.
+
+The model is of a GPU run in bf16 (the training dtype is a parameter). It does not count the CUDA
+context or allocator fragmentation. Every term but activations is exact for GPTQModel checkpoints
+(tests compare it with real tensors); the activation term is an estimate to be checked on a GPU.
+All terms are additive over units, so a budget check or a repair step costs a table lookup.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autoqra.space import Config, Space
+
+LORA_BYTES_PER_PARAM = 4 + 4 + 8  # fp32 weight, fp32 gradient, AdamW exp_avg and exp_avg_sq
+
+
+class BudgetError(ValueError):
+    """The memory budget is invalid or cannot be met by any configuration."""
+
+
+@dataclass(frozen=True)
+class ModuleShape:
+    name: str
+    in_features: int
+    out_features: int
+    bias: bool = False
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the memory model needs to know about the base model (read from its config alone)."""
+
+    modules: tuple[ModuleShape, ...]  # the target linears
+    other_params: int                 # every parameter outside the targets (tied weights once)
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, targets: list[str]) -> ModelSpec:
+        from autoqra.models import meta_model
+        from autoqra.quant import target_modules
+
+        model = meta_model(model_dir)
+        found = target_modules(model, targets)
+        shapes = tuple(ModuleShape(n, m.in_features, m.out_features, m.bias is not None) for n, m in found.items())
+        target_ids = {id(p) for m in found.values() for p in m.parameters()}
+        other = sum(p.numel() for p in model.parameters() if id(p) not in target_ids)  # parameters() dedupes ties
+        c = model.config
+        return cls(shapes, other, c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
+                   getattr(c, "num_key_value_heads", None) or c.num_attention_heads, c.vocab_size)
+
+    @property
+    def by_name(self) -> dict[str, ModuleShape]:
+        return {m.name: m for m in self.modules}
+
+    @property
+    def target_params(self) -> int:
+        return sum(m.in_features * m.out_features for m in self.modules)
+
+
+@dataclass(frozen=True)
+class Training:
+    """The training-time settings memory depends on."""
+
+    batch_size: int
+    seq_len: int
+    gradient_checkpointing: bool = False
+    lora_dropout: bool = True
+    dtype_bytes: int = 2  # bf16
+
+
+class MemoryModel:
+    """Bytes of every term, per module and in total, for a given model, GPTQ group size and batch."""
+
+    def __init__(self, spec: ModelSpec, group_size: int, training: Training):
+        self.spec, self.group_size, self.training = spec, group_size, training
+        self._shapes = spec.by_name
+
+    # ------------------------------------------------------------------ per module
+    def weight_bytes(self, m: ModuleShape, bits: int) -> int:
+        """Packed `qweight` (int32), or the dense weight at 16 bits; plus the bias."""
+        bias = m.out_features * self.training.dtype_bytes if m.bias else 0
+        if bits >= 16:
+            return m.in_features * m.out_features * self.training.dtype_bytes + bias
+        return m.in_features * bits // 32 * m.out_features * 4 + bias
+
+    def metadata_bytes(self, m: ModuleShape, bits: int) -> int:
+        """fp16 `scales`, int32 `qzeros` and int32 `g_idx`, as GPTQModel stores them."""
+        if bits >= 16:
+            return 0
+        groups = math.ceil(m.in_features / self.group_size)
+        return groups * m.out_features * 2 + groups * (m.out_features * bits // 32) * 4 + m.in_features * 4
+
+    @staticmethod
+    def lora_params(m: ModuleShape, rank: int) -> int:
+        return rank * (m.in_features + m.out_features)
+
+    def lora_state_bytes(self, m: ModuleShape, rank: int) -> int:
+        return self.lora_params(m, rank) * LORA_BYTES_PER_PARAM
+
+    def lora_activation_bytes(self, m: ModuleShape, rank: int) -> float:
+        """Saved for the adapter's backward over the whole batch (see the module docstring)."""
+        if rank == 0:
+            return 0.0
+        per_token = m.in_features * (4 + (1 if self.training.lora_dropout else 0)) + 4 * rank
+        share = 1.0 / self.spec.layers if self.training.gradient_checkpointing else 1.0  # one layer live
+        return self.tokens * per_token * share
+
+    def module_terms(self, name: str, bits: int, rank: int) -> dict[str, float]:
+        m = self._shapes[name]
+        return {"weights": self.weight_bytes(m, bits), "metadata": self.metadata_bytes(m, bits),
+                "lora": self.lora_state_bytes(m, rank), "lora_activations": self.lora_activation_bytes(m, rank)}
+
+    # ------------------------------------------------------------------ fixed part
+    @property
+    def tokens(self) -> int:
+        return self.training.batch_size * self.training.seq_len
+
+    def layer_activation_bytes_per_token(self) -> float:
+        s, d = self.spec, self.training.dtype_bytes
+        kv = s.hidden // s.heads * s.kv_heads
+        norms = 2 * (4 * s.hidden + 4)             # fp32 inputs and 1/rms of the two RMSNorms
+        attention = d * (s.hidden + 2 * kv) + d * s.hidden + 4 * s.heads  # q, k, v; output; log-sum-exp
+        mlp = d * 3 * s.intermediate               # gate, up, SiLU(gate)
+        return norms + attention + mlp
+
+    def base_activation_bytes(self) -> float:
+        s, d = self.spec, self.training.dtype_bytes
+        per_layer = self.layer_activation_bytes_per_token()
+        if self.training.gradient_checkpointing:
+            layers = s.layers * d * s.hidden + per_layer   # layer inputs, one layer recomputed
+        else:
+            layers = s.layers * per_layer
+        logits = s.vocab * (d + 4 + 4)                      # logits, fp32 copy, log-softmax
+        return self.tokens * (layers + logits + 4 * s.hidden)
+
+    def fixed_bytes(self) -> dict[str, float]:
+        return {"rest": self.spec.other_params * self.training.dtype_bytes,
+                "activations": self.base_activation_bytes()}
+
+    # ------------------------------------------------------------------ configurations
+    def breakdown(self, space: Space, config: Config) -> dict[str, Any]:
+        """Every term in bytes, the total, and average bits per target parameter."""
+        bits, ranks = space.per_module(config)
+        terms = {"weights": 0.0, "metadata": 0.0, "lora": 0.0, "lora_activations": 0.0}
+        lora_params = 0
+        for name in bits:
+            for k, v in self.module_terms(name, bits[name], ranks[name]).items():
+                terms[k] += v
+            lora_params += self.lora_params(self._shapes[name], ranks[name])
+        terms.update(self.fixed_bytes())
+        n = self.spec.target_params
+        return {**terms, "total": sum(terms.values()), "lora_params": lora_params,
+                "avg_bits": 8 * (terms["weights"] + terms["metadata"]) / n,
+                "avg_bits_with_lora": (8 * (terms["weights"] + terms["metadata"]) + 16 * lora_params) / n}
+
+    def total(self, space: Space, config: Config) -> float:
+        return self.breakdown(space, config)["total"]
+
+    def unit_table(self, space: Space, metric: str = "bytes") -> np.ndarray:
+        """(U, len(bits), len(ranks)) cost of each unit at each ladder choice.
+
+        `bytes`: the unit's share of total bytes; `storage_bits`: bits of its packed weights and
+        metadata plus its LoRA weights at 16 bits (the numerator of average bits per parameter)."""
+        table = np.zeros((len(space), len(space.bits), len(space.ranks)))
+        for u, unit in enumerate(space.units):
+            for i, b in enumerate(space.bits):
+                for j, r in enumerate(space.ranks):
+                    for name in space.members[unit]:
+                        m = self._shapes[name]
+                        if metric == "bytes":
+                            table[u, i, j] += sum(self.module_terms(name, b, r).values())
+                        else:
+                            table[u, i, j] += 8 * (self.weight_bytes(m, b) + self.metadata_bytes(m, b)) \
+                                + 16 * self.lora_params(m, r)
+        return table
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A limit on an additive cost: constant + Σ_u table[u, bits index, rank index]."""
+
+    kind: str
+    limit: float
+    constant: float
+    table: np.ndarray
+    space: Space
+    description: str
+
+    def cost(self, config: Config) -> float:
+        x = self.space.encode(config)
+        n = len(self.space)
+        return float(self.constant + self.table[np.arange(n), x[:n], x[n:]].sum())
+
+    def feasible(self, config: Config) -> bool:
+        return self.cost(config) <= self.limit * (1 + 1e-12)
+
+
+def parse_reference(reference: str) -> tuple[int, int]:
+    """`uniform4_r16` -> (4, 16)."""
+    head, rank = reference.split("_r")
+    return int(head.removeprefix("uniform")), int(rank)
+
+
+def make_budget(kind: str, value: float, reference: str, memory: MemoryModel, space: Space) -> Budget:
+    """Resolve `budget.*` to a limit; an unattainable budget is a one-line `BudgetError`."""
+    n_params = memory.spec.target_params
+    if kind == "bits_per_param":
+        table, constant, limit = memory.unit_table(space, "storage_bits"), 0.0, value * n_params
+        desc = f"{value:g} bits per target parameter (weights, GPTQ metadata and LoRA at 16 bits)"
+    else:
+        table, constant = memory.unit_table(space, "bytes"), sum(memory.fixed_bytes().values())
+        if kind == "bytes":
+            limit, desc = value, f"{value / 2**30:.3f} GiB to fine-tune"
+        elif kind == "relative":
+            bits, rank = parse_reference(reference)
+            ref = memory.total(space, space.uniform(bits, rank))
+            limit = value * ref
+            desc = f"{value:g} × {reference} ({ref / 2**30:.3f} GiB) = {limit / 2**30:.3f} GiB"
+        else:
+            raise BudgetError(f"budget.kind={kind!r}: must be bytes, bits_per_param or relative")
+    budget = Budget(kind, limit, constant, table, space, desc)
+    floor = budget.cost(space.minimum())
+    if floor > limit * (1 + 1e-12):
+        need = floor / (limit / value)
+        raise BudgetError(f"budget.value={value:g}: infeasible, {desc} is below the smallest configuration "
+                          f"(all {space.bits[0]}-bit, rank {space.ranks[0]}); allowed: budget.value >= {need:.4g}")
+    return budget
+
+
+def measured_bytes(model: Any, bits_by_module: dict[str, int]) -> dict[str, int]:
+    """Bytes of the real tensors behind the model's weight, metadata and LoRA terms (for checks)."""
+    modules = {n.removeprefix("base_model.model."): m for n, m in model.named_modules()}
+    out = {"weights": 0, "metadata": 0, "lora_params": 0, "lora_weights": 0}
+    for name, bits in bits_by_module.items():
+        layer = modules[name]
+        base = getattr(layer, "base_layer", layer)
+        tensors = [base.weight] if bits >= 16 else [base.qweight]
+        if getattr(base, "bias", None) is not None:
+            tensors.append(base.bias)
+        out["weights"] += sum(t.numel() * t.element_size() for t in tensors)
+        if bits < 16:
+            out["metadata"] += sum(t.numel() * t.element_size() for t in (base.scales, base.qzeros, base.g_idx))
+    for n, p in model.named_parameters():
+        if "lora_" in n:
+            out["lora_params"] += p.numel()
+            out["lora_weights"] += p.numel() * p.element_size()
+    return out

@@ -1,0 +1,70 @@
+"""Repair: make any configuration fit the memory budget before anything is spent on it.
+
+While over budget, apply the single one-step downgrade (one unit's bits or rank one rung down
+its ladder) that loses the least importance per byte saved. Importance lost by a step is the
+unit's prior times how much of its quality the step gives up:
+
+- bits b -> b': I_q · (4^-b' - 4^-b) / 4^-b_min  (quantization noise power scales as 4^-b);
+- rank r -> r': I_r · (log(1+r) - log(1+r')) / log(1+r_max)  (diminishing returns of rank);
+
+plus a small epsilon so units with zero prior still order by bytes. Ties go to the earlier unit, so
+the result is deterministic. Repair never upgrades anything and leaves feasible configurations alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from autoqra.memory import Budget
+from autoqra.space import Config
+
+EPS = 1e-3
+
+
+def _quality_bits(bits: tuple[int, ...]) -> np.ndarray:
+    return np.array([0.0 if b >= 16 else 4.0 ** -b for b in bits]) / 4.0 ** -min(bits)
+
+
+def _quality_ranks(ranks: tuple[int, ...]) -> np.ndarray:
+    return np.log1p(np.array(ranks, dtype=float)) / np.log1p(max(max(ranks), 1))
+
+
+def repair(config: Config, budget: Budget, i_q: np.ndarray | None = None, i_r: np.ndarray | None = None) -> Config:
+    """The cheapest-in-importance sequence of downgrades that brings `config` within `budget`."""
+    space = budget.space
+    n = len(space)
+    i_q = np.ones(n) if i_q is None else np.asarray(i_q, dtype=float)
+    i_r = np.ones(n) if i_r is None else np.asarray(i_r, dtype=float)
+    x = space.encode(config)
+    bi, ri = x[:n].copy(), x[n:].copy()
+    units = np.arange(n)
+    noise, gain = _quality_bits(space.bits), _quality_ranks(space.ranks)
+    cost = budget.constant + budget.table[units, bi, ri].sum()
+    while cost > budget.limit * (1 + 1e-12):
+        best, choice = np.inf, None
+        down_b = bi > 0
+        if down_b.any():
+            saved = budget.table[units, bi, ri] - budget.table[units, np.maximum(bi - 1, 0), ri]
+            lost = i_q * (noise[np.maximum(bi - 1, 0)] - noise[bi]) + EPS
+            score = np.where(down_b & (saved > 0), lost / np.where(saved > 0, saved, 1), np.inf)
+            u = int(np.argmin(score))
+            if score[u] < best:
+                best, choice = score[u], ("bits", u)
+        down_r = ri > 0
+        if down_r.any():
+            saved = budget.table[units, bi, ri] - budget.table[units, bi, np.maximum(ri - 1, 0)]
+            lost = i_r * (gain[ri] - gain[np.maximum(ri - 1, 0)]) + EPS
+            score = np.where(down_r & (saved > 0), lost / np.where(saved > 0, saved, 1), np.inf)
+            u = int(np.argmin(score))
+            if score[u] < best:
+                best, choice = score[u], ("rank", u)
+        if choice is None:
+            raise ValueError("cannot repair: no downgrade saves memory (budget below the minimum configuration)")
+        kind, u = choice
+        old = budget.table[u, bi[u], ri[u]]
+        if kind == "bits":
+            bi[u] -= 1
+        else:
+            ri[u] -= 1
+        cost += budget.table[u, bi[u], ri[u]] - old
+    return space.decode(np.concatenate([bi, ri]))
