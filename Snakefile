@@ -34,6 +34,7 @@ def stage_code(name):
 
 include: "workflow/rules/prepare.smk"
 include: "workflow/rules/quantize.smk"
+include: "workflow/rules/search.smk"
 
 
 rule all:
@@ -42,3 +43,4 @@ rule all:
         "data/prepare",
         expand("data/quantize/b{bits}", bits=BITS),
         "data/profile",
+        "data/search/evolve",

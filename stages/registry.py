@@ -24,4 +24,11 @@ STAGES: dict[str, Stage] = {
                       code=("stages/quantize.py", "src/autoqra/quant.py")),
     "profile": Stage(params=("profile",),
                      code=("stages/profile.py", "src/autoqra/priors.py")),
+    "evolve": Stage(params=("seed", "search", "budget", "lora", "finetune", "quant.bits", "quant.group_size",
+                            "quant.targets"),
+                    code=("stages/evolve.py", "stages/search_setup.py", "src/autoqra/evaluate.py",
+                          "src/autoqra/finetune.py", "src/autoqra/memory.py", "src/autoqra/space.py",
+                          "src/autoqra/search/evolution.py", "src/autoqra/search/operators.py",
+                          "src/autoqra/search/repair.py", "src/autoqra/search/samplers.py",
+                          "src/autoqra/search/surrogate.py")),
 }

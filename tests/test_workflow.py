@@ -25,6 +25,9 @@ def test_snakemake_and_dvc_define_the_same_stages(tmp_path, overrides):
     smk, dvc = snakemake_jobs(root, config), dvc_stages(root)
     assert smk.keys() == dvc.keys()
     for name, job in smk.items():
+        # DVC depends on a folder where Snakemake lists its per-bit-width subfolders (DVC cannot loop)
+        job["deps"] = sorted({next((d for d in dvc[name]["deps"] if dep.startswith(d + "/")), dep)
+                              for dep in job["deps"]})
         assert job == dvc[name], name
         stage = STAGES[name.split("@")[0]]
         assert job["params"] == sorted(stage.params)

@@ -1,0 +1,70 @@
+"""Tables and plots of a search: one row per trial, the memory/score Pareto front, the search trace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from optuna.trial import TrialState
+
+from autoqra.space import Space
+
+COLUMNS = ["number", "state", "generation", "rung", "fidelity", "score", "status", "reason", "config_key",
+           "record_key", "memory_bytes", "avg_bits", "avg_bits_with_lora", "summary", "config", "worker", "duration_s"]
+
+
+def trials_frame(study: Any, space: Space) -> pd.DataFrame:
+    """Every finished trial of a search study (running and crashed ones are left out)."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state not in (TrialState.COMPLETE, TrialState.FAIL) or "fidelity" not in t.params:
+            continue
+        if t.state == TrialState.FAIL and t.user_attrs.get("status") != "failed":
+            continue  # its worker died; the evaluation was redone in another trial
+        u, job = t.user_attrs, t.system_attrs.get("autoqra:job", {})
+        rows.append({"number": t.number, "state": t.state.name, "generation": job.get("generation"),
+                     "rung": job.get("rung"), "fidelity": t.params["fidelity"], "score": t.value,
+                     "status": u.get("status", "ok"), "reason": u.get("reason"), "config_key": u.get("config_key"),
+                     "record_key": u.get("record_key"), "memory_bytes": u.get("memory_bytes"),
+                     "avg_bits": u.get("avg_bits"), "avg_bits_with_lora": u.get("avg_bits_with_lora"),
+                     "summary": u.get("summary"), "config": u.get("config"), "worker": u.get("worker"),
+                     "duration_s": t.duration.total_seconds() if t.duration else None})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def front(trials: pd.DataFrame) -> pd.DataFrame:
+    """Memory/score Pareto set among configurations evaluated at the highest fidelity reached."""
+    ok = trials[(trials["status"] == "ok") & trials["score"].notna()]
+    if ok.empty:
+        return ok
+    top = ok[ok["fidelity"] == ok["fidelity"].max()].sort_values(["memory_bytes", "score"])
+    keep, best = [], float("inf")
+    for _, row in top.iterrows():
+        if row["score"] < best:
+            keep.append(row)
+            best = row["score"]
+    return pd.DataFrame(keep).reset_index(drop=True)
+
+
+def search_trace(trials: pd.DataFrame, title: str) -> Any:
+    """Score of every trial in order, coloured by fidelity, with the best-so-far at each fidelity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ok = trials[trials["score"].notna()].sort_values("number")
+    for i, (fidelity, group) in enumerate(ok.groupby("fidelity")):
+        color = plt.cm.viridis(i / max(ok["fidelity"].nunique() - 1, 1))
+        ax.scatter(group["number"], group["score"], s=14, color=color, label=f"{fidelity} steps", alpha=0.8)
+        ax.step(group["number"], group["score"].cummin(), where="post", color=color, linewidth=1)
+    failed = trials[trials["score"].isna()]
+    if len(failed):
+        ax.scatter(failed["number"], [ok["score"].max()] * len(failed), marker="x", color="red", label="failed")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation score (lower is better)")
+    ax.set_title(title)
+    ax.legend(title="fidelity", fontsize=8)
+    fig.tight_layout()
+    return fig

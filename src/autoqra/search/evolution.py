@@ -1,0 +1,233 @@
+"""Stage 1: multi-fidelity evolutionary search, as a pure function of the evaluation history.
+
+Generation 0 is the warm start: the prior-derived configuration first, the greedy importance-per-
+byte allocation, every uniform configuration that fits, jittered copies of the prior and random
+feasible ones. Every later generation breeds `candidates` children from the best configurations so
+far (tournament selection, uniform crossover, importance-guided mutation, repair), the surrogate
+keeps the `offspring` most promising ones, and only those are fine-tuned.
+
+Within each generation, successive halving: all members are evaluated at the lowest fidelity; the
+best ⌈n/eta⌉ of each rung are promoted to the next. A configuration is judged by its evidence at
+the highest fidelity it reached (a configuration that reached a higher rung beats one that did not).
+
+`Evolution.next(history)` returns the next evaluation to run, `WAIT` (the rest of the current rung
+is still running elsewhere) or `DONE`. It keeps no state of its own: a killed search resumes from
+its history, and several workers can share one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from autoqra.memory import Budget
+from autoqra.search import operators as ops
+from autoqra.search.repair import repair
+from autoqra.search.surrogate import Surrogate, rank_correlation
+from autoqra.space import Config, Space
+
+WAIT, DONE = "wait", "done"
+
+
+@dataclass(frozen=True)
+class Settings:
+    population: int
+    offspring: int
+    candidates: int
+    generations: int
+    fidelities: tuple[int, ...]
+    eta: int
+    max_steps: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Job:
+    config: Config
+    fidelity: int
+    generation: int
+    rung: int
+
+
+@dataclass(frozen=True)
+class Result:
+    """One entry of the history: finished (`done`, score None when the evaluation failed) or running."""
+
+    config: Config
+    fidelity: int
+    generation: int
+    rung: int
+    score: float | None
+    done: bool = True
+
+
+def best_evidence(history: list[Result]) -> dict[str, tuple[int, float, Config]]:
+    """Per configuration key: (highest fidelity with a score, that score, the configuration)."""
+    out: dict[str, tuple[int, float, Config]] = {}
+    for r in history:
+        if not r.done or r.score is None:
+            continue
+        k = r.config.key
+        if k not in out or r.fidelity > out[k][0] or (r.fidelity == out[k][0] and r.score < out[k][1]):
+            out[k] = (r.fidelity, r.score, r.config)
+    return out
+
+
+def ranking(history: list[Result]) -> list[tuple[int, float, Config]]:
+    """Configurations best first: highest fidelity reached, then lowest score, then key (for ties)."""
+    return sorted(best_evidence(history).values(), key=lambda e: (-e[0], e[1], e[2].key))
+
+
+class Evolution:
+    def __init__(self, space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray, settings: Settings):
+        self.space, self.budget, self.settings = space, budget, settings
+        self.i_q, self.i_r = np.asarray(i_q, float), np.asarray(i_r, float)
+        self._memo: dict[Any, Any] = {}
+
+    # ------------------------------------------------------------------ generations
+    def warm_start(self) -> list[Config]:
+        """Generation 0 (the prior-derived configuration first)."""
+        s = self.settings
+        rng = np.random.default_rng([s.seed, 0])
+        prior = ops.prior_config(self.space, self.budget, self.i_q, self.i_r)
+        pool = [prior, ops.greedy_config(self.space, self.budget, self.i_q, self.i_r)]
+        pool += ops.feasible_uniforms(self.space, self.budget)
+        attempts = 0
+        while len({c.key for c in pool}) < s.population and attempts < 50 * s.population:
+            attempts += 1
+            base = ops.jitter(prior, self.space, rng) if attempts % 2 else self.space.random(rng)
+            pool.append(repair(base, self.budget, self.i_q, self.i_r))
+        return _unique(pool)[: s.population]
+
+    def _history_key(self, history: list[Result]) -> tuple:
+        return tuple(sorted((r.config.key, r.fidelity, r.score) for r in history if r.done))
+
+    def screening(self, generation: int, before: list[Result]) -> dict[str, Any]:
+        """Children of `generation`, bred from the results of earlier generations, and the surrogate's
+        view of them: `chosen` (to evaluate) and the predictions at the lowest fidelity."""
+        memo_key = ("screen", generation, self._history_key(before))
+        if memo_key in self._memo:
+            return self._memo[memo_key]
+        s = self.settings
+        rng = np.random.default_rng([s.seed, generation])
+        ranked = ranking(before)[: s.population]
+        seen = {r.config.key for r in before}
+        children: list[Config] = []
+        for _ in range(20 * s.candidates):
+            if len(children) >= s.candidates or not ranked:
+                break
+            scores = list(range(len(ranked)))  # rank order: lower is better
+            a = ranked[ops.tournament(scores, rng)][2]
+            b = ranked[ops.tournament(scores, rng)][2]
+            child = ops.mutate(ops.crossover(a, b, rng), self.space, self.i_q, self.i_r, rng,
+                               units=int(rng.integers(1, 3)))
+            child = repair(child, self.budget, self.i_q, self.i_r)
+            if child.key not in seen:
+                seen.add(child.key)
+                children.append(child)
+        surrogate = self._surrogate(before)
+        predicted = None
+        if surrogate.ready and children:
+            top = surrogate.predict(children, [s.fidelities[-1]] * len(children))
+            order = np.argsort(top, kind="stable")
+            predicted = dict(zip((c.key for c in children),
+                                 surrogate.predict(children, [s.fidelities[0]] * len(children))))
+            chosen = [children[i] for i in order[: s.offspring]]
+        else:
+            chosen = children[: s.offspring]
+        out = {"chosen": chosen, "candidates": len(children), "predicted": predicted}
+        self._memo[memo_key] = out
+        return out
+
+    def _surrogate(self, history: list[Result]) -> Surrogate:
+        # sorted: the fit must not depend on the order in which workers happened to finish
+        ok = sorted((r for r in history if r.done and r.score is not None), key=lambda r: (r.config.key, r.fidelity))
+        lower = []
+        for r in ok:
+            below = [q.score for q in ok if q.config.key == r.config.key and q.fidelity < r.fidelity]
+            lower.append(min(below) if below else None)
+        model = Surrogate(self.space, self.budget, self.i_q, self.i_r)
+        return model.fit([r.config for r in ok], [r.fidelity for r in ok], lower, [r.score for r in ok])
+
+    def members(self, generation: int, history: list[Result]) -> list[Config]:
+        if generation == 0:
+            key = ("warm",)
+            if key not in self._memo:
+                self._memo[key] = self.warm_start()
+            return self._memo[key]
+        before = [r for r in history if r.generation < generation]
+        return self.screening(generation, before)["chosen"]
+
+    # ------------------------------------------------------------------ scheduling
+    def rungs(self, generation: int, history: list[Result]) -> list[list[Config]]:
+        """The rungs of a generation determined so far (a rung is known once the one below is done)."""
+        fid = self.settings.fidelities
+        mine = [r for r in history if r.generation == generation]
+        rungs = [self.members(generation, history)]
+        for k in range(len(fid) - 1):
+            at_k = {r.config.key: r for r in mine if r.rung == k}
+            if any(c.key not in at_k or not at_k[c.key].done for c in rungs[k]):
+                break
+            ok = sorted((r for r in at_k.values() if r.score is not None), key=lambda r: (r.score, r.config.key))
+            keep = ok[: math.ceil(len(rungs[k]) / self.settings.eta)]
+            if not keep:
+                break
+            rungs.append([r.config for r in keep])
+        return rungs
+
+    def generation_done(self, generation: int, history: list[Result]) -> bool:
+        """Every member of the last rung there will be has finished (`rungs` adds the next rung as
+        soon as one is due, so a finished last rung means there is no further one)."""
+        rungs = self.rungs(generation, history)
+        last = len(rungs) - 1
+        done = {r.config.key for r in history if r.generation == generation and r.rung == last and r.done}
+        return all(c.key in done for c in rungs[-1])
+
+    def next(self, history: list[Result], slot: int = 0) -> Job | str:
+        """The next evaluation to run (the `slot`-th free one, for workers asking at the same time)."""
+        s = self.settings
+        spent = sum(r.fidelity for r in history)
+        for g in range(s.generations):
+            rungs = self.rungs(g, history)
+            if not rungs[0]:
+                return DONE  # no new child could be bred: the space is exhausted
+            taken = {(r.config.key, r.rung) for r in history if r.generation == g}
+            free = [Job(c, s.fidelities[k], g, k) for k, rung in enumerate(rungs) for c in rung
+                    if (c.key, k) not in taken]
+            if free:
+                job = free[min(slot, len(free) - 1)]
+                if s.max_steps and spent + job.fidelity > s.max_steps:
+                    return DONE
+                return job
+            if not self.generation_done(g, history):
+                return WAIT
+        return DONE
+
+    # ------------------------------------------------------------------ reporting
+    def surrogate_quality(self, history: list[Result]) -> list[dict[str, Any]]:
+        """Per generation: rank correlation of the surrogate's screening predictions (made before
+        the generation ran) with the true lowest-fidelity scores of the children it chose."""
+        out = []
+        last = max((r.generation for r in history), default=0)
+        for g in range(1, last + 1):
+            view = self.screening(g, [r for r in history if r.generation < g])
+            if view["predicted"] is None:
+                continue
+            truth = {r.config.key: r.score for r in history
+                     if r.generation == g and r.rung == 0 and r.done and r.score is not None}
+            keys = [k for k in truth if k in view["predicted"]]
+            corr = rank_correlation([view["predicted"][k] for k in keys], [truth[k] for k in keys])
+            out.append({"generation": g, "candidates": view["candidates"], **corr})
+        return out
+
+
+def _unique(configs: list[Config]) -> list[Config]:
+    seen, out = set(), []
+    for c in configs:
+        if c.key not in seen:
+            seen.add(c.key)
+            out.append(c)
+    return out

@@ -1,0 +1,79 @@
+"""Variation operators of stage 1: the prior warm start, crossover and importance-guided mutation.
+
+Every operator takes an explicit `rng` (numpy Generator) and returns new configurations; repair to
+the budget is applied by the caller, once, after variation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from autoqra.memory import Budget
+from autoqra.search.repair import repair
+from autoqra.space import Config, Space
+
+
+def _ladder_index(importance: np.ndarray, size: int) -> np.ndarray:
+    """Rank-based map of importance onto a ladder: the most important units get the top rung."""
+    if size == 1 or len(importance) == 1:
+        return np.full(len(importance), size - 1)
+    ranks = np.argsort(np.argsort(importance, kind="stable"), kind="stable") / (len(importance) - 1)
+    return np.rint(ranks * (size - 1)).astype(int)
+
+
+def prior_config(space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray) -> Config:
+    """The paper's warm start: bits follow I_q, ranks follow I_r (by rank order), repaired to the budget."""
+    x = np.concatenate([_ladder_index(i_q, len(space.bits)), _ladder_index(i_r, len(space.ranks))])
+    return repair(space.decode(x), budget, i_q, i_r)
+
+
+def greedy_config(space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray) -> Config:
+    """Everything at the top of both ladders, then repair's importance-per-byte downgrades."""
+    return repair(space.uniform(space.bits[-1], space.ranks[-1]), budget, i_q, i_r)
+
+
+def feasible_uniforms(space: Space, budget: Budget) -> list[Config]:
+    """Uniform configurations on the ladders that fit the budget, most expensive first."""
+    out = [space.uniform(b, r) for b in space.bits for r in space.ranks]
+    return sorted((c for c in out if budget.feasible(c)), key=budget.cost, reverse=True)
+
+
+def jitter(config: Config, space: Space, rng: np.random.Generator, p: float = 0.3) -> Config:
+    """Move each gene one rung up or down with probability `p` (clamped to the ladder)."""
+    x = space.encode(config)
+    n = len(space)
+    top = np.array([len(space.bits) - 1] * n + [len(space.ranks) - 1] * n)
+    step = np.where(rng.random(2 * n) < p, rng.choice([-1, 1], 2 * n), 0)
+    return space.decode(np.clip(x + step, 0, top))
+
+
+def crossover(a: Config, b: Config, rng: np.random.Generator) -> Config:
+    """Uniform crossover: each unit's bits and rank come from either parent with probability 1/2."""
+    n = len(a.units)
+    take_bits, take_rank = rng.random(n) < 0.5, rng.random(n) < 0.5
+    bits = tuple(x if t else y for x, y, t in zip(a.bits, b.bits, take_bits))
+    ranks = tuple(x if t else y for x, y, t in zip(a.ranks, b.ranks, take_rank))
+    return Config(a.units, bits, ranks)
+
+
+def mutate(config: Config, space: Space, i_q: np.ndarray, i_r: np.ndarray, rng: np.random.Generator,
+           units: int = 2) -> Config:
+    """Importance-guided mutation (as in the authors' code, where it was written but never called):
+    pick `units` units with probability ∝ importance^1.5; move a picked unit's bits up with
+    probability I_q (down otherwise) and its rank up with probability I_r (down otherwise)."""
+    n = len(space)
+    weight = (0.5 * i_q + 0.5 * i_r + 1e-3) ** 1.5
+    picked = rng.choice(n, size=min(units, n), replace=False, p=weight / weight.sum())
+    x = space.encode(config)
+    for u in picked:
+        if rng.random() < 0.5:
+            x[u] = np.clip(x[u] + (1 if rng.random() < i_q[u] else -1), 0, len(space.bits) - 1)
+        else:
+            x[n + u] = np.clip(x[n + u] + (1 if rng.random() < i_r[u] else -1), 0, len(space.ranks) - 1)
+    return space.decode(x)
+
+
+def tournament(scores: list[float], rng: np.random.Generator, size: int = 2) -> int:
+    """Index of the best (lowest score) of `size` entries drawn at random."""
+    picks = rng.choice(len(scores), size=min(size, len(scores)), replace=False)
+    return int(min(picks, key=lambda i: scores[i]))

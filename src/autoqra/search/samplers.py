@@ -1,0 +1,227 @@
+"""Optuna adapter: trials of a study are the evaluations of the search.
+
+Each trial's params are the configuration (`bits|<unit>`, `rank|<unit>`, categorical) and its
+`fidelity`; its value is the score (minimised); user attributes carry generation, rung, memory, the
+record key and status. `EvolutionSampler` proposes the next trial from the study's history alone,
+so a killed search resumes where it stopped and several workers can share one study (journal
+file on one machine, an RDB URL on a cluster).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial, TrialState
+
+from autoqra.search.evolution import DONE, WAIT, Evolution, Job, Result
+from autoqra.space import Config, Space
+
+FIDELITY = "fidelity"
+ObjectiveFn = Callable[[Config, int], "float | dict[str, Any]"]
+
+
+def distributions(space: Space, fidelities: tuple[int, ...]) -> dict[str, BaseDistribution]:
+    out: dict[str, BaseDistribution] = {}
+    for unit in space.units:
+        out[f"bits|{unit}"] = CategoricalDistribution(list(space.bits))
+        out[f"rank|{unit}"] = CategoricalDistribution(list(space.ranks))
+    out[FIDELITY] = CategoricalDistribution(list(fidelities))
+    return out
+
+
+def params_of(job: Job) -> dict[str, Any]:
+    c = job.config
+    out: dict[str, Any] = {f"bits|{u}": b for u, b in zip(c.units, c.bits)}
+    out.update({f"rank|{u}": r for u, r in zip(c.units, c.ranks)})
+    out[FIDELITY] = job.fidelity
+    return out
+
+
+def config_of(params: dict[str, Any], space: Space) -> Config:
+    return space.make([params[f"bits|{u}"] for u in space.units], [params[f"rank|{u}"] for u in space.units])
+
+
+JOB = "autoqra:job"
+
+
+def job_attr(job: Job) -> dict[str, Any]:
+    return {"units": job.config.to_dict()["units"], "fidelity": job.fidelity, "generation": job.generation,
+            "rung": job.rung}
+
+
+def job_of(attr: dict[str, Any]) -> Job:
+    return Job(Config.from_dict({"units": attr["units"]}), attr["fidelity"], attr["generation"], attr["rung"])
+
+
+def history(study: optuna.Study, space: Space, trials: list[FrozenTrial] | None = None) -> list[Result]:
+    """Finished evaluations (completed, or failed *as an evaluation*) and running ones. A trial's job
+    is the system attribute its sampler wrote in one step, so it counts as taken from that moment.
+    A trial that failed because its worker died has no status and is dropped: its job is redone."""
+    out = []
+    for t in study.get_trials(deepcopy=False) if trials is None else trials:
+        if JOB not in t.system_attrs or t.system_attrs.get("autoqra:skip"):
+            continue
+        job = job_of(t.system_attrs[JOB])
+        if job.config.units != space.units:
+            continue
+        if t.state == TrialState.COMPLETE:
+            out.append(Result(job.config, job.fidelity, job.generation, job.rung, t.value))
+        elif t.state == TrialState.FAIL and t.user_attrs.get("status") == "failed":
+            out.append(Result(job.config, job.fidelity, job.generation, job.rung, None))
+        elif t.state == TrialState.RUNNING:
+            out.append(Result(job.config, job.fidelity, job.generation, job.rung, None, done=False))
+    return out
+
+
+class EvolutionSampler(BaseSampler):
+    """Optuna sampler whose proposals come from `Evolution.next` on the study's history."""
+
+    def __init__(self, evolution: Evolution):
+        self.evolution = evolution
+        self.pending: Job | None = None  # the job the driver saw; used if a concurrent ask took it
+        self._space = distributions(evolution.space, evolution.settings.fidelities)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return dict(self._space)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        # One snapshot for both the history and the trials asked before this one that have no job yet,
+        # so that workers asking at the same time take different jobs.
+        trials = study.get_trials(deepcopy=False)
+        unassigned = [t for t in trials if t.state == TrialState.RUNNING and JOB not in t.system_attrs
+                      and t.number < trial.number]
+        job = self.evolution.next(history(study, self.evolution.space, trials), slot=len(unassigned))
+        if not isinstance(job, Job):
+            # a concurrent worker took the last free job since the driver looked: mark this trial to
+            # be skipped (params must still be valid, so reuse the driver's job)
+            if self.pending is None:
+                raise RuntimeError("EvolutionSampler asked for a trial while the search has nothing to run")
+            job = self.pending
+            study._storage.set_trial_system_attr(trial._trial_id, "autoqra:skip", True)
+        study._storage.set_trial_system_attr(trial._trial_id, JOB, job_attr(job))
+        return params_of(job)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        raise RuntimeError(f"{param_name}: not part of the AutoQRA search space")
+
+
+def open_study(name: str, storage: str | None, journal: str | None, sampler: BaseSampler) -> optuna.Study:
+    """Create or load a study (direction: minimise). `storage` is an Optuna URL; without one a
+    journal file is used (several processes on one machine may share it)."""
+    if storage is None:
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        if journal is None:
+            storage_obj: Any = optuna.storages.InMemoryStorage()
+        else:
+            os.makedirs(os.path.dirname(os.path.abspath(journal)), exist_ok=True)
+            storage_obj = JournalStorage(JournalFileBackend(journal))
+    elif storage.startswith(("sqlite", "postgresql", "mysql")):
+        storage_obj = optuna.storages.RDBStorage(storage, heartbeat_interval=60, grace_period=180)
+    else:
+        storage_obj = storage
+    return optuna.create_study(study_name=name, storage=storage_obj, sampler=sampler, direction="minimize",
+                               load_if_exists=True)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def fail_dead_trials(study: optuna.Study) -> int:
+    """Mark RUNNING trials of dead workers on this host as failed (their jobs will be redone);
+    RDB storages also fail trials whose heartbeat stopped."""
+    failed = 0
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        who = t.user_attrs.get("worker", "")
+        h, _, pid = who.partition(":")
+        if h == host and pid.isdigit() and not _alive(int(pid)):
+            study.tell(t.number, state=TrialState.FAIL)
+            failed += 1
+    with contextlib.suppress(Exception), warnings.catch_warnings():  # storages without heartbeats
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claimed_earlier(study: optuna.Study, number: int, claim: dict[str, Any], poll_s: float,
+                     patience_s: float = 60.0) -> bool:
+    """True if an earlier trial holds the same job. Waits (up to `patience_s`, for dead workers)
+    until every earlier running trial has written its claim, so the earliest claimant always wins."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        earlier = [t for t in study.get_trials(deepcopy=False) if t.number < number]
+        pending = [t for t in earlier if t.state == TrialState.RUNNING and JOB not in t.system_attrs]
+        if not pending or time.monotonic() > deadline:
+            break
+        time.sleep(min(poll_s, 0.05))
+    return any(t.system_attrs.get(JOB) == claim and not t.system_attrs.get("autoqra:skip") for t in earlier
+               if t.state in (TrialState.RUNNING, TrialState.COMPLETE)
+               or (t.state == TrialState.FAIL and t.user_attrs.get("status") == "failed"))
+
+
+def drive(study: optuna.Study, sampler: EvolutionSampler, objective: ObjectiveFn,
+          describe: Callable[[Config], dict[str, Any]] | None = None, poll_s: float = 2.0,
+          on_trial: Callable[[FrozenTrial], None] | None = None) -> int:
+    """Ask, evaluate and tell until the search is done; returns the number of trials this worker ran."""
+    space = sampler.evolution.space
+    fail_dead_trials(study)
+    ran = 0
+    while True:
+        job = sampler.evolution.next(history(study, space))
+        if job == DONE:
+            return ran
+        if job == WAIT:
+            time.sleep(poll_s)
+            continue
+        sampler.pending = job
+        trial = study.ask()
+        trial.set_user_attr("worker", worker_id())
+        for name, dist in sampler._space.items():
+            trial.suggest_categorical(name, dist.choices)
+        attrs = study._storage.get_trial(trial._trial_id).system_attrs
+        job = job_of(attrs[JOB])
+        config, fidelity = job.config, job.fidelity
+        if attrs.get("autoqra:skip") or _claimed_earlier(study, trial.number, attrs[JOB], poll_s):
+            trial.set_user_attr("status", "skipped")
+            study.tell(trial, state=TrialState.FAIL)
+            continue
+        trial.set_user_attr("config_key", config.key)
+        if describe is not None:
+            for k, v in describe(config).items():
+                trial.set_user_attr(k, v)
+        out = objective(config, fidelity)
+        out = {"score": out, "status": "ok"} if isinstance(out, (int, float)) else out
+        for k in ("status", "reason", "key"):
+            if out.get(k) is not None:
+                trial.set_user_attr("record_key" if k == "key" else k, out[k])
+        if out.get("score") is None:
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, float(out["score"]))
+        ran += 1
+        if on_trial is not None:
+            on_trial(study.trials[trial.number])

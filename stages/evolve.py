@@ -1,0 +1,115 @@
+"""evolve: stage 1 of the search, multi-fidelity evolution warm-started by the priors (Optuna).
+
+Trials live in an Optuna study (`search.storage`, default a journal file under data/search/) whose
+name hashes everything that defines the search, so a killed run resumes it and a changed search
+starts a new one. Fidelity evaluations are records under data/search/records/, shared by every
+search: a repeated or extended search pays only for evaluations it has not made before.
+Writes `<out>/trials.parquet`, `front.parquet`, `best.json`, `trace.png` and `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import time
+from pathlib import Path
+from typing import Any
+
+from autoqra import report
+from autoqra.config import Params
+from autoqra.search import Settings, ranking
+from stages import common
+from stages.registry import STAGES
+from stages.search_setup import SearchSetup
+
+PARAMS = STAGES["evolve"].params
+
+
+def settings(p: Params) -> Settings:
+    s = p.search
+    return Settings(population=s.population, offspring=s.offspring, candidates=s.candidates,
+                    generations=s.generations, fidelities=tuple(s.fidelities), eta=s.eta, max_steps=s.max_steps,
+                    seed=p.seed)
+
+
+def worker(params_path: str, dirs: dict[str, str], threads: int, progress: bool) -> dict[str, int]:
+    """One search worker: build everything, then ask/evaluate/tell until the search is done."""
+    from autoqra.search.samplers import drive
+
+    common.setup(threads)
+    p, _ = common.load(params_path, PARAMS)
+    setup = SearchSetup(p, dirs, progress=progress)
+    study, sampler = setup.study("evolve", settings(p))
+    ran = drive(study, sampler, setup.objective, describe=setup.describe,
+                on_trial=lambda t: common.log.info("trial %d: gen %s rung %s f=%s score=%s", t.number,
+                                                   t.system_attrs["autoqra:job"]["generation"],
+                                                   t.system_attrs["autoqra:job"]["rung"], t.params.get("fidelity"),
+                                                   None if t.value is None else round(t.value, 4)))
+    return {"trials": ran, "steps_trained": setup.evaluator.steps_trained, "records_computed": setup.evaluator.computed}
+
+
+def run(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: int) -> dict[str, Any]:
+    workers = p.search.workers
+    per_worker = max(1, (threads or mp.cpu_count()) // workers)
+    start = time.perf_counter()
+    if workers == 1:
+        mine = [worker(params_path, dirs, per_worker, progress=True)]
+    else:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            mine = pool.starmap(worker, [(params_path, dirs, per_worker, False)] * workers)
+    search_s = time.perf_counter() - start
+    setup = SearchSetup(p, dirs)
+    study, sampler = setup.study("evolve", settings(p))
+    trials = report.trials_frame(study, setup.space)
+    hist = setup.history(study)
+    best_f, best_score, best = ranking(hist)[0]
+    reference = setup.reference_config()
+    ref = setup.objective(reference, best_f) if setup.space_contains(reference) else None
+    out.mkdir(parents=True, exist_ok=True)
+    trials.to_parquet(out / "trials.parquet", index=False)
+    report.front(trials).to_parquet(out / "front.parquet", index=False)
+    common.write_json(out / "best.json", {"config": best.to_dict(), "key": best.key, "fidelity": best_f,
+                                          "score": best_score, "memory": setup.memory.breakdown(setup.space, best)})
+    report.search_trace(trials, f"evolve: {p.search.metric}").savefig(out / "trace.png", dpi=120)
+    per_fidelity = {str(f): int((trials["fidelity"] == f).sum()) for f in p.search.fidelities}
+    return {
+        "study": study.study_name,
+        "trials": len(trials),
+        "evaluations_per_fidelity": per_fidelity,
+        "generations": int(trials["generation"].max()) + 1 if len(trials) else 0,
+        "failed": int((trials["status"] != "ok").sum()),
+        "steps_spent": int(trials["fidelity"].sum()),
+        "steps_trained_this_run": sum(m["steps_trained"] for m in mine),
+        "records_computed_this_run": sum(m["records_computed"] for m in mine),
+        "best": {"key": best.key, "fidelity": best_f, "score": best_score, "summary": best.describe(),
+                 "memory_bytes": setup.memory.total(setup.space, best)},
+        "reference": None if ref is None else {"arm": p.budget.reference, "fidelity": best_f, "score": ref["score"],
+                                                "status": ref["status"]},
+        "budget": {"kind": setup.budget.kind, "limit": setup.budget.limit, "description": setup.budget.description},
+        "all_within_budget": bool(all(setup.budget.feasible(c) for c in setup.configs(trials))),
+        "surrogate": sampler.evolution.surrogate_quality(hist),
+        "search_s": round(search_s, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = common.parser(__doc__.splitlines()[0])
+    ap.add_argument("--prepare", default="data/prepare")
+    ap.add_argument("--quantize", default="data/quantize", help="folder holding b{bits}/ caches")
+    ap.add_argument("--profile", default="data/profile")
+    ap.add_argument("--search", default="data/search", help="study journal and record cache live here")
+    ap.add_argument("--out", default="data/search/evolve")
+    args = ap.parse_args(argv)
+    common.setup(args.threads)
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    p, _ = common.load(args.params, PARAMS)
+    dirs = {"prepare": args.prepare, "quantize": args.quantize, "profile": args.profile, "search": args.search}
+    SearchSetup.check_inputs(p, dirs)
+    out = Path(args.out)
+    metrics = common.timed(lambda: run(p, args.params, dirs, out, args.threads))
+    common.write_json(out / "metrics.json", metrics)
+
+
+if __name__ == "__main__":
+    main()
+

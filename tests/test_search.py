@@ -1,0 +1,147 @@
+"""Stage 1 as a library on synthetic objectives: warm start, successive halving, quality, resumption."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import optuna
+import pytest
+
+from autoqra.memory import MemoryModel, ModelSpec, ModuleShape, Training, make_budget
+from autoqra.search import Settings, evolve, ranking
+from autoqra.search import operators as ops
+from autoqra.search.evolution import Evolution
+from autoqra.search.repair import repair
+from autoqra.search.samplers import EvolutionSampler, drive, history, open_study
+from autoqra.search.synthetic import SyntheticObjective
+from autoqra.space import Space
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SHAPES = tuple(ModuleShape(f"model.layers.{i}.mlp.up_proj", 64 * (1 + i % 3), 128) for i in range(6))
+SPEC = ModelSpec(SHAPES, other_params=100, hidden=64, intermediate=128, layers=6, heads=4, kv_heads=2, vocab=100)
+SPACE = Space.build([m.name for m in SHAPES], "block", [2, 3, 4, 8], [4, 8, 16])
+BUDGET = make_budget("relative", 1.0, "uniform3_r8", MemoryModel(SPEC, 64, Training(1, 4)), SPACE)
+
+
+def _settings(seed, **kw):
+    base = dict(population=12, offspring=6, candidates=60, generations=50, fidelities=(1, 3, 9), eta=3,
+                max_steps=300, seed=seed)
+    return Settings(**{**base, **kw})
+
+
+def test_generation_zero_starts_with_the_prior_config_and_fits_the_budget():
+    obj = SyntheticObjective(SPACE, 0)
+    i_q, i_r = obj.priors()
+    evo = Evolution(SPACE, BUDGET, i_q, i_r, _settings(0))
+    members = evo.warm_start()
+    assert members[0] == ops.prior_config(SPACE, BUDGET, i_q, i_r)
+    assert len(members) == 12 and len({c.key for c in members}) == 12
+    assert all(BUDGET.feasible(c) for c in members)
+    assert set(ops.feasible_uniforms(SPACE, BUDGET)) <= {c for c in members}
+    # the prior spends bits where I_q is high: the most sensitive unit has at least the least one's bits
+    prior = members[0]
+    assert prior.bits[int(np.argmax(i_q))] >= prior.bits[int(np.argmin(i_q))]
+
+
+def test_successive_halving_rung_counts_and_promotions():
+    obj = SyntheticObjective(SPACE, 1)
+    settings = _settings(1, population=9, offspring=6, generations=3, max_steps=0)
+    study, evo = evolve(obj, SPACE, BUDGET, *obj.priors(), settings)
+    hist = history(study, SPACE)
+    counts = {(g, k): sum(1 for r in hist if r.generation == g and r.rung == k) for g in range(3) for k in range(3)}
+    assert [counts[(0, k)] for k in range(3)] == [9, 3, 1]
+    assert [counts[(g, k)] for g in (1, 2) for k in range(3)] == [6, 2, 1, 6, 2, 1]
+    for g in range(3):
+        for k in range(2):
+            rung = sorted((r for r in hist if r.generation == g and r.rung == k), key=lambda r: r.score)
+            promoted = {r.config.key for r in hist if r.generation == g and r.rung == k + 1}
+            assert promoted == {r.config.key for r in rung[: math.ceil(len(rung) / 3)]}
+            assert all(r.fidelity == settings.fidelities[k] for r in rung)
+    assert all(BUDGET.feasible(r.config) for r in hist)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_search_beats_random_feasible_search_with_the_same_fidelity_budget(seed):
+    obj = SyntheticObjective(SPACE, seed)
+    optimum, _ = obj.optimum(BUDGET)
+    study, _ = evolve(obj, SPACE, BUDGET, *obj.priors(), _settings(seed))
+    best = ranking(history(study, SPACE))[0][2]
+    spent = obj.steps
+    rng, rand = np.random.default_rng(seed + 100), SyntheticObjective(SPACE, seed)
+    found = []
+    while rand.steps + 9 <= spent:  # random feasible configurations, each at the highest fidelity
+        config = repair(SPACE.random(rng), BUDGET)
+        found.append((rand(config, 9), config))
+    random_best = min(found, key=lambda x: x[0])[1]
+    assert BUDGET.feasible(best)
+    assert obj.true_value(best) < obj.true_value(random_best)
+    assert obj.true_value(best) - optimum < 0.3
+
+
+def test_same_seed_same_search():
+    runs = []
+    for _ in range(2):
+        obj = SyntheticObjective(SPACE, 3)
+        study, _ = evolve(obj, SPACE, BUDGET, *obj.priors(), _settings(3, max_steps=120))
+        runs.append([(t.params["fidelity"], t.value, t.user_attrs["config_key"]) for t in study.trials])
+    assert runs[0] == runs[1]
+
+
+def test_resume_after_a_dead_worker_repeats_only_the_unfinished_evaluation(tmp_path):
+    obj = SyntheticObjective(SPACE, 4)
+    settings = _settings(4, max_steps=150)
+    calls = []
+
+    def dies_after_20(config, fidelity):
+        if len(calls) == 20:
+            raise KeyboardInterrupt  # the process is killed mid-evaluation
+        calls.append((config.key, fidelity))
+        return obj(config, fidelity)
+
+    journal = str(tmp_path / "study.journal")
+    evo = Evolution(SPACE, BUDGET, *obj.priors(), settings)
+    study = open_study("s", None, journal, EvolutionSampler(evo))
+    with pytest.raises(KeyboardInterrupt):
+        drive(study, EvolutionSampler(evo), dies_after_20)
+    running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    assert len(running) == 1
+    study.tell(running[0].number, state=optuna.trial.TrialState.FAIL)  # what a restart does for a dead pid
+
+    resumed = []
+    sampler = EvolutionSampler(Evolution(SPACE, BUDGET, *obj.priors(), settings))
+    study = open_study("s", None, journal, sampler)
+    drive(study, sampler, lambda c, f: resumed.append((c.key, f)) or obj(c, f))
+    reference = []
+    ref_obj = SyntheticObjective(SPACE, 4)
+    evolve(lambda c, f: reference.append((c.key, f)) or ref_obj(c, f), SPACE, BUDGET, *obj.priors(), settings)
+    assert not set(calls) & set(resumed)  # nothing finished was evaluated again
+    assert calls + resumed == reference  # and the search went on exactly as if uninterrupted
+
+
+def test_two_workers_share_one_study_without_duplicates(tmp_path):
+    obj = SyntheticObjective(SPACE, 2)
+    settings = _settings(2, generations=6, max_steps=0)  # a step budget may overshoot by a concurrent trial
+    journal = str(tmp_path / "shared.journal")
+    lock, seen = threading.Lock(), []
+
+    def objective(config, fidelity):
+        with lock:
+            seen.append((config.key, fidelity))
+        return obj(config, fidelity)
+
+    def work():
+        sampler = EvolutionSampler(Evolution(SPACE, BUDGET, *obj.priors(), settings))
+        drive(open_study("shared", None, journal, sampler), sampler, objective, poll_s=0.05)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    single = []
+    evolve(lambda c, f: single.append((c.key, f)) or SyntheticObjective(SPACE, 2)(c, f), SPACE, BUDGET,
+           *obj.priors(), settings)
+    assert sorted(seen) == sorted(single) and len(set(seen)) == len(seen)
