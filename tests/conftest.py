@@ -101,3 +101,15 @@ def quantize_all(model_dir, task_dir, out_root, bits=(2, 3, 4, 8), group_size=64
 def tiny_caches(tmp_path_factory, tiny_dir, task_dir):
     """GPTQ caches of the tiny model at 2, 3, 4 and 8 bits (group 64, as in the smoke experiment)."""
     return quantize_all(tiny_dir, task_dir, tmp_path_factory.mktemp("caches"))
+
+
+@pytest.fixture(scope="session")
+def smoke_project(tmp_path_factory):
+    """A copy of the project with the smoke experiment run up to the profile stage by Snakemake."""
+    root = copy_project(tmp_path_factory.mktemp("smoke") / "project")
+    res = run_tool(["snakemake", "--cores", "2", "data/profile", "--config", "experiment=smoke"], cwd=root)
+    assert res.returncode == 0, res.stderr[-3000:]
+    from stages.params import compose, to_yaml
+
+    (root / "smoke.yaml").write_text(to_yaml(compose(["experiment=smoke"])))
+    return root

@@ -126,7 +126,10 @@ def open_study(name: str, storage: str | None, journal: str | None, sampler: Bas
         if journal is None:
             storage_obj: Any = optuna.storages.InMemoryStorage()
         else:
-            os.makedirs(os.path.dirname(os.path.abspath(journal)), exist_ok=True)
+            # absolute: Optuna's lock is a symlink to this path, and a relative target dangles,
+            # which makes a stale lock left by a killed worker spin forever instead of expiring
+            journal = os.path.abspath(journal)
+            os.makedirs(os.path.dirname(journal), exist_ok=True)
             storage_obj = JournalStorage(JournalFileBackend(journal))
     elif storage.startswith(("sqlite", "postgresql", "mysql")):
         storage_obj = optuna.storages.RDBStorage(storage, heartbeat_interval=60, grace_period=180)
