@@ -30,7 +30,7 @@ def test_default_composition_validates_and_round_trips():
 def test_smoke_experiment_overrides_groups_and_values():
     tree = P.compose(["experiment=smoke", "search.population=16"])
     assert tree["model"]["source"] == "tiny"
-    assert tree["quant"]["group_size"] == 32
+    assert tree["quant"]["bits"] == [2, 4, 8] and tree["budget"]["reference"] == "uniform4_r8"
     assert tree["search"]["population"] == 16
 
 
