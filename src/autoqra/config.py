@@ -140,14 +140,14 @@ class SearchParams:
 
     granularity: str = spec("block", help="unit of choice: one (bits, rank) per block or per linear",
                             choices=["block", "module"])
-    population: int = spec(40, help="configurations in generation 0", min=2)
-    generations: int = spec(12, help="generations of stage 1", min=1)
-    offspring: int = spec(12, help="children evaluated per generation (after surrogate screening)", min=1)
+    population: int = spec(20, help="configurations in generation 0", min=2)
+    generations: int = spec(8, help="generations of stage 1", min=1)
+    offspring: int = spec(8, help="children evaluated per generation (after surrogate screening)", min=1)
     candidates: int = spec(200, help="children generated per generation for surrogate screening", min=1)
-    fidelities: list[int] = spec([8, 32, 128], help="successive-halving rungs in fine-tuning steps",
+    fidelities: list[int] = spec([8, 24, 72], help="successive-halving rungs in fine-tuning steps",
                                  items={"min": 1}, min_items=1, increasing=True)
     eta: int = spec(3, help="successive-halving ratio (best 1/eta of a rung are promoted)", min=2)
-    max_steps: int = spec(6000, help="compute budget of stage 1 in training steps (0 = unlimited)", min=0)
+    max_steps: int = spec(2400, help="compute budget of stage 1 in training steps (0 = unlimited)", min=0)
     metric: str = spec("answer_loss", help="search objective on the validation split",
                        choices=["answer_loss", "exact_match"])
     storage: str | None = spec(None, help="Optuna storage URL; null = journal file under data/search/")
