@@ -11,24 +11,19 @@ Prints seconds per step and per evaluation, and ratios to the plain loop.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+import torch
+from common import TARGETS  # sets the offline environment (read when transformers is first imported)
 
-import torch  # noqa: E402
-
-from autoqra import models, quant  # noqa: E402
-from autoqra.config import FinetuneParams, LoraParams  # noqa: E402
-from autoqra.evaluate import Evaluator  # noqa: E402
-from autoqra.finetune import attach_lora, train  # noqa: E402
-from autoqra.memory import ModelSpec  # noqa: E402
-from autoqra.space import Space  # noqa: E402
-
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from autoqra import models, quant
+from autoqra.config import FinetuneParams, LoraParams
+from autoqra.evaluate import Evaluator
+from autoqra.finetune import attach_lora, train
+from autoqra.memory import ModelSpec
+from autoqra.space import Space
 
 
 def main() -> None:

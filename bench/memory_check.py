@@ -9,22 +9,17 @@ attaches LoRA with per-module ranks and prints predicted bytes, measured bytes a
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+import numpy as np
+import torch
+from common import TARGETS  # sets the offline environment (read when transformers is first imported)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from autoqra import quant  # noqa: E402
-from autoqra.finetune import attach_lora  # noqa: E402
-from autoqra.memory import MemoryModel, ModelSpec, Training, measured_bytes  # noqa: E402
-from autoqra.space import Space  # noqa: E402
-
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from autoqra import quant
+from autoqra.finetune import attach_lora
+from autoqra.memory import MemoryModel, ModelSpec, Training, measured_bytes
+from autoqra.space import Space
 
 
 def main() -> None:

@@ -114,3 +114,18 @@ def test_search_lora_finetune_changes_rerun_neither_quantize_nor_profile(tmp_pat
     assert res.returncode == 0 and "Running stage" not in res.stdout, res.stdout[-3000:]
     res = run_tool(["dvc", "exp", "run", "-S", "experiment=smoke", "-S", "profile.samples=8", "profile"], cwd=dvc_dir)
     assert "Running stage 'profile'" in res.stdout and "Running stage 'quantize" not in res.stdout, res.stdout
+
+
+@pytest.mark.slow
+def test_dvc_runs_the_whole_smoke_pipeline_and_then_has_nothing_to_do(tmp_path):
+    root = copy_project(tmp_path / "dvc", git_commit=True)
+    res = run_tool(["dvc", "exp", "run", "-S", "experiment=smoke"], cwd=root)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for stage in ("prepare", "quantize@2", "quantize@4", "quantize@8", "profile", "evolve"):
+        assert f"Running stage '{stage}'" in res.stdout
+    metrics = json.loads((root / "data/search/evolve/metrics.json").read_text())
+    assert metrics["all_within_budget"] and metrics["trials"] > 0
+    shown = run_tool(["dvc", "metrics", "show", "--json"], cwd=root)
+    assert "data/search/evolve/metrics.json" in shown.stdout
+    again = run_tool(["dvc", "repro"], cwd=root)
+    assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout

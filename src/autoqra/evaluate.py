@@ -11,9 +11,9 @@ workers from computing the same record at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import socket
 import tempfile
 import time
 from dataclasses import asdict
@@ -26,6 +26,7 @@ from autoqra import fingerprint, models, quant, scoring
 from autoqra.config import FinetuneParams, LoraParams
 from autoqra.finetune import attach_lora, train
 from autoqra.memory import MemoryModel
+from autoqra.process import is_dead, worker_id
 from autoqra.space import Config, Space
 from autoqra.tasks import encode, read_split
 
@@ -47,7 +48,10 @@ class Evaluator:
         self.model_dir, self.space, self.lora, self.ft = Path(model_dir), space, lora, finetune
         self.caches, self.memory, self.metric, self.progress = caches, memory, metric, progress
         self.records = Path(records)
-        self.device, self.dtype = models.device_and_dtype() if device is None else (device, torch.float32)
+        if device is None:
+            self.device, self.dtype = models.device_and_dtype()
+        else:
+            self.device, self.dtype = device, torch.bfloat16 if device.startswith("cuda") else torch.float32
         self.backend = ("packed" if self.device.startswith("cuda") else "dequant") if backend == "auto" else backend
         if self.backend == "packed" and self.dtype == torch.float32:
             self.dtype = torch.bfloat16  # GPTQModel's trainable layers compute in bf16/fp16
@@ -95,16 +99,16 @@ class Evaluator:
         while True:
             try:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
+                os.write(fd, worker_id().encode())
                 os.close(fd)
                 return True
             except FileExistsError:
                 if path.exists():
                     return False
-                host, _, pid = lock.read_text().partition(" ") if lock.exists() else ("", "", "")
-                if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
-                    lock.unlink(missing_ok=True)  # its worker died: take over
-                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if is_dead(lock.read_text()):
+                        lock.unlink(missing_ok=True)  # its worker died: take over
+                        continue
                 time.sleep(LOCK_POLL_S)
 
     # ------------------------------------------------------------------ evaluation
@@ -190,12 +194,3 @@ class Evaluator:
         out["eval_s"] = round(time.perf_counter() - start, 3)
         return out
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -10,8 +10,8 @@ file on one machine, an RDB URL on a cluster).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
-import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -22,6 +22,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from autoqra.process import is_dead, worker_id
 from autoqra.search.evolution import DONE, WAIT, Evolution, Job, Result
 from autoqra.space import Config, Space
 
@@ -99,7 +100,7 @@ class EvolutionSampler(BaseSampler):
         # so that workers asking at the same time take different jobs.
         trials = study.get_trials(deepcopy=False)
         unassigned = [t for t in trials if t.state == TrialState.RUNNING and JOB not in t.system_attrs
-                      and t.number < trial.number]
+                      and t.number < trial.number and not _orphan(t)]
         job = self.evolution.next(history(study, self.evolution.space, trials), slot=len(unassigned))
         if not isinstance(job, Job):
             # a concurrent worker took the last free job since the driver looked: mark this trial to
@@ -139,19 +140,12 @@ def open_study(name: str, storage: str | None, journal: str | None, sampler: Bas
                                load_if_exists=True)
 
 
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def fail_dead_trials(study: optuna.Study) -> int:
     """Mark RUNNING trials of dead workers on this host as failed (their jobs will be redone);
     RDB storages also fail trials whose heartbeat stopped."""
     failed = 0
-    host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        who = t.user_attrs.get("worker", "")
-        h, _, pid = who.partition(":")
-        if h == host and pid.isdigit() and not _alive(int(pid)):
+        if is_dead(t.user_attrs.get("worker", "")) or _orphan(t):
             study.tell(t.number, state=TrialState.FAIL)
             failed += 1
     with contextlib.suppress(Exception), warnings.catch_warnings():  # storages without heartbeats
@@ -160,14 +154,13 @@ def fail_dead_trials(study: optuna.Study) -> int:
     return failed
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+ORPHAN_S = 120.0  # a live worker writes its claim within seconds of asking
+
+
+def _orphan(t: FrozenTrial) -> bool:
+    """A running trial that never got a job: its worker died between ask and claim."""
+    age = (datetime.datetime.now() - t.datetime_start).total_seconds() if t.datetime_start else 0.0
+    return JOB not in t.system_attrs and age > ORPHAN_S
 
 
 def _claimed_earlier(study: optuna.Study, number: int, claim: dict[str, Any], poll_s: float,
@@ -177,7 +170,8 @@ def _claimed_earlier(study: optuna.Study, number: int, claim: dict[str, Any], po
     deadline = time.monotonic() + patience_s
     while True:
         earlier = [t for t in study.get_trials(deepcopy=False) if t.number < number]
-        pending = [t for t in earlier if t.state == TrialState.RUNNING and JOB not in t.system_attrs]
+        pending = [t for t in earlier if t.state == TrialState.RUNNING and JOB not in t.system_attrs
+                   and not _orphan(t)]
         if not pending or time.monotonic() > deadline:
             break
         time.sleep(min(poll_s, 0.05))
