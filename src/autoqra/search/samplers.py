@@ -47,10 +47,6 @@ def params_of(job: Job) -> dict[str, Any]:
     return out
 
 
-def config_of(params: dict[str, Any], space: Space) -> Config:
-    return space.make([params[f"bits|{u}"] for u in space.units], [params[f"rank|{u}"] for u in space.units])
-
-
 JOB = "autoqra:job"
 
 
@@ -191,8 +187,9 @@ def drive(study: optuna.Study, sampler: EvolutionSampler, objective: ObjectiveFn
         job = sampler.evolution.next(history(study, space))
         if job == DONE:
             return ran
-        if job == WAIT:
+        if job == WAIT:  # the rung's last evaluations run elsewhere; a worker may also have died
             time.sleep(poll_s)
+            fail_dead_trials(study)
             continue
         sampler.pending = job
         trial = study.ask()
