@@ -26,12 +26,13 @@ from autoqra import fingerprint, models, quant, scoring
 from autoqra.config import FinetuneParams, LoraParams
 from autoqra.finetune import attach_lora, train
 from autoqra.memory import MemoryModel
-from autoqra.process import is_dead, worker_id
+from autoqra.process import is_dead, parse, worker_id
 from autoqra.space import Config, Space
 from autoqra.tasks import encode, read_split
 
 RECORD_VERSION = 1
 LOCK_POLL_S = 2.0
+LOCK_UNREADABLE_S = 60.0  # a lock without a worker id (killed between create and write) expires
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -106,7 +107,7 @@ class Evaluator:
                 if path.exists():
                     return False
                 with contextlib.suppress(FileNotFoundError):
-                    if is_dead(lock.read_text()):
+                    if _stale(lock):
                         lock.unlink(missing_ok=True)  # its worker died: take over
                         continue
                 time.sleep(LOCK_POLL_S)
@@ -194,3 +195,11 @@ class Evaluator:
         out["eval_s"] = round(time.perf_counter() - start, 3)
         return out
 
+
+def _stale(lock: Path) -> bool:
+    """A record lock whose worker is dead, or which holds no worker id and is older than
+    LOCK_UNREADABLE_S (raises FileNotFoundError when the lock went away meanwhile)."""
+    holder = lock.read_text()
+    if parse(holder) is None:
+        return time.time() - lock.stat().st_mtime > LOCK_UNREADABLE_S
+    return is_dead(holder)

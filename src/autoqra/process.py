@@ -1,25 +1,54 @@
-"""Who is working: worker identities and liveness, for locks and claims shared by several processes."""
+"""Who is working: worker identities and liveness, for locks and claims shared by several processes.
+
+A worker is `host:pid:start`, where `start` identifies the process incarnation (boot id and start
+time on Linux), so a pid reused after a crash or a reboot does not keep a dead worker's lock alive.
+Where `/proc` is missing (macOS) `start` is empty and liveness falls back to the pid alone.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
+
+
+def _start(pid: int) -> str:
+    """Incarnation stamp of a process: `<boot id prefix>-<start time in clock ticks>`; '' when unknown."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat.rsplit(")", 1)[-1].split()  # the command name may hold spaces and parentheses
+    return f"{boot}-{fields[19]}" if len(fields) > 19 else ""
 
 
 def worker_id() -> str:
-    """`host:pid` of this process."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """`host:pid:start` of this process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start(os.getpid())}"
+
+
+def parse(worker: str) -> tuple[str, int, str] | None:
+    """(host, pid, start) of a worker id, None when `worker` is not one."""
+    parts = worker.strip().split(":")
+    if len(parts) == 2:
+        parts.append("")
+    if len(parts) != 3 or not parts[0] or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1]), parts[2]
 
 
 def is_dead(worker: str) -> bool:
-    """True only when `worker` ran on this host and its process is gone (other hosts: unknown, False)."""
-    host, _, pid = worker.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    """True only when `worker` ran on this host and that process is gone (its pid is free or now
+    belongs to a later process). Other hosts and unparseable ids: unknown, False."""
+    parsed = parse(worker)
+    if parsed is None or parsed[0] != socket.gethostname():
         return False
+    _, pid, start = parsed
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:
-        return False
-    return False
+        pass  # alive, someone else's: compare incarnations below
+    return bool(start) and _start(pid) not in ("", start)
