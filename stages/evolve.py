@@ -89,6 +89,7 @@ def run(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: i
         "budget": {"kind": setup.budget.kind, "limit": setup.budget.limit, "description": setup.budget.description},
         "all_within_budget": bool(all(setup.budget.feasible(c) for c in setup.configs(trials))),
         "surrogate": sampler.evolution.surrogate_quality(hist),
+        "fidelity_agreement": report.fidelity_agreement(trials),
         "search_s": round(search_s, 1),
     }
 

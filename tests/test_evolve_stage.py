@@ -37,6 +37,8 @@ def test_snakemake_runs_evolve_within_budget(smoke_project):
     assert metrics["evaluations_per_fidelity"]["4"] > metrics["evaluations_per_fidelity"]["12"] > 0
     assert metrics["steps_trained_this_run"] == metrics["steps_spent"]  # every evaluation trained exactly once
     assert metrics["reference"]["arm"] == "uniform4_r8" and metrics["reference"]["fidelity"] == 12
+    (agree,) = metrics["fidelity_agreement"]
+    assert (agree["low"], agree["high"]) == (4, 12) and agree["n"] == metrics["evaluations_per_fidelity"]["12"]
     assert (out / "trace.png").stat().st_size > 0 and len(pd.read_parquet(out / "front.parquet")) >= 1
     assert json.loads((out / "best.json").read_text())["key"] == metrics["best"]["key"]
     again = run_tool(["snakemake", "--cores", "2", "data/search/evolve", "--config", "experiment=smoke"],

@@ -7,8 +7,10 @@ import threading
 
 import numpy as np
 import optuna
+import pandas as pd
 import pytest
 
+from autoqra import report
 from autoqra.memory import MemoryModel, ModelSpec, ModuleShape, Training, make_budget
 from autoqra.search import Settings, evolve, ranking
 from autoqra.search import operators as ops
@@ -145,3 +147,13 @@ def test_two_workers_share_one_study_without_duplicates(tmp_path):
     evolve(lambda c, f: single.append((c.key, f)) or SyntheticObjective(SPACE, 2)(c, f), SPACE, BUDGET,
            *obj.priors(), settings)
     assert sorted(seen) == sorted(single) and len(set(seen)) == len(seen)
+
+
+def test_fidelity_agreement_pairs_each_configuration_across_consecutive_rungs():
+    rows = [("a", 8, 3.0), ("b", 8, 2.0), ("c", 8, 1.0), ("d", 8, 0.5),
+            ("a", 24, 1.0), ("b", 24, 2.0), ("c", 24, 3.0), ("a", 72, 5.0), ("b", 72, 4.0)]
+    trials = pd.DataFrame([{"config_key": k, "fidelity": f, "score": s, "status": "ok"} for k, f, s in rows])
+    low_mid, mid_high = report.fidelity_agreement(trials)
+    assert (low_mid["low"], low_mid["high"], low_mid["n"]) == (8, 24, 3)
+    assert low_mid["spearman"] == pytest.approx(-1.0) and low_mid["kendall"] == pytest.approx(-1.0)
+    assert (mid_high["n"], np.isnan(mid_high["spearman"])) == (2, True)  # too few pairs to say

@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 from optuna.trial import TrialState
 
+from autoqra.search.surrogate import rank_correlation
 from autoqra.space import Space
 
 COLUMNS = ["number", "state", "generation", "rung", "fidelity", "score", "status", "reason", "config_key",
@@ -44,6 +45,19 @@ def front(trials: pd.DataFrame) -> pd.DataFrame:
             keep.append(row)
             best = row["score"]
     return pd.DataFrame(keep).reset_index(drop=True)
+
+
+def fidelity_agreement(trials: pd.DataFrame) -> list[dict[str, Any]]:
+    """For each pair of consecutive fidelities: rank correlation of the scores of the configurations
+    evaluated at both. Low values mean the lower rung promotes the wrong configurations."""
+    ok = trials[(trials["status"] == "ok") & trials["score"].notna()]
+    table = ok.pivot_table(index="config_key", columns="fidelity", values="score", aggfunc="mean")
+    levels = sorted(table.columns)
+    out = []
+    for lo, hi in zip(levels, levels[1:], strict=False):
+        both = table[[lo, hi]].dropna()
+        out.append({"low": int(lo), "high": int(hi), **rank_correlation(list(both[lo]), list(both[hi]))})
+    return out
 
 
 def search_trace(trials: pd.DataFrame, title: str) -> Any:
