@@ -76,6 +76,8 @@ def search_trace(trials: pd.DataFrame, title: str) -> Any:
     failed = trials[trials["score"].isna()]
     if len(failed):
         ax.scatter(failed["number"], [ok["score"].max()] * len(failed), marker="x", color="red", label="failed")
+    if len(ok) and ok["score"].min() > 0 and ok["score"].max() > 5 * ok["score"].min():
+        ax.set_yscale("log")  # a few broken configurations (2-bit) would flatten everything else
     ax.set_xlabel("trial")
     ax.set_ylabel("validation score (lower is better)")
     ax.set_title(title)
