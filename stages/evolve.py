@@ -33,13 +33,17 @@ def settings(p: Params) -> Settings:
 
 
 def worker(params_path: str, dirs: dict[str, str], threads: int, progress: bool) -> dict[str, int]:
-    """One search worker: build everything, then ask/evaluate/tell until the search is done."""
-    from autoqra.search.samplers import drive
-
+    """One search worker process: build everything, then search until done."""
     common.setup(threads)
     p, _ = common.load(params_path, PARAMS)
-    setup = SearchSetup(p, dirs, progress=progress)
-    study, sampler = setup.study("evolve", settings(p))
+    return search(SearchSetup(p, dirs, progress=progress))
+
+
+def search(setup: SearchSetup) -> dict[str, int]:
+    """Ask/evaluate/tell on the stage's study until the search is done."""
+    from autoqra.search.samplers import drive
+
+    study, sampler = setup.study("evolve", settings(setup.p))
     ran = drive(study, sampler, setup.objective, describe=setup.describe,
                 on_trial=lambda t: common.log.info("trial %d: gen %s rung %s f=%s score=%s", t.number,
                                                    t.system_attrs["autoqra:job"]["generation"],
@@ -53,18 +57,20 @@ def run(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: i
     per_worker = max(1, (threads or mp.cpu_count()) // workers)
     start = time.perf_counter()
     if workers == 1:
-        mine = [worker(params_path, dirs, per_worker, progress=True)]
+        setup = SearchSetup(p, dirs, progress=True)
+        mine = [search(setup)]
     else:
         with mp.get_context("spawn").Pool(workers) as pool:
             mine = pool.starmap(worker, [(params_path, dirs, per_worker, False)] * workers)
+        setup = SearchSetup(p, dirs)
     search_s = time.perf_counter() - start
-    setup = SearchSetup(p, dirs)
     study, sampler = setup.study("evolve", settings(p))
     trials = report.trials_frame(study, setup.space)
     hist = setup.history(study)
     best_f, best_score, best = ranking(hist)[0]
     reference = setup.reference_config()
-    ref = setup.objective(reference, best_f) if setup.space_contains(reference) else None
+    searched_steps = setup.evaluator.steps_trained
+    ref = setup.objective(reference, best_f) if setup.space.contains(reference) else None
     out.mkdir(parents=True, exist_ok=True)
     trials.to_parquet(out / "trials.parquet", index=False)
     report.front(trials).to_parquet(out / "front.parquet", index=False)
@@ -85,7 +91,7 @@ def run(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: i
                  "memory_bytes": setup.memory.total(setup.space, best)},
         "reference": None if ref is None else {"arm": p.budget.reference, "fidelity": best_f, "score": ref["score"],
                                                 "status": ref["status"],
-                                                "steps_trained": setup.evaluator.steps_trained},
+                                                "steps_trained": setup.evaluator.steps_trained - searched_steps},
         "budget": {"kind": setup.budget.kind, "limit": setup.budget.limit, "description": setup.budget.description},
         "all_within_budget": bool(all(setup.budget.feasible(c) for c in setup.configs(trials))),
         "surrogate": sampler.evolution.surrogate_quality(hist),

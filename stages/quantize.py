@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from autoqra import fingerprint, models, quant, scoring, tasks
-from autoqra.config import Params
+from autoqra.config import BIT_CHOICES, Params
 from stages import common
 from stages.registry import STAGES
 
@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     common.setup(args.threads)
     p, _ = common.load(args.params, PARAMS)
-    if args.bits not in (2, 3, 4, 8, 16):
-        raise SystemExit(f"error: --bits={args.bits}: must be one of 2, 3, 4, 8, 16")
+    if args.bits not in BIT_CHOICES:
+        raise SystemExit(f"error: --bits={args.bits}: must be one of {', '.join(map(str, BIT_CHOICES))}")
     out = Path(args.out)
     metrics = common.timed(lambda: run(p, args.bits, Path(args.prepare), out))
     common.write_json(out / "metrics.json", metrics)

@@ -84,8 +84,5 @@ class SearchSetup:
         bits, rank = parse_reference(self.p.budget.reference)
         return self.space.uniform(bits, rank)
 
-    def space_contains(self, config: Config) -> bool:
-        return all(b in self.space.bits for b in config.bits) and all(r in self.space.ranks for r in config.ranks)
-
     def configs(self, trials: pd.DataFrame) -> list[Config]:
         return [Config.from_dict({"units": json.loads(c)}) for c in trials["config"]]

@@ -157,3 +157,14 @@ def test_fidelity_agreement_pairs_each_configuration_across_consecutive_rungs():
     assert (low_mid["low"], low_mid["high"], low_mid["n"]) == (8, 24, 3)
     assert low_mid["spearman"] == pytest.approx(-1.0) and low_mid["kendall"] == pytest.approx(-1.0)
     assert (mid_high["n"], np.isnan(mid_high["spearman"])) == (2, True)  # too few pairs to say
+
+
+def test_space_contains_exactly_the_configurations_check_accepts():
+    inside = SPACE.uniform(4, 8)
+    assert SPACE.contains(inside)
+    SPACE.check(inside)
+    other_units = Space.build(["model.layers.0.mlp.up_proj"], "block", [4], [8]).uniform(4, 8)
+    for outside in (SPACE.uniform(16, 8), SPACE.uniform(4, 32), other_units):
+        assert not SPACE.contains(outside)
+        with pytest.raises(ValueError):
+            SPACE.check(outside)

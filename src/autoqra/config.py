@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+BIT_CHOICES = (2, 3, 4, 8, 16)  # what GPTQModel packs, and 16 = unquantized
+
 
 class ParamError(ValueError):
     """A parameter is unknown, of the wrong type or out of range."""
@@ -101,7 +103,7 @@ class QuantParams:
     """GPTQ settings: the bit ladder and how each bit-width is quantized."""
 
     bits: list[int] = spec([2, 3, 4, 8], help="candidate bit-widths, ascending (16 = leave unquantized)",
-                           items={"choices": [2, 3, 4, 8, 16]}, min_items=1, increasing=True)
+                           items={"choices": list(BIT_CHOICES)}, min_items=1, increasing=True)
     group_size: int = spec(64, help="GPTQ group size (must divide every target's in_features)",
                            choices=[16, 32, 64, 128, 256])
     sym: bool = spec(True, help="symmetric quantization")
