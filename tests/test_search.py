@@ -14,7 +14,7 @@ from autoqra import report
 from autoqra.memory import MemoryModel, ModelSpec, ModuleShape, Training, make_budget
 from autoqra.search import Settings, evolve, ranking
 from autoqra.search import operators as ops
-from autoqra.search.evolution import Evolution
+from autoqra.search.evolution import Evolution, Job, Result
 from autoqra.search.repair import repair
 from autoqra.search.samplers import EvolutionSampler, drive, history, open_study
 from autoqra.search.synthetic import SyntheticObjective
@@ -147,6 +147,20 @@ def test_two_workers_share_one_study_without_duplicates(tmp_path):
     evolve(lambda c, f: single.append((c.key, f)) or SyntheticObjective(SPACE, 2)(c, f), SPACE, BUDGET,
            *obj.priors(), settings)
     assert sorted(seen) == sorted(single) and len(set(seen)) == len(seen)
+
+
+def test_a_running_duplicate_does_not_end_a_rung_early():
+    # a concurrent worker's trial holding a job that another trial already finished (it is about to
+    # be skipped) must not make the rung look unfinished: that made the generation look done at
+    # this rung, and the next generation was bred from part of the evidence (seen in CI, 4 workers)
+    obj = SyntheticObjective(SPACE, 0)
+    evo = Evolution(SPACE, BUDGET, *obj.priors(), _settings(0))
+    members = evo.warm_start()
+    done = [Result(c, 1, 0, 0, obj(c, 1)) for c in members]
+    duplicate = Result(members[0], 1, 0, 0, None, done=False)
+    job = evo.next(done + [duplicate])
+    assert isinstance(job, Job) and (job.generation, job.rung, job.fidelity) == (0, 1, 3)
+    assert job == evo.next(done)
 
 
 def test_fidelity_agreement_pairs_each_configuration_across_consecutive_rungs():

@@ -168,7 +168,13 @@ class Evolution:
         mine = [r for r in history if r.generation == generation]
         rungs = [self.members(generation, history)]
         for k in range(len(fid) - 1):
-            at_k = {r.config.key: r for r in mine if r.rung == k}
+            # a finished result wins over a running duplicate of the same job (a concurrent worker's
+            # trial about to be skipped): otherwise the rung would look unfinished, the generation
+            # would look done at this rung, and the next one would be bred from part of the evidence
+            at_k: dict[str, Result] = {}
+            for r in mine:
+                if r.rung == k and (r.config.key not in at_k or (r.done and not at_k[r.config.key].done)):
+                    at_k[r.config.key] = r
             if any(c.key not in at_k or not at_k[c.key].done for c in rungs[k]):
                 break
             ok = sorted((r for r in at_k.values() if r.score is not None), key=lambda r: (r.score, r.config.key))
