@@ -85,4 +85,4 @@ class SearchSetup:
         return self.space.uniform(bits, rank)
 
     def configs(self, trials: pd.DataFrame) -> list[Config]:
-        return [Config.from_dict({"units": json.loads(c)}) for c in trials["config"]]
+        return [self.space.parse({"units": json.loads(c)}) for c in trials["config"]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 
@@ -182,3 +183,20 @@ def test_space_contains_exactly_the_configurations_check_accepts():
         assert not SPACE.contains(outside)
         with pytest.raises(ValueError):
             SPACE.check(outside)
+
+
+def test_a_configuration_survives_json_with_sorted_keys():
+    # stage outputs are written with sorted keys, which puts model.layers.10 before model.layers.2
+    space = Space.build([f"model.layers.{i}.mlp.up_proj" for i in range(12)], "block", [2, 4], [4, 8])
+    config = space.random(np.random.default_rng(3))
+    text = json.dumps(config.to_dict(), sort_keys=True)
+    assert list(json.loads(text)["units"]) != list(space.units)
+    assert space.parse(json.loads(text)) == config
+    units = dict(config.to_dict()["units"])
+    units.pop(space.units[-1])
+    with pytest.raises(ValueError, match="missing unit"):
+        space.parse({"units": units})
+    with pytest.raises(ValueError, match="unknown unit"):
+        space.parse({"units": {**config.to_dict()["units"], "lm_head": [4, 8]}})
+    with pytest.raises(ValueError, match="outside the ladders"):
+        space.parse({"units": {**config.to_dict()["units"], space.units[0]: [3, 8]}})

@@ -135,6 +135,20 @@ class Space:
             raise ValueError(f"{bad[0][0]}: (bits={bad[0][1]}, rank={bad[0][2]}) outside the ladders "
                              f"bits={list(self.bits)}, ranks={list(self.ranks)}")
 
+    def parse(self, data: dict[str, Any]) -> Config:
+        """A configuration read from JSON (`{"units": {unit: [bits, rank]}}`) in this space's unit
+        order, whatever the order of the keys (JSON writers may sort them: layers.10 < layers.2)."""
+        pairs = data["units"]
+        missing = [u for u in self.units if u not in pairs]
+        unknown = [u for u in pairs if u not in self.members]
+        if missing or unknown:
+            what = f"missing unit {missing[0]}" if missing else f"unknown unit {unknown[0]}"
+            raise ValueError(f"configuration does not fit the search space: {what} "
+                             f"(the space has {len(self)} units, {self.units[0]} .. {self.units[-1]})")
+        config = self.make([pairs[u][0] for u in self.units], [pairs[u][1] for u in self.units])
+        self.check(config)
+        return config
+
     def random(self, rng: np.random.Generator) -> Config:
         n = len(self)
         return self.decode(np.concatenate([rng.integers(0, len(self.bits), n), rng.integers(0, len(self.ranks), n)]))
