@@ -78,6 +78,21 @@ def test_records_are_cached_and_any_input_change_makes_a_new_one(tmp_path, tiny_
     assert fewer.key(space.uniform(4, 8), 5, 0) == ev.key(space.uniform(4, 8), 5, 0)
 
 
+def test_a_cut_schedule_run_is_the_start_of_the_longer_run(tmp_path, tiny_dir, task_dir, tiny_caches, space):
+    ev = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space)
+    config = space.uniform(3, 8)
+    full = ev(config, 12, 0)
+    short = ev(config, 4, 0)
+    cut = ev(config, 4, 0, horizon=12)
+    assert cut["train_loss"] == pytest.approx(full["train_loss"][:4])  # the same first steps
+    assert cut["train_loss"][-1] != pytest.approx(short["train_loss"][-1])  # not the 4-step schedule
+    assert ev.steps_trained == 20 and cut["horizon"] == 12 and short["horizon"] == 4
+    # a horizon equal to the fidelity is the default schedule: the same record, not a new one
+    assert ev.key(config, 12, 0, horizon=12) == ev.key(config, 12, 0) != ev.key(config, 4, 0, horizon=12)
+    with pytest.raises(ValueError, match="horizon=3"):
+        ev(config, 4, 0, horizon=3)
+
+
 def test_same_seed_same_record_in_a_fresh_cache(tmp_path, tiny_dir, task_dir, tiny_caches, space):
     a = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space, name="a")(space.uniform(3, 4), 8, 7)
     b = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space, name="b")(space.uniform(3, 4), 8, 7)

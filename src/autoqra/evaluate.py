@@ -73,17 +73,19 @@ class Evaluator:
         self.computed = 0
 
     # ------------------------------------------------------------------ keys and storage
-    def key(self, config: Config, fidelity: int, seed: int) -> str:
+    def key(self, config: Config, fidelity: int, seed: int, horizon: int = 0) -> str:
         used = sorted(set(config.bits) - {quant.UNQUANTIZED})
         caches = {b: self.caches[b].fingerprint for b in used}
+        # a schedule that ends with the run (the default) adds nothing, so those keys never change
+        extra = {"horizon": horizon} if horizon > fidelity else {}
         return fingerprint.of_data({**self._inputs, "config": config.key, "fidelity": fidelity, "seed": seed,
-                                    "caches": caches})
+                                    "caches": caches, **extra})
 
     def path(self, key: str) -> Path:
         return self.records / key[:2] / f"{key}.json"
 
-    def lookup(self, config: Config, fidelity: int, seed: int) -> dict[str, Any] | None:
-        path = self.path(self.key(config, fidelity, seed))
+    def lookup(self, config: Config, fidelity: int, seed: int, horizon: int = 0) -> dict[str, Any] | None:
+        path = self.path(self.key(config, fidelity, seed, horizon))
         return json.loads(path.read_text()) if path.exists() else None
 
     def _write(self, path: Path, record: dict[str, Any]) -> None:
@@ -113,17 +115,21 @@ class Evaluator:
                 time.sleep(LOCK_POLL_S)
 
     # ------------------------------------------------------------------ evaluation
-    def __call__(self, config: Config, fidelity: int, seed: int) -> dict[str, Any]:
-        """The record of (config, fidelity, seed): read if it exists, computed otherwise."""
+    def __call__(self, config: Config, fidelity: int, seed: int, horizon: int = 0) -> dict[str, Any]:
+        """The record of (config, fidelity, seed): read if it exists, computed otherwise. With a
+        `horizon` above `fidelity` the learning-rate schedule spans `horizon` steps and the run is cut
+        after `fidelity` of them (the first part of a longer run, rather than a whole short one)."""
         self.space.check(config)
-        key = self.key(config, fidelity, seed)
+        if horizon and horizon < fidelity:
+            raise ValueError(f"horizon={horizon}: must be 0 or at least fidelity={fidelity}")
+        key = self.key(config, fidelity, seed, horizon)
         path = self.path(key)
         if path.exists():
             return json.loads(path.read_text())
         if not self._claim(path):
             return json.loads(path.read_text())
         try:
-            record = self._run(config, fidelity, seed)
+            record = self._run(config, fidelity, seed, horizon)
             record["key"] = key
             self._write(path, record)
             self.computed += 1
@@ -143,10 +149,10 @@ class Evaluator:
             p.requires_grad_(False)
         return attach_lora(model, ranks, self.lora.alpha_ratio, self.lora.dropout)
 
-    def _run(self, config: Config, fidelity: int, seed: int) -> dict[str, Any]:
+    def _run(self, config: Config, fidelity: int, seed: int, horizon: int = 0) -> dict[str, Any]:
         start = time.perf_counter()
         record: dict[str, Any] = {"config": config.to_dict(), "config_key": config.key, "fidelity": fidelity,
-                                  "seed": seed, "backend": self.backend, "device": self.device,
+                                  "seed": seed, "horizon": max(horizon, fidelity), "backend": self.backend, "device": self.device,
                                   "dtype": str(self.dtype), "metric": self.metric, "status": "ok", "reason": None}
         if self.memory is not None:
             mem = self.memory.breakdown(self.space, config)
@@ -161,7 +167,7 @@ class Evaluator:
                                schedule=self.ft.schedule, weight_decay=self.ft.weight_decay,
                                max_grad_norm=self.ft.max_grad_norm,
                                gradient_checkpointing=self.ft.gradient_checkpointing, progress=self.progress,
-                               on_step=self._count_step)
+                               on_step=self._count_step, horizon=horizon)
                 record.update(train_steps=result.steps, train_s=round(result.seconds, 3), train_loss=result.losses)
                 if result.failure:
                     return {**record, "status": "failed", "reason": result.failure, "score": None,

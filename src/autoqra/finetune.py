@@ -75,9 +75,13 @@ class TrainResult:
 def train(model: Any, encoded: list[tuple[list[int], list[int]]], pad_id: int, steps: int, seed: int, *,
           batch_size: int, lr: float, warmup_ratio: float, schedule: str, weight_decay: float,
           max_grad_norm: float, gradient_checkpointing: bool = False, progress: bool = False,
-          on_step: Any = None) -> TrainResult:
+          on_step: Any = None, horizon: int = 0) -> TrainResult:
     """`steps` AdamW steps on the trainable parameters; data order from `seed` (the same for every
-    configuration, so two configurations see the same batches). Stops at a non-finite loss."""
+    configuration, so two configurations see the same batches). Stops at a non-finite loss.
+    The learning-rate schedule spans `horizon` steps (default: `steps`); a longer horizon makes the
+    run the first `steps` steps of a longer one."""
+    if horizon and horizon < steps:
+        raise ValueError(f"horizon={horizon}: must be 0 or at least steps={steps}")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if gradient_checkpointing:
@@ -98,7 +102,7 @@ def train(model: Any, encoded: list[tuple[list[int], list[int]]], pad_id: int, s
         batch = collate([encoded[i] for i in order[:batch_size]], pad_id)
         del order[:batch_size]
         for group in opt.param_groups:
-            group["lr"] = lr * lr_factor(step, steps, warmup_ratio, schedule)
+            group["lr"] = lr * lr_factor(step, horizon or steps, warmup_ratio, schedule)
         loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
         if not torch.isfinite(loss):
             result.failure = f"non-finite training loss ({loss.item()}) at step {step}"
