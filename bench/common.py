@@ -7,3 +7,36 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def search_parser(description: str, needs: str):
+    """Arguments of the benchmarks that reuse a finished evolve stage (its params, folders, record cache)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--prepare", default="data/prepare")
+    ap.add_argument("--quantize", default="data/quantize")
+    ap.add_argument("--profile", default="data/profile")
+    ap.add_argument("--search", default="data/search", help="the search's record cache lives here")
+    ap.add_argument("--out", default="data/search/evolve", help=f"folder with the evolve stage's {needs}")
+    return ap
+
+
+def search_setup(args, needs: str):
+    """(params, the evolve stage's SearchSetup, path of `needs` in --out), with one-line errors first."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from stages import common as stage_common
+    from stages.evolve import PARAMS
+    from stages.search_setup import SearchSetup
+
+    path = Path(args.out) / needs
+    if not path.exists():
+        raise SystemExit(f"error: --out {args.out}: no {needs} (run the evolve stage)")
+    p, _ = stage_common.load(args.params, PARAMS)
+    dirs = {"prepare": args.prepare, "quantize": args.quantize, "profile": args.profile, "search": args.search}
+    SearchSetup.check_inputs(p, dirs)
+    return p, SearchSetup(p, dirs, progress=True), path

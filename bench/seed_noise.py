@@ -12,41 +12,21 @@ configuration.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
-from pathlib import Path
 
-import common  # noqa: F401  (offline environment)
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stages import common as stage_common  # noqa: E402
-from stages.evolve import PARAMS  # noqa: E402
-from stages.search_setup import SearchSetup  # noqa: E402
+from common import search_parser, search_setup  # sets the offline environment
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--prepare", default="data/prepare")
-    ap.add_argument("--quantize", default="data/quantize")
-    ap.add_argument("--profile", default="data/profile")
-    ap.add_argument("--search", default="data/search")
-    ap.add_argument("--out", default="data/search/evolve", help="folder with the evolve stage's best.json")
+    ap = search_parser(__doc__.splitlines()[0], "best.json")
     ap.add_argument("--fidelity", type=int, default=0, help="training steps (default: the best's fidelity)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = ap.parse_args()
     if len(args.seeds) < 2 or len(set(args.seeds)) != len(args.seeds):
         raise SystemExit(f"error: --seeds {args.seeds}: give at least two distinct seeds")
-    best_file = Path(args.out) / "best.json"
-    if not best_file.exists():
-        raise SystemExit(f"error: --out {args.out}: no best.json (run the evolve stage)")
-    p, _ = stage_common.load(args.params, PARAMS)
-    dirs = {"prepare": args.prepare, "quantize": args.quantize, "profile": args.profile, "search": args.search}
-    SearchSetup.check_inputs(p, dirs)
-    setup = SearchSetup(p, dirs, progress=True)
+    p, setup, best_file = search_setup(args, "best.json")
     best = json.loads(best_file.read_text())
     fidelity = args.fidelity or int(best["fidelity"])
     arms = {"search best": setup.space.parse(best["config"]), p.budget.reference: setup.reference_config()}
