@@ -152,8 +152,9 @@ class Evaluator:
     def _run(self, config: Config, fidelity: int, seed: int, horizon: int = 0) -> dict[str, Any]:
         start = time.perf_counter()
         record: dict[str, Any] = {"config": config.to_dict(), "config_key": config.key, "fidelity": fidelity,
-                                  "seed": seed, "horizon": max(horizon, fidelity), "backend": self.backend, "device": self.device,
-                                  "dtype": str(self.dtype), "metric": self.metric, "status": "ok", "reason": None}
+                                  "seed": seed, "horizon": max(horizon, fidelity), "backend": self.backend,
+                                  "device": self.device, "dtype": str(self.dtype), "metric": self.metric,
+                                  "status": "ok", "reason": None}
         if self.memory is not None:
             mem = self.memory.breakdown(self.space, config)
             record["memory"] = {k: mem[k] for k in ("total", "weights", "metadata", "lora", "avg_bits",
