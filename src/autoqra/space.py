@@ -121,9 +121,12 @@ class Space:
         return self.make([self.bits[i] for i in x[:n]], [self.ranks[i] for i in x[n:]])
 
     def contains(self, config: Config) -> bool:
-        """Whether `config` has this space's units and every gene on the ladders."""
-        return config.units == self.units and all(b in self.bits for b in config.bits) \
-            and all(r in self.ranks for r in config.ranks)
+        """Whether `config` has this space's units and every gene on the ladders (`check` passes)."""
+        try:
+            self.check(config)
+        except ValueError:
+            return False
+        return True
 
     def check(self, config: Config) -> None:
         """Raise if `config` does not belong to this space."""
