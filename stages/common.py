@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +64,33 @@ def timed(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     out = fn()
     out["wall_s"] = round(time.perf_counter() - start, 2)
     return out
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Bad input (`ParamError` and its kin: budget, task data, token limits) ends the stage with its
+    one line, not a traceback."""
+    try:
+        yield
+    except ParamError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def preflight(p: Params, prepare: str | Path | None, search: str | Path = "data/search") -> float:
+    """Every check that needs at most the model's shapes, before any expensive work (see
+    `autoqra.preflight`); the model's config comes from the prepared folder, or from the source when
+    there is none yet. Returns the seconds it took."""
+    start = time.perf_counter()
+    from autoqra import models
+    from autoqra import preflight as checks
+
+    model_dir = Path(prepare) / "model" if prepare else None
+    with user_errors():
+        if model_dir is not None and (model_dir / "config.json").exists():
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(model_dir)
+        else:
+            config = models.source_config(p.model.source, p.model.tiny)
+        checks.check(p, config, search, task_dir=Path(prepare) / "task" if prepare else None)
+    return round(time.perf_counter() - start, 2)

@@ -29,7 +29,7 @@ def settings(p: Params) -> Settings:
     s = p.search
     return Settings(population=s.population, offspring=s.offspring, candidates=s.candidates,
                     generations=s.generations, fidelities=tuple(s.fidelities), eta=s.eta, max_steps=s.max_steps,
-                    seed=p.seed)
+                    seed=p.seed, seeds_per_rung=tuple(s.seeds_per_rung))
 
 
 def worker(params_path: str, dirs: dict[str, str], threads: int, progress: bool) -> dict[str, int]:
@@ -44,38 +44,48 @@ def search(setup: SearchSetup) -> dict[str, int]:
     from autoqra.search.samplers import drive
 
     study, sampler = setup.study("evolve", settings(setup.p))
-    ran = drive(study, sampler, setup.objective, describe=setup.describe,
-                on_trial=lambda t: common.log.info("trial %d: gen %s rung %s f=%s score=%s", t.number,
-                                                   t.system_attrs["autoqra:job"]["generation"],
-                                                   t.system_attrs["autoqra:job"]["rung"], t.params.get("fidelity"),
-                                                   None if t.value is None else round(t.value, 4)))
+
+    def log_trial(t: Any) -> None:
+        job = t.system_attrs["autoqra:job"]
+        common.log.info("trial %d: gen %s rung %s f=%s seed %s score=%s", t.number, job["generation"], job["rung"],
+                        job["fidelity"], job.get("seed"), None if t.value is None else round(t.value, 4))
+
+    ran = drive(study, sampler, setup.objective, describe=setup.describe, on_trial=log_trial,
+                max_failures=setup.p.search.max_failures)
     return {"trials": ran, "steps_trained": setup.evaluator.steps_trained, "records_computed": setup.evaluator.computed}
 
 
 def run(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: int) -> dict[str, Any]:
+    from autoqra.search.samplers import SearchFailed, describe_failures
+
     workers = p.search.workers
     per_worker = max(1, (threads or mp.cpu_count()) // workers)
     start = time.perf_counter()
-    if workers == 1:
-        setup = SearchSetup(p, dirs, progress=True)
-        mine = [search(setup)]
-    else:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            mine = pool.starmap(worker, [(params_path, dirs, per_worker, False)] * workers)
-        setup = SearchSetup(p, dirs)
+    try:
+        if workers == 1:
+            setup = SearchSetup(p, dirs, progress=True)
+            mine = [search(setup)]
+        else:
+            with mp.get_context("spawn").Pool(workers) as pool:
+                mine = pool.starmap(worker, [(params_path, dirs, per_worker, False)] * workers)
+            setup = SearchSetup(p, dirs)
+    except SearchFailed as exc:
+        raise SystemExit(f"error: {exc}") from None
     search_s = time.perf_counter() - start
     study, sampler = setup.study("evolve", settings(p))
     trials = report.trials_frame(study, setup.space)
     hist = setup.history(study)
-    best_f, best_score, best = ranking(hist)[0]
-    reference = setup.reference_config()
+    ranked = ranking(hist)
+    if not ranked:
+        raise SystemExit(f"error: no evaluation of the evolve stage succeeded ({describe_failures(study)}); "
+                         f"all {len(trials)} are kept (records under {dirs['search']}/records)")
+    best = ranked[0]
     searched_steps = setup.evaluator.steps_trained
-    ref = setup.objective(reference, best_f) if setup.space.contains(reference) else None
+    compared = setup.compare(best.config, hist, settings(p))
     out.mkdir(parents=True, exist_ok=True)
     trials.to_parquet(out / "trials.parquet", index=False)
     report.front(trials).to_parquet(out / "front.parquet", index=False)
-    common.write_json(out / "best.json", {"config": best.to_dict(), "key": best.key, "fidelity": best_f,
-                                          "score": best_score, "memory": setup.memory.breakdown(setup.space, best)})
+    common.write_json(out / "best.json", setup.best_json(best, compared["pick"]))
     report.search_trace(trials, f"evolve: {p.search.metric}").savefig(out / "trace.png", dpi=120)
     per_fidelity = {str(f): int((trials["fidelity"] == f).sum()) for f in p.search.fidelities}
     return {
@@ -84,14 +94,14 @@ def run(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: i
         "evaluations_per_fidelity": per_fidelity,
         "generations": int(trials["generation"].max()) + 1 if len(trials) else 0,
         "failed": int((trials["status"] != "ok").sum()),
+        "failures": describe_failures(study),
         "steps_spent": int(trials["fidelity"].sum()),
         "steps_trained_this_run": sum(m["steps_trained"] for m in mine),
         "records_computed_this_run": sum(m["records_computed"] for m in mine),
-        "best": {"key": best.key, "fidelity": best_f, "score": best_score, "summary": best.describe(),
-                 "memory_bytes": setup.memory.total(setup.space, best)},
-        "reference": None if ref is None else {"arm": p.budget.reference, "fidelity": best_f, "score": ref["score"],
-                                                "status": ref["status"],
-                                                "steps_trained": setup.evaluator.steps_trained - searched_steps},
+        "best": {"key": best.config.key, "fidelity": best.fidelity, "score": best.score, "se": best.se,
+                 "seeds": list(best.seeds), "summary": best.config.describe(),
+                 "memory_bytes": setup.memory.total(setup.space, best.config)},
+        "comparison": {**compared, "steps_trained": setup.evaluator.steps_trained - searched_steps},
         "budget": {"kind": setup.budget.kind, "limit": setup.budget.limit, "description": setup.budget.description},
         "all_within_budget": bool(all(setup.budget.feasible(c) for c in setup.configs(trials))),
         "surrogate": sampler.evolution.surrogate_quality(hist),
@@ -112,10 +122,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("optuna").setLevel(logging.WARNING)
     p, _ = common.load(args.params, PARAMS)
     dirs = {"prepare": args.prepare, "quantize": args.quantize, "profile": args.profile, "search": args.search}
+    checked_s = common.preflight(p, args.prepare, args.search)
     SearchSetup.check_inputs(p, dirs)
     out = Path(args.out)
-    metrics = common.timed(lambda: run(p, args.params, dirs, out, args.threads))
-    common.write_json(out / "metrics.json", metrics)
+    with common.user_errors():
+        metrics = common.timed(lambda: run(p, args.params, dirs, out, args.threads))
+    common.write_json(out / "metrics.json", {**metrics, "preflight_s": checked_s})
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from autoqra import fingerprint, models, tasks
+from autoqra import fingerprint, models, preflight, tasks
 from autoqra.config import Params
 from stages import common
 from stages.registry import STAGES
@@ -23,10 +23,16 @@ def run(p: Params, out: Path) -> dict[str, Any]:
     splits = tasks.build(p.task.source, p.task.families, sizes, p.task.seed, p.task.prompt_column,
                          p.task.answer_column)
     tasks.write_splits(splits, out / "task")
+    preflight.check_splits(p, out / "task")
     common.log.info("task: %s", {s: len(r) for s, r in splits.items()})
     info = models.prepare_model(p.model.source, out / "model", p.model.tiny, splits["train"], p.model.tiny.seed)
     common.log.info("model: %s", info["origin"])
-    return {**info, "examples": {s: len(r) for s, r in splits.items()},
+    tok = models.load_tokenizer(out / "model")
+    cut = {s: tasks.truncated(tok, rows, p.task.max_length) for s, rows in splits.items() if s != "calib"}
+    if any(cut.values()):
+        common.log.warning("examples over task.max_length=%d lose the start of their prompt: %s",
+                           p.task.max_length, cut)
+    return {**info, "examples": {s: len(r) for s, r in splits.items()}, "truncated_prompts": cut,
             "families": sorted({r["family"] for r in splits["train"]}),
             "model_fingerprint": fingerprint.of_dir(out / "model"),
             "task_fingerprint": fingerprint.of_dir(out / "task"),
@@ -39,9 +45,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     common.setup(args.threads)
     p, _ = common.load(args.params, PARAMS)
+    checked_s = common.preflight(p, None)
     out = Path(args.out)
-    metrics = common.timed(lambda: run(p, out))
-    common.write_json(out / "metrics.json", metrics)
+    with common.user_errors():
+        metrics = common.timed(lambda: run(p, out))
+    common.write_json(out / "metrics.json", {**metrics, "preflight_s": checked_s})
 
 
 if __name__ == "__main__":

@@ -56,9 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     common.setup(args.threads)
     p, _ = common.load(args.params, PARAMS)
+    checked_s = common.preflight(p, args.prepare)
     out = Path(args.out)
-    metrics = common.timed(lambda: run(p, Path(args.prepare), Path(args.cache), out))
-    common.write_json(out / "metrics.json", metrics)
+    with common.user_errors():
+        metrics = common.timed(lambda: run(p, Path(args.prepare), Path(args.cache), out))
+    common.write_json(out / "metrics.json", {**metrics, "preflight_s": checked_s})
 
 
 if __name__ == "__main__":

@@ -56,9 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     p, _ = common.load(args.params, PARAMS)
     if args.bits not in BIT_CHOICES:
         raise SystemExit(f"error: --bits={args.bits}: must be one of {', '.join(map(str, BIT_CHOICES))}")
+    checked_s = common.preflight(p, args.prepare)
     out = Path(args.out)
-    metrics = common.timed(lambda: run(p, args.bits, Path(args.prepare), out))
-    common.write_json(out / "metrics.json", metrics)
+    with common.user_errors():
+        metrics = common.timed(lambda: run(p, args.bits, Path(args.prepare), out))
+    common.write_json(out / "metrics.json", {**metrics, "preflight_s": checked_s})
 
 
 if __name__ == "__main__":

@@ -9,11 +9,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from autoqra import fingerprint, priors, quant
+from autoqra import fingerprint, priors, quant, stats
 from autoqra.config import Params
 from autoqra.evaluate import Evaluator
-from autoqra.memory import BudgetError, MemoryModel, ModelSpec, Training, make_budget, parse_reference
-from autoqra.search.evolution import Evolution, Result, Settings
+from autoqra.memory import MemoryModel, ModelSpec, Training, make_budget, parse_reference
+from autoqra.search import operators as ops
+from autoqra.search.evolution import Evidence, Evolution, Result, Settings, best_evidence
 from autoqra.search.samplers import EvolutionSampler, history, open_study
 from autoqra.space import Config, Space
 
@@ -21,9 +22,20 @@ from autoqra.space import Config, Space
 def _base(p: Params, dirs: dict[str, str]) -> tuple[ModelSpec, Space, MemoryModel]:
     spec = ModelSpec.from_pretrained(Path(dirs["prepare"]) / "model", p.quant.targets)
     space = Space.build([m.name for m in spec.modules], p.search.granularity, p.quant.bits, p.lora.ranks)
-    training = Training(batch_size=p.finetune.batch_size, seq_len=p.finetune.max_length,
+    training = Training(batch_size=p.finetune.batch_size, seq_len=p.task.max_length,
                         gradient_checkpointing=p.finetune.gradient_checkpointing, lora_dropout=p.lora.dropout > 0)
     return spec, space, MemoryModel(spec, p.quant.group_size, training)
+
+
+def prepared_fingerprints(prepare: Path) -> dict[str, str] | None:
+    """The model and task fingerprints the prepare stage computed (no need to hash them again)."""
+    metrics = prepare / "metrics.json"
+    if not metrics.exists():
+        return None
+    m = json.loads(metrics.read_text())
+    if "model_fingerprint" not in m or "task_fingerprint" not in m:
+        return None
+    return {"model": m["model_fingerprint"], "task": m["task_fingerprint"]}
 
 
 class SearchSetup:
@@ -38,9 +50,10 @@ class SearchSetup:
         caches = {b: quant.QuantCache(Path(dirs["quantize"]) / f"b{b}") for b in p.quant.bits if b != quant.UNQUANTIZED}
         prepare = Path(dirs["prepare"])
         self.evaluator = Evaluator(model_dir=prepare / "model", task_dir=prepare / "task", caches=caches,
-                                   space=self.space, lora=p.lora, finetune=p.finetune,
+                                   space=self.space, lora=p.lora, finetune=p.finetune, max_length=p.task.max_length,
                                    records=Path(dirs["search"]) / "records", metric=p.search.metric,
-                                   backend=p.search.backend, memory=self.memory, progress=progress)
+                                   backend=p.search.backend, oom_attempts=p.search.oom_attempts,
+                                   fingerprints=prepared_fingerprints(prepare), progress=progress)
 
     @staticmethod
     def check_inputs(p: Params, dirs: dict[str, str]) -> None:
@@ -51,11 +64,6 @@ class SearchSetup:
         for b in p.quant.bits:
             if b != quant.UNQUANTIZED and not (Path(dirs["quantize"]) / f"b{b}" / "quantize_config.json").exists():
                 raise SystemExit(f"error: quant.bits contains {b} but {dirs['quantize']}/b{b} holds no GPTQ cache")
-        _, space, memory = _base(p, dirs)
-        try:
-            make_budget(p.budget.kind, p.budget.value, p.budget.reference, memory, space)
-        except BudgetError as exc:
-            raise SystemExit(f"error: {exc}") from None
 
     def study(self, stage: str, settings: Settings) -> tuple[Any, EvolutionSampler]:
         """The stage's Optuna study; its name hashes everything that defines the search."""
@@ -69,8 +77,8 @@ class SearchSetup:
         journal = str(Path(self.dirs["search"]) / "optuna.journal")
         return open_study(name, self.p.search.storage, journal, sampler), sampler
 
-    def objective(self, config: Config, fidelity: int) -> dict[str, Any]:
-        return self.evaluator(config, fidelity, self.p.seed)
+    def objective(self, config: Config, fidelity: int, seed: int) -> dict[str, Any]:
+        return self.evaluator(config, fidelity, seed)
 
     def describe(self, config: Config) -> dict[str, Any]:
         m = self.memory.breakdown(self.space, config)
@@ -86,3 +94,42 @@ class SearchSetup:
 
     def configs(self, trials: pd.DataFrame) -> list[Config]:
         return [self.space.parse({"units": json.loads(c)}) for c in trials["config"]]
+
+    def best_uniform(self, hist: list[Result]) -> Config:
+        """The best uniform configuration that fits the budget, by the search's own evidence (highest
+        fidelity reached, then mean score); the most expensive one when none was evaluated."""
+        evidence = best_evidence(hist)
+        uniforms = ops.feasible_uniforms(self.space, self.budget)
+        scored = [(-evidence[c.key].fidelity, evidence[c.key].score, i) for i, c in enumerate(uniforms)
+                  if c.key in evidence]
+        return uniforms[min(scored)[2]] if scored else uniforms[0]
+
+    def compare(self, pick: Config, hist: list[Result], settings: Settings) -> dict[str, Any]:
+        """The search's pick next to the best feasible uniform configuration and the budget's reference
+        arm, all at the top rung under the top rung's seeds (records the search made are reused): each
+        arm's mean ± standard error, and the pick's paired difference to each (negative: pick better)."""
+        rung = len(settings.fidelities) - 1
+        fidelity, seeds = settings.fidelities[rung], settings.seeds(rung)
+        arms = {"pick": pick, "best_uniform": self.best_uniform(hist)}
+        if self.space.contains(self.reference_config()):
+            arms[self.p.budget.reference] = self.reference_config()
+        out: dict[str, Any] = {"fidelity": fidelity, "seeds": list(seeds), "arms": {}, "pick_minus": {}}
+        scores: dict[str, dict[int, float]] = {}
+        for name, config in arms.items():
+            records = {sd: self.evaluator(config, fidelity, sd) for sd in seeds}
+            scores[name] = {sd: r["score"] for sd, r in records.items() if r["status"] == "ok"}
+            m, se = stats.mean_se(list(scores[name].values())) if scores[name] else (None, None)
+            out["arms"][name] = {"key": config.key, "summary": config.describe(), "mean": m, "se": se,
+                                 "scores": scores[name], "memory_bytes": self.memory.total(self.space, config),
+                                 "failed": [sd for sd, r in records.items() if r["status"] != "ok"]}
+        for name in arms:
+            if name != "pick" and scores[name] and scores["pick"]:
+                out["pick_minus"][name] = stats.paired(scores["pick"], scores[name])
+        return out
+
+    def best_json(self, best: Evidence, top: dict[str, Any]) -> dict[str, Any]:
+        """The chosen configuration: per-unit bits and ranks by module name, memory, and its score
+        (mean ± standard error over seeds) at the highest fidelity it reached and at the top rung."""
+        return {"config": best.config.to_dict(), "key": best.config.key, "summary": best.config.describe(),
+                "fidelity": best.fidelity, "score": best.score, "se": best.se, "seeds": list(best.seeds),
+                "top_rung": top, "memory": self.memory.breakdown(self.space, best.config)}

@@ -85,16 +85,18 @@ def calibration(model_dir, task_dir, n=32, max_length=256):
     return [tasks.encode(tok, ex, max_length)[0] for ex in tasks.read_split(task_dir, "calib")[:n]]
 
 
+def quantize_one(model_dir, task_dir, out, bits, group_size=64):
+    from autoqra import quant
+
+    quant.gptq_quantize(model_dir, calibration(model_dir, task_dir), bits, group_size, True, False, 0.01, TARGETS, out)
+    return out
+
+
 def quantize_all(model_dir, task_dir, out_root, bits=(2, 3, 4, 8), group_size=64):
     from autoqra import quant
 
-    calib = calibration(model_dir, task_dir)
-    caches = {}
-    for b in bits:
-        out = Path(out_root) / f"b{b}"
-        quant.gptq_quantize(model_dir, calib, b, group_size, True, False, 0.01, TARGETS, out)
-        caches[b] = quant.QuantCache(out)
-    return caches
+    return {b: quant.QuantCache(quantize_one(model_dir, task_dir, Path(out_root) / f"b{b}", b, group_size))
+            for b in bits}
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import threading
 
 import pytest
 import torch
@@ -17,7 +19,7 @@ from autoqra.scoring import mean_nll
 from autoqra.space import Space
 from autoqra.tasks import collate
 
-FT = FinetuneParams(batch_size=8, max_length=64, lr=3e-3, eval_batch_size=64)
+FT = FinetuneParams(batch_size=8, lr=3e-3, eval_batch_size=64, dtype="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +30,14 @@ def space(tiny_dir):
 
 def _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space, name="records", **kw):
     args = dict(model_dir=tiny_dir, task_dir=task_dir, caches=tiny_caches, space=space, lora=LoraParams(ranks=[4, 8]),
-                finetune=FT, records=tmp_path / name, backend="dequant")
+                finetune=FT, records=tmp_path / name, backend="dequant", max_length=64)
     return Evaluator(**{**args, **kw})
 
 
 def test_training_changes_only_lora_and_loss_falls(tmp_path, tiny_dir, task_dir, tiny_caches, space):
     ev = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space)
     config = space.make([4, 2, 8, 4], [8, 4, 8, 4])
-    torch.manual_seed(0)
-    model = ev.build(config, tmp_path)
+    model = ev.build(config, tmp_path, seed=0)
     seen = [collate(ev.train_data[i:i + 32], ev.tokenizer.pad_token_id) for i in range(0, 128, 32)]
     loss_before = mean_nll(model, seen)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -50,6 +51,7 @@ def test_training_changes_only_lora_and_loss_falls(tmp_path, tiny_dir, task_dir,
 
     record = ev(config, 60, 0)
     assert record["train_loss"] == pytest.approx(result.losses)  # same seed, same numbers
+    assert ev.build(config).base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight.requires_grad is False
 
 
 def test_records_are_cached_and_any_input_change_makes_a_new_one(tmp_path, tiny_dir, task_dir, tiny_caches, space):
@@ -64,18 +66,116 @@ def test_records_are_cached_and_any_input_change_makes_a_new_one(tmp_path, tiny_
     ev(config, 6, 0)
     assert ev.steps_trained == 16  # another fidelity
     keys = {ev.key(config, 5, 0)}
-    for change in ({"lr": 1e-3}, {"batch_size": 4}, {"warmup_ratio": 0.0}, {"schedule": "linear"}, {"max_length": 48}):
+    for change in ({"lr": 1e-3}, {"batch_size": 4}, {"warmup_ratio": 0.0}, {"schedule": "linear"},
+                   {"dtype": "bf16"}):
         other = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space,
                            finetune=dataclasses.replace(FT, **change))
         keys.add(other.key(config, 5, 0))
         assert other.lookup(config, 5, 0) is None
     keys.add(_evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space,
                         lora=LoraParams(ranks=[4, 8], dropout=0.1)).key(config, 5, 0))
+    keys.add(_evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space, max_length=48).key(config, 5, 0))
     keys.add(ev.key(space.uniform(4, 4), 5, 0))
-    assert len(keys) == 8
-    # a cache that is not used by the configuration does not enter its key
-    fewer = _evaluator(tmp_path, tiny_dir, task_dir, {b: tiny_caches[b] for b in (2, 3, 4, 8)}, space)
-    assert fewer.key(space.uniform(4, 8), 5, 0) == ev.key(space.uniform(4, 8), 5, 0)
+    assert len(keys) == 9
+
+
+def test_only_the_caches_a_configuration_uses_enter_its_key(tmp_path, tiny_dir, task_dir, tiny_caches, space):
+    class Other:  # the 2-bit cache, re-quantized differently
+        fingerprint = "another 2-bit cache"
+
+    ev = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space)
+    changed = _evaluator(tmp_path, tiny_dir, task_dir, {**tiny_caches, 2: Other()}, space)
+    four, two = space.uniform(4, 8), space.make([2, 4, 4, 4], [8, 8, 8, 8])
+    assert changed.key(four, 5, 0) == ev.key(four, 5, 0)  # no 2-bit unit: the 2-bit cache does not matter
+    assert changed.key(two, 5, 0) != ev.key(two, 5, 0)
+
+
+def test_a_worker_waiting_on_a_record_reads_it_instead_of_training_again(tmp_path, tiny_dir, task_dir, tiny_caches,
+                                                                          space):
+    evaluators = [_evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space) for _ in range(3)]
+    records = [None] * 3
+
+    def work(i):
+        records[i] = evaluators[i](space.uniform(8, 4), 6, 0)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert sum(ev.steps_trained for ev in evaluators) == 6  # one training, two reads
+    assert records[0] == records[1] == records[2]
+    assert not list((tmp_path / "records" / "locks").glob("*.lock"))  # nothing left behind
+
+
+def test_out_of_memory_is_retried_then_final_and_every_reason_kept(tmp_path, tiny_dir, task_dir, tiny_caches, space,
+                                                                    monkeypatch):
+    ev = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space, oom_attempts=3)
+    config = space.uniform(4, 8)
+
+    def oom(*a, **k):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(ev.backend, "build", oom)
+    first = ev(config, 5, 0)
+    assert first["status"] == "failed" and first["transient"] and "out of memory" in first["reason"]
+    assert ev(config, 5, 0)["attempts"] == 2  # retried: a co-worker may have held the memory
+    third = ev(config, 5, 0)
+    assert third["attempts"] == 3 and len(third["previous_reasons"]) == 2
+    assert ev(config, 5, 0) == third and ev.computed == 3  # attempts used up: final
+    monkeypatch.undo()
+    other = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space, oom_attempts=3)
+    seed1 = space.uniform(8, 8)
+    monkeypatch.setattr(other.backend, "build", oom)
+    other(seed1, 5, 0)
+    monkeypatch.undo()
+    recovered = other(seed1, 5, 0)  # memory is back: the retry succeeds
+    assert recovered["status"] == "ok" and recovered["attempts"] == 2
+    assert "out of memory" in recovered["previous_reasons"][0]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other key", "unknown format", "ok without score"])
+def test_a_damaged_record_is_set_aside_and_recomputed(tmp_path, tiny_dir, task_dir, tiny_caches, space, damage):
+    ev = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space)
+    config = space.uniform(4, 4)
+    good = ev(config, 4, 0)
+    path = ev.store.path(good["key"])
+    text = path.read_text()
+    record = json.loads(text)
+    bad = {"truncated": text[: len(text) // 2], "other key": json.dumps({**record, "key": "0" * 64}),
+           "unknown format": json.dumps({**record, "format": 99}),
+           "ok without score": json.dumps({**record, "score": None})}[damage]
+    path.write_text(bad)
+    again = ev(config, 4, 0)
+    assert ev.steps_trained == 8 and ev.store.damaged == 1  # recomputed, not trusted, not crashing
+    assert again["answer_loss"] == good["answer_loss"]
+    assert [p.name for p in path.parent.glob("*.damaged-*")] == [f"{path.name}.damaged-0"]
+    assert path.with_name(f"{path.name}.damaged-0").read_text() == bad  # kept for a post-mortem
+
+
+def test_same_seed_same_adapter_start_and_data_order_for_any_configuration(tmp_path, tiny_dir, task_dir, tiny_caches,
+                                                                            space, monkeypatch):
+    from autoqra import finetune
+
+    ev = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space)
+    a, b = space.make([4, 2, 8, 4], [8, 4, 8, 4]), space.make([8, 8, 2, 3], [8, 8, 4, 4])
+    starts = {}
+    for name, config in (("a", a), ("b", b), ("a, seed 1", a)):
+        model = ev.build(config, seed=1 if "seed 1" in name else 0)
+        starts[name] = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+    first = next(n for n in starts["a"] if "layers.0." in n)  # rank 8 in both
+    assert torch.equal(starts["a"][first], starts["b"][first])
+    assert not torch.equal(starts["a"][first], starts["a, seed 1"][first])
+    differs = next(n for n in starts["a"] if "layers.1." in n)  # rank 4 in a, 8 in b: another start
+    assert starts["a"][differs].shape != starts["b"][differs].shape
+
+    seen = {}
+    real = finetune.collate
+    for name, config in (("a", a), ("b", b)):
+        batches = seen.setdefault(name, [])
+        monkeypatch.setattr(finetune, "collate", lambda rows, pad, out=batches: out.append(rows) or real(rows, pad))
+        ev(config, 3, 0)
+    assert seen["a"] == seen["b"] and len(seen["a"]) == 3
 
 
 def test_a_cut_schedule_run_is_the_start_of_the_longer_run(tmp_path, tiny_dir, task_dir, tiny_caches, space):

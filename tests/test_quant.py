@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from conftest import TARGETS, calibration
+from conftest import TARGETS, calibration, quantize_one
 from safetensors import safe_open
 
 from autoqra import models, quant, scoring, tasks
@@ -97,17 +97,57 @@ def test_packed_and_dequant_agree_and_packed_tensors_are_the_cached_bytes(tmp_pa
     assert abs(packed(**batch).loss.item() - dequant(**batch).loss.item()) < 2e-3
 
 
-def test_assembly_reads_the_caches_and_never_runs_gptq(tmp_path, tiny_dir, tiny_caches, monkeypatch):
-    import gptqmodel
+def test_assembly_reads_the_caches_and_never_runs_gptq(tmp_path, tiny_dir, task_dir, tiny_caches, monkeypatch):
+    from gptqmodel.models.base import BaseQModel
+    from gptqmodel.quantization.gptq import GPTQ
+
+    calls = []
 
     def forbidden(*a, **k):
+        calls.append(1)
         raise AssertionError("GPTQ must not run during assembly")
 
-    monkeypatch.setattr(gptqmodel.GPTQModel, "quantize", forbidden, raising=False)
-    monkeypatch.setattr(quant, "gptq_quantize", forbidden)
+    # raising=True (the default): a patch of an attribute that does not exist would intercept nothing
+    monkeypatch.setattr(BaseQModel, "quantize", forbidden)
+    monkeypatch.setattr(GPTQ, "quantize", forbidden)
+    with pytest.raises(AssertionError, match="must not run"):  # the patches do intercept a GPTQ pass
+        quant.gptq_quantize(tiny_dir, calibration(tiny_dir, task_dir, n=4), 4, 64, True, False, 0.01, TARGETS,
+                            tmp_path / "q")
+    assert calls
+    calls.clear()
     mix = _mixed(tiny_dir)
     quant.apply_dequant(models.load_model(tiny_dir), mix, tiny_caches)
     quant.load_packed(quant.write_packed(mix, tiny_dir, tiny_caches, tmp_path / "m"), dtype=torch.float16)
+    assert not calls
+
+
+def test_biased_projections_survive_packed_assembly(tmp_path, smoke, task_dir):
+    """Qwen2-style q/k/v biases: GPTQ leaves them alone and the packed checkpoint must keep them."""
+    import dataclasses
+
+    from safetensors import safe_open
+
+    biased = tmp_path / "biased"
+    tiny = dataclasses.replace(smoke.model.tiny, attention_bias=True, pretrain_steps=30)
+    models.prepare_model("tiny", biased, tiny, tasks.read_split(task_dir, "train"), 0)
+    base = models.load_model(biased)
+    assert base.model.layers[0].self_attn.q_proj.bias is not None
+    with torch.no_grad():  # biases far from zero, so a lost one shows
+        for lin in quant.target_modules(base, TARGETS).values():
+            if lin.bias is not None:
+                lin.bias.normal_(0, 0.5)
+    base.save_pretrained(biased)
+    caches = {4: quant.QuantCache(quantize_one(biased, task_dir, tmp_path / "b4", 4))}
+    mix = dict.fromkeys(quant.target_modules(base, TARGETS), 4)
+    path = quant.write_packed(mix, biased, caches, tmp_path / "packed")
+    with safe_open(path / "model.safetensors", "pt") as fh:
+        assert "model.layers.0.self_attn.q_proj.bias" in fh.keys()
+    packed = quant.load_packed(path, dtype=torch.float16)
+    dequant = quant.apply_dequant(models.load_model(biased), mix, caches)
+    batch = scoring.batches(models.load_tokenizer(biased), tasks.read_split(task_dir, "val"), 128, 64)[0]
+    with torch.no_grad():
+        a, b = packed(**batch).logits.float(), dequant(**batch).logits
+    assert (a - b).norm() / b.norm() < 5e-3
 
 
 def test_cache_fingerprint_ignores_logs_but_not_tensors(tmp_path, tiny_caches):

@@ -95,14 +95,14 @@ def test_same_seed_same_search():
 
 def test_resume_after_a_dead_worker_repeats_only_the_unfinished_evaluation(tmp_path):
     obj = SyntheticObjective(SPACE, 4)
-    settings = _settings(4, max_steps=150)
+    settings = _settings(4, max_steps=150, seeds_per_rung=(1, 1, 2))
     calls = []
 
-    def dies_after_20(config, fidelity):
+    def dies_after_20(config, fidelity, seed):
         if len(calls) == 20:
             raise KeyboardInterrupt  # the process is killed mid-evaluation
-        calls.append((config.key, fidelity))
-        return obj(config, fidelity)
+        calls.append((config.key, fidelity, seed))
+        return obj(config, fidelity, seed)
 
     journal = str(tmp_path / "study.journal")
     evo = Evolution(SPACE, BUDGET, *obj.priors(), settings)
@@ -116,24 +116,26 @@ def test_resume_after_a_dead_worker_repeats_only_the_unfinished_evaluation(tmp_p
     resumed = []
     sampler = EvolutionSampler(Evolution(SPACE, BUDGET, *obj.priors(), settings))
     study = open_study("s", None, journal, sampler)
-    drive(study, sampler, lambda c, f: resumed.append((c.key, f)) or obj(c, f))
+    drive(study, sampler, lambda c, f, s: resumed.append((c.key, f, s)) or obj(c, f, s))
     reference = []
     ref_obj = SyntheticObjective(SPACE, 4)
-    evolve(lambda c, f: reference.append((c.key, f)) or ref_obj(c, f), SPACE, BUDGET, *obj.priors(), settings)
+    evolve(lambda c, f, s: reference.append((c.key, f, s)) or ref_obj(c, f, s), SPACE, BUDGET, *obj.priors(),
+           settings)
     assert not set(calls) & set(resumed)  # nothing finished was evaluated again
     assert calls + resumed == reference  # and the search went on exactly as if uninterrupted
 
 
 def test_two_workers_share_one_study_without_duplicates(tmp_path):
     obj = SyntheticObjective(SPACE, 2)
-    settings = _settings(2, generations=6, max_steps=0)  # a step budget may overshoot by a concurrent trial
+    # a step budget may overshoot by a concurrent trial; two seeds at the upper rungs
+    settings = _settings(2, generations=6, max_steps=0, seeds_per_rung=(1, 2, 2))
     journal = str(tmp_path / "shared.journal")
     lock, seen = threading.Lock(), []
 
-    def objective(config, fidelity):
+    def objective(config, fidelity, seed):
         with lock:
-            seen.append((config.key, fidelity))
-        return obj(config, fidelity)
+            seen.append((config.key, fidelity, seed))
+        return obj(config, fidelity, seed)
 
     def work():
         sampler = EvolutionSampler(Evolution(SPACE, BUDGET, *obj.priors(), settings))
@@ -145,7 +147,7 @@ def test_two_workers_share_one_study_without_duplicates(tmp_path):
     for t in threads:
         t.join(timeout=300)
     single = []
-    evolve(lambda c, f: single.append((c.key, f)) or SyntheticObjective(SPACE, 2)(c, f), SPACE, BUDGET,
+    evolve(lambda c, f, s: single.append((c.key, f, s)) or SyntheticObjective(SPACE, 2)(c, f, s), SPACE, BUDGET,
            *obj.priors(), settings)
     assert sorted(seen) == sorted(single) and len(set(seen)) == len(seen)
 

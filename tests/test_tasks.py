@@ -124,3 +124,21 @@ def test_encoding_scores_only_answer_tokens(tiny_dir):
     scored = [t for t in labels if t != -100]
     assert tok.decode(scored) == "4</s>" and len(ids) == len(labels)
     assert tasks.prompt_ids(tok, ex) == ids[: len(ids) - len(scored)]
+
+
+def test_a_long_prompt_loses_its_start_never_the_answer(tiny_dir):
+    from autoqra.models import load_tokenizer
+    from autoqra.scoring import batches
+
+    tok = load_tokenizer(tiny_dir)
+    long = {"prompt": "Reverse this: " + "x" * 200, "answer": "done"}
+    ids, labels = tasks.encode(tok, long, max_length=64)
+    scored = [t for t in labels if t != -100]
+    assert tok.decode(scored) == "done</s>" and len(ids) == len(labels) == 64  # every answer token kept
+    assert ids[-len(scored):] == scored and tok.decode(ids[: 64 - len(scored)]).endswith("x<|assistant|>")
+    short = {"prompt": "What is 2 + 2?", "answer": "4"}
+    assert tasks.truncated(tok, [long, short, long], 64) == 2
+    batch = batches(tok, [long, short], 64, 2)[0]
+    assert int((batch["labels"] != -100).sum()) == len(scored) + 2  # scoring keeps every example's answer
+    with pytest.raises(tasks.TooLong, match=r"task.max_length=8: example .* answer of 11 tokens"):
+        tasks.encode(tok, {"prompt": "p", "answer": "ten chars!", "id": "val-00003"}, max_length=8)

@@ -47,6 +47,7 @@ class TinyParams:
     pretrain_lr: float = spec(1e-2, help="pre-training learning rate", min=0.0, exclusive_min=True)
     pretrain_batch: int = spec(16, help="pre-training batch size", min=1)
     seed: int = spec(0, help="initialisation and data-order seed", min=0)
+    attention_bias: bool = spec(False, help="biases on q/k/v/o (as Qwen2 has on q/k/v)")
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.heads:
@@ -82,6 +83,8 @@ class TaskParams:
     val: int = spec(200, help="validation examples (the search scores on these)", min=1)
     test: int = spec(200, help="held-out test examples (final evaluation only)", min=1)
     calib: int = spec(128, help="calibration examples (GPTQ and priors)", min=1)
+    max_length: int = spec(128, help="tokens per example in fine-tuning and scoring: a longer one loses the "
+                           "start of its prompt, never an answer token", min=8)
     prompt_column: str = spec("prompt", help="prompt column of user data")
     answer_column: str = spec("answer", help="answer column of user data")
     seed: int = spec(0, help="seed of generation and splitting", min=0)
@@ -124,7 +127,8 @@ class LoraParams:
     ranks: list[int] = spec([4, 8, 16], help="candidate ranks, ascending (0 = no adapter on that unit)",
                             items={"min": 0, "max": 1024}, min_items=1, increasing=True)
     alpha_ratio: float = spec(2.0, help="lora_alpha = alpha_ratio * rank", min=0.0, exclusive_min=True)
-    dropout: float = spec(0.05, help="LoRA dropout", min=0.0, max=0.9)
+    dropout: float = spec(0.0, help="LoRA dropout (0: measured no better, a quarter slower; see README)",
+                          min=0.0, max=0.9)
 
 
 @dataclass
@@ -154,6 +158,12 @@ class SearchParams:
                        choices=["answer_loss", "exact_match"])
     storage: str | None = spec(None, help="Optuna storage URL; null = journal file under data/search/")
     workers: int = spec(1, help="search workers sharing one study", min=1)
+    seeds_per_rung: list[int] = spec([1, 1, 2], help="training seeds per configuration at each rung (paired: "
+                                     "every configuration sees the same seeds; the score is their mean)",
+                                     items={"min": 1}, min_items=1)
+    max_failures: int = spec(10, help="consecutive failed evaluations that stop a search stage", min=1)
+    oom_attempts: int = spec(3, help="attempts of an evaluation that ran out of memory (a co-worker's fault?)",
+                             min=1)
     backend: str = spec("auto", help="weight backend of fidelity runs ('auto': packed on GPU, dequant on CPU)",
                         choices=["auto", "packed", "dequant"])
 
@@ -164,7 +174,6 @@ class FinetuneParams:
 
     steps: int = spec(250, help="steps of the final fine-tune of every arm", min=1)
     batch_size: int = spec(8, help="sequences per step", min=1)
-    max_length: int = spec(128, help="tokens per sequence (longer ones are truncated)", min=8)
     lr: float = spec(5e-4, help="peak learning rate (AdamW)", min=0.0, exclusive_min=True)
     warmup_ratio: float = spec(0.1, help="fraction of steps of linear warm-up", min=0.0, max=1.0)
     schedule: str = spec("cosine", help="decay after warm-up", choices=["cosine", "linear", "constant"])
@@ -173,7 +182,9 @@ class FinetuneParams:
     gradient_checkpointing: bool = spec(False, help="recompute activations in the backward pass")
     eval_batch_size: int = spec(16, help="sequences per evaluation batch", min=1)
     val_samples: int = spec(0, help="validation examples scored per run (0 = all)", min=0)
-    max_new_tokens: int = spec(24, help="greedy decoding length for exact match", min=1)
+    dtype: str = spec("auto", help="compute dtype of the frozen base: 'auto' = bf16 on a GPU and on CPUs with "
+                      "native bf16, else fp32 (adapters and optimizer state are always fp32)",
+                      choices=["auto", "bf16", "fp32"])
 
 
 @dataclass
@@ -184,8 +195,8 @@ class BudgetParams:
                      choices=["bytes", "bits_per_param", "relative"])
     value: float = spec(1.0, help="bytes, average bits per target parameter, or factor of the reference",
                         min=0.0, exclusive_min=True)
-    reference: str = spec("uniform4_r16", help="reference arm of a relative budget, 'uniform{bits}_r{rank}'",
-                          pattern=r"^uniform(2|3|4|8|16)_r\d+$")
+    reference: str = spec("uniform3_r16", help="reference arm of a relative budget, 'uniform{bits}_r{rank}' "
+                          "with bits and rank on the ladders", pattern=r"^uniform(2|3|4|8|16)_r\d+$")
 
 
 @dataclass
@@ -206,6 +217,13 @@ class Params:
         for key, n in (("quant.calib_samples", self.quant.calib_samples), ("profile.samples", self.profile.samples)):
             if n > self.task.calib:
                 raise ParamError(f"{key}={n}: must be <= task.calib={self.task.calib} (the calibration split)")
+        if len(self.search.seeds_per_rung) != len(self.search.fidelities):
+            raise ParamError(f"search.seeds_per_rung={self.search.seeds_per_rung}: needs one entry per rung of "
+                             f"search.fidelities={self.search.fidelities}")
+        bits, rank = (int(x) for x in re.findall(r"\d+", self.budget.reference))
+        if bits not in self.quant.bits or rank not in self.lora.ranks:
+            raise ParamError(f"budget.reference={self.budget.reference!r}: bits and rank must be on the ladders "
+                             f"(quant.bits={self.quant.bits}, lora.ranks={self.lora.ranks})")
 
 
 # ----------------------------------------------------------------------------- checks

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from autoqra import fingerprint
 from autoqra.tasks import collate
 
 
@@ -18,10 +19,12 @@ class AdapterError(RuntimeError):
     """PEFT did not attach an adapter exactly as configured."""
 
 
-def attach_lora(model: Any, ranks: dict[str, int], alpha_ratio: float, dropout: float) -> Any:
+def attach_lora(model: Any, ranks: dict[str, int], alpha_ratio: float, dropout: float, seed: int | None = None) -> Any:
     """Wrap `model` with LoRA: module `m` gets rank `ranks[m]` and alpha `alpha_ratio * rank`
     (rank 0: not targeted), then check every module got exactly that (PEFT matches `rank_pattern`
-    keys by suffix and silently ignores keys that match nothing)."""
+    keys by suffix and silently ignores keys that match nothing). With a `seed`, every adapter's A is
+    drawn from its own generator, seeded by (seed, module name, rank): two configurations that give
+    a module the same rank start it from the same A, whatever else they differ in (paired runs)."""
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora import LoraLayer
 
@@ -50,7 +53,21 @@ def attach_lora(model: Any, ranks: dict[str, int], alpha_ratio: float, dropout: 
     extra = set(layers) - set(ranks)
     if extra:
         raise AdapterError(f"adapters on modules outside the configuration: {sorted(extra)[:3]}")
+    if seed is not None:
+        init_lora(layers, seed)
     return peft_model
+
+
+@torch.no_grad()
+def init_lora(layers: dict[str, Any], seed: int) -> None:
+    """PEFT's default initialisation (A Kaiming-uniform, B zero), each A from a generator of its own."""
+    for name, layer in layers.items():
+        a = layer.lora_A["default"].weight
+        gen = torch.Generator().manual_seed(int(fingerprint.of_data([seed, name, a.shape[0]])[:15], 16))
+        w = torch.empty(a.shape, dtype=torch.float32)
+        torch.nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=gen)
+        a.copy_(w)
+        layer.lora_B["default"].weight.zero_()
 
 
 def lr_factor(step: int, total: int, warmup_ratio: float, schedule: str) -> float:

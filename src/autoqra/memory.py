@@ -30,12 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from autoqra.config import ParamError
 from autoqra.space import Config, Space
 
 LORA_BYTES_PER_PARAM = 4 + 4 + 8  # fp32 weight, fp32 gradient, AdamW exp_avg and exp_avg_sq
 
 
-class BudgetError(ValueError):
+class BudgetError(ParamError):
     """The memory budget is invalid or cannot be met by any configuration."""
 
 
@@ -62,10 +63,17 @@ class ModelSpec:
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, targets: list[str]) -> ModelSpec:
+        from transformers import AutoConfig
+
+        return cls.from_config(AutoConfig.from_pretrained(model_dir), targets)
+
+    @classmethod
+    def from_config(cls, config: Any, targets: list[str]) -> ModelSpec:
+        """From a transformers config alone (the model is built on the meta device: no weight is read)."""
         from autoqra.models import meta_model
         from autoqra.quant import target_modules
 
-        model = meta_model(model_dir)
+        model = meta_model(config)
         found = target_modules(model, targets)
         shapes = tuple(ModuleShape(n, m.in_features, m.out_features, m.bias is not None) for n, m in found.items())
         target_ids = {id(p) for m in found.values() for p in m.parameters()}

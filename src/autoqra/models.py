@@ -74,15 +74,22 @@ def char_tokenizer() -> Any:
     return tok
 
 
+def tiny_config(tiny: TinyParams, tok: Any) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=len(tok), hidden_size=tiny.hidden_size, intermediate_size=tiny.intermediate_size,
+                       num_hidden_layers=tiny.layers, num_attention_heads=tiny.heads,
+                       num_key_value_heads=tiny.kv_heads, max_position_embeddings=256, tie_word_embeddings=True,
+                       attention_bias=tiny.attention_bias, bos_token_id=tok.bos_token_id,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+
+
 def build_tiny(tiny: TinyParams, train: list[dict[str, Any]], seed: int, max_length: int = 96) -> tuple[Any, Any]:
     """The tiny Llama, initialised from `seed` and pre-trained on full train sequences (prompt + answer)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     tok = char_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=tiny.hidden_size, intermediate_size=tiny.intermediate_size,
-                      num_hidden_layers=tiny.layers, num_attention_heads=tiny.heads,
-                      num_key_value_heads=tiny.kv_heads, max_position_embeddings=256, tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = tiny_config(tiny, tok)
     with torch_threads(1):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(cfg)
@@ -168,16 +175,54 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, device
     return model.to(device).eval()
 
 
-def meta_model(model_dir: str | Path) -> Any:
-    """The model's architecture on the meta device: names and shapes without loading any weight."""
+def meta_model(source: str | Path | Any) -> Any:
+    """The architecture of a model folder or config on the meta device: names and shapes, no weight."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    config = AutoConfig.from_pretrained(source) if isinstance(source, (str, Path)) else source
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+        return AutoModelForCausalLM.from_config(config)
+
+
+def source_config(source: str, tiny: TinyParams) -> Any:
+    """The transformers config of `model.source` without preparing the model (for checks before any
+    work): the tiny model's from its params, a GGUF file's from its header, a folder's config.json."""
+    from transformers import AutoConfig
+
+    if source == "tiny":
+        return tiny_config(tiny, char_tokenizer())
+    path = Path(source).expanduser()
+    if source == "embedded" or path.suffix == ".gguf":
+        gguf = embedded_gguf() if source == "embedded" else path
+        return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if path.exists():
+        return AutoConfig.from_pretrained(path if path.is_dir() else path.parent)
+    return AutoConfig.from_pretrained(source, local_files_only=True)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX), where bf16 beats fp32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def compute_dtype(choice: str, device: str) -> torch.dtype:
+    """`finetune.dtype` resolved: 'auto' is bf16 on a GPU and on a CPU with native bf16, else fp32."""
+    if choice == "fp32":
+        return torch.float32
+    if choice == "bf16" or device.startswith("cuda") or cpu_has_bf16():
+        return torch.bfloat16
+    return torch.float32
 
 
 def device_and_dtype() -> tuple[str, torch.dtype]:
-    """bf16 on a GPU when one is present, fp32 on the CPU."""
+    """bf16 on a GPU when one is present, fp32 on the CPU (GPTQ and priors; training: `compute_dtype`)."""
     if torch.cuda.is_available():
         return "cuda", torch.bfloat16
     return "cpu", torch.float32

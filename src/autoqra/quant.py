@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from autoqra import fingerprint
+from autoqra.config import ParamError
 
 TENSORS = ("qweight", "qzeros", "scales", "g_idx")
 UNQUANTIZED = 16
@@ -36,7 +37,7 @@ def target_modules(model: nn.Module, targets: list[str] | tuple[str, ...]) -> di
     found = {name: mod for name, mod in model.named_modules()
              if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in targets and ".layers." in name}
     if not found:
-        raise ValueError(f"quant.targets={list(targets)}: no such linear inside the model's decoder layers")
+        raise ParamError(f"quant.targets={list(targets)}: no such linear inside the model's decoder layers")
     return found
 
 
@@ -154,8 +155,9 @@ def _regex(name: str) -> str:
 
 def write_packed(bits_by_module: dict[str, int], base_dir: str | Path, caches: dict[int, QuantCache],
                  out_dir: str | Path) -> Path:
-    """A mixed-precision GPTQ checkpoint: each module's tensors copied from its bit-width's cache,
-    per-module bits in GPTQModel's `dynamic` config; bits 16 keeps the base weight unquantized."""
+    """A mixed-precision GPTQ checkpoint: each module's tensors copied from its bit-width's cache (its
+    bias, which GPTQ leaves alone, from the base), per-module bits in GPTQModel's `dynamic` config;
+    bits 16 keeps the base weight unquantized."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -166,7 +168,8 @@ def write_packed(bits_by_module: dict[str, int], base_dir: str | Path, caches: d
     for f in sorted(Path(base_dir).glob("*.safetensors")):
         with safe_open(f, "pt") as fh:
             for key in fh.keys():
-                if key.rsplit(".", 1)[0] not in quantized:
+                module, name = key.rsplit(".", 1)
+                if module not in quantized or name != "weight":  # a quantized module keeps its bias
                     tensors[key] = fh.get_tensor(key)
     for module in sorted(quantized):
         for name, value in caches[bits_by_module[module]].tensors(module).items():

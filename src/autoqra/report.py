@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 from autoqra.search.surrogate import rank_correlation
 from autoqra.space import Space
 
-COLUMNS = ["number", "state", "generation", "rung", "fidelity", "score", "status", "reason", "config_key",
+COLUMNS = ["number", "state", "generation", "rung", "fidelity", "seed", "score", "status", "reason", "config_key",
            "record_key", "memory_bytes", "avg_bits", "avg_bits_with_lora", "summary", "config", "worker", "duration_s"]
 
 
@@ -24,27 +24,40 @@ def trials_frame(study: Any, space: Space) -> pd.DataFrame:
             continue  # its worker died; the evaluation was redone in another trial
         u, job = t.user_attrs, t.system_attrs.get("autoqra:job", {})
         rows.append({"number": t.number, "state": t.state.name, "generation": job.get("generation"),
-                     "rung": job.get("rung"), "fidelity": t.params["fidelity"], "score": t.value,
+                     "rung": job.get("rung"), "fidelity": t.params["fidelity"], "seed": job.get("seed", 0),
+                     "score": t.value,
                      "status": u.get("status", "ok"), "reason": u.get("reason"), "config_key": u.get("config_key"),
                      "record_key": u.get("record_key"), "memory_bytes": u.get("memory_bytes"),
                      "avg_bits": u.get("avg_bits"), "avg_bits_with_lora": u.get("avg_bits_with_lora"),
                      "summary": u.get("summary"), "config": u.get("config"), "worker": u.get("worker"),
                      "duration_s": t.duration.total_seconds() if t.duration else None})
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return with_means(pd.DataFrame(rows, columns=COLUMNS))
+
+
+def with_means(trials: pd.DataFrame) -> pd.DataFrame:
+    """Add, to every row, the mean, standard error and count of its configuration's successful scores
+    at that fidelity over the seeds (`mean`, `se`, `n_seeds`): what ranking at a rung uses."""
+    ok = trials[(trials["status"] == "ok") & trials["score"].notna()]
+    agg = ok.groupby(["config_key", "fidelity"])["score"].agg(mean="mean", sd="std", n_seeds="count").reset_index()
+    agg["se"] = (agg["sd"] / agg["n_seeds"] ** 0.5).fillna(0.0)
+    out = trials.merge(agg.drop(columns="sd"), on=["config_key", "fidelity"], how="left")
+    return out.sort_values("number").reset_index(drop=True)
 
 
 def front(trials: pd.DataFrame) -> pd.DataFrame:
-    """Memory/score Pareto set among configurations evaluated at the highest fidelity reached."""
+    """Memory/score Pareto set among configurations evaluated at the highest fidelity reached (one row
+    per configuration, scored by its mean over seeds)."""
     ok = trials[(trials["status"] == "ok") & trials["score"].notna()]
     if ok.empty:
         return ok
-    top = ok[ok["fidelity"] == ok["fidelity"].max()].sort_values(["memory_bytes", "score"])
+    top = ok[ok["fidelity"] == ok["fidelity"].max()].drop_duplicates("config_key")
+    top = top.sort_values(["memory_bytes", "mean"])
     keep, best = [], float("inf")
     for _, row in top.iterrows():
-        if row["score"] < best:
+        if row["mean"] < best:
             keep.append(row)
-            best = row["score"]
-    return pd.DataFrame(keep).reset_index(drop=True)
+            best = row["mean"]
+    return pd.DataFrame(keep).drop(columns=["score", "seed"]).reset_index(drop=True)
 
 
 def fidelity_agreement(trials: pd.DataFrame) -> list[dict[str, Any]]:

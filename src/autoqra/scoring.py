@@ -12,8 +12,9 @@ from autoqra.tasks import collate, encode, prompt_ids
 
 def batches(tokenizer: Any, examples: list[dict[str, Any]], max_length: int, batch_size: int,
             whole_sequence: bool = False) -> list[dict[str, torch.Tensor]]:
-    """Padded batches; labels cover the answer only, or every token with `whole_sequence`."""
-    encoded = [encode(tokenizer, ex, max_length) for ex in examples]
+    """Padded batches of examples of similar length (sorted, so little padding is computed); labels
+    cover the answer only, or every token with `whole_sequence`. For token-weighted means only."""
+    encoded = sorted((encode(tokenizer, ex, max_length) for ex in examples), key=lambda e: len(e[0]))
     if whole_sequence:
         encoded = [(ids, ids) for ids, _ in encoded]
     return [collate(encoded[i:i + batch_size], tokenizer.pad_token_id) for i in range(0, len(encoded), batch_size)]
@@ -51,24 +52,36 @@ def loss_report(model: Any, tokenizer: Any, examples: list[dict[str, Any]], max_
     return {"answer_loss": answer, "sequence_loss": whole, "perplexity": math.exp(min(whole, 50.0))}
 
 
+def answer_tokens(tokenizer: Any, examples: list[dict[str, Any]]) -> int:
+    """Tokens of the longest reference answer, plus its end token: what greedy decoding must allow."""
+    return max(len(tokenizer(ex["answer"], add_special_tokens=False)["input_ids"]) for ex in examples) + 1
+
+
 @torch.no_grad()
-def exact_match(model: Any, tokenizer: Any, examples: list[dict[str, Any]], max_new_tokens: int,
-                batch_size: int) -> float:
-    """Fraction of examples whose greedy answer equals the reference after stripping whitespace."""
+def exact_match(model: Any, tokenizer: Any, examples: list[dict[str, Any]], max_length: int,
+                batch_size: int) -> dict[str, float]:
+    """Fraction of examples whose greedy answer equals the reference after stripping whitespace, with
+    its binomial standard error. Decoding runs for as many tokens as the longest reference answer
+    needs, so no answer is cut short; prompts are cut from the left to fit `max_length` as in training."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    new_tokens = answer_tokens(tokenizer, examples)
+    order = sorted(range(len(examples)), key=lambda i: len(prompt_ids(tokenizer, examples[i])))
     hits = 0
-    for i in range(0, len(examples), batch_size):
-        chunk = examples[i:i + batch_size]
-        prompts = [prompt_ids(tokenizer, ex) for ex in chunk]
+    pad = tokenizer.pad_token_id
+    for i in range(0, len(order), batch_size):
+        chunk = [examples[j] for j in order[i:i + batch_size]]
+        prompts = [prompt_ids(tokenizer, ex)[-max(max_length - new_tokens, 1):] for ex in chunk]
         width = max(map(len, prompts))
-        pad = tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)  # left padding
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
                              pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
         for ex, row in zip(chunk, out[:, width:]):
             hits += tokenizer.decode(row, skip_special_tokens=True).strip() == ex["answer"].strip()
     model.train(was_training)
-    return hits / max(len(examples), 1)
+    n = max(len(examples), 1)
+    p = hits / n
+    return {"exact_match": p, "exact_match_se": math.sqrt(p * (1 - p) / n), "n": len(examples),
+            "max_new_tokens": new_tokens}

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from autoqra.config import ParamError
+
 SPLITS = ("train", "val", "test", "calib")
 
 WORDS = (
@@ -110,7 +112,7 @@ def generate(families: list[str], sizes: dict[str, int], seed: int) -> dict[str,
     """Disjoint synthetic splits; families cycle so every split holds all of them evenly."""
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
-        raise ValueError(f"task.families: unknown {unknown} (allowed: {', '.join(FAMILIES)})")
+        raise ParamError(f"task.families: unknown {unknown} (allowed: {', '.join(FAMILIES)})")
     rng = random.Random(seed)
     seen: set[str] = set()
     out: dict[str, list[dict[str, Any]]] = {}
@@ -120,7 +122,7 @@ def generate(families: list[str], sizes: dict[str, int], seed: int) -> dict[str,
         while len(rows) < sizes[split]:
             attempts += 1
             if attempts > 50 * sizes[split] + 1000:
-                raise ValueError(f"task.{split}={sizes[split]}: more than the {len(seen)} distinct examples "
+                raise ParamError(f"task.{split}={sizes[split]}: more than the {len(seen)} distinct examples "
                                  f"families {families} can make; lower it or add families")
             family = families[len(rows) % len(families)]
             kind, prompt, answer = FAMILIES[family](rng)
@@ -141,7 +143,7 @@ def _read_table(source: str) -> list[dict[str, Any]]:
         try:
             dsets = datasets.load_dataset(source[3:])
         except Exception as exc:  # offline: only the local datasets cache is reachable
-            raise ValueError(f"task.source={source!r}: cannot load from the local datasets cache ({exc})") from None
+            raise ParamError(f"task.source={source!r}: cannot load from the local datasets cache ({exc})") from None
         names = {"validation": "val", "valid": "val", "dev": "val"}
         return [{**row, "split": names.get(s, s)} for s, d in dsets.items() for row in d]
     path = Path(source)
@@ -162,10 +164,10 @@ def load_user(source: str, prompt_column: str, answer_column: str, sizes: dict[s
     shuffled with `seed` and cut into val, test and train. Calibration examples come from train."""
     rows = _read_table(source)
     if not rows:
-        raise ValueError(f"task.source={source!r}: no rows")
+        raise ParamError(f"task.source={source!r}: no rows")
     for column, key in ((prompt_column, "task.prompt_column"), (answer_column, "task.answer_column")):
         if column not in rows[0]:
-            raise ValueError(f"{key}={column!r}: no such column in {source} (columns: {', '.join(rows[0])})")
+            raise ParamError(f"{key}={column!r}: no such column in {source} (columns: {', '.join(rows[0])})")
     pairs = [(str(r[prompt_column]), str(r[answer_column]), r.get("split")) for r in rows]
     if any(s is not None for _, _, s in pairs):
         parts = {s: [(p, a) for p, a, t in pairs if t == s] for s in ("train", "val", "test")}
@@ -179,7 +181,7 @@ def load_user(source: str, prompt_column: str, answer_column: str, sizes: dict[s
     out = {}
     for split in SPLITS:
         if not parts.get(split):
-            raise ValueError(f"task.source={source!r}: the {split} split is empty "
+            raise ParamError(f"task.source={source!r}: the {split} split is empty "
                              f"({len(rows)} rows; sizes requested: {sizes})")
         out[split] = [make_example(split, i, "user", "user", p, a) for i, (p, a) in enumerate(parts[split])]
     return out
@@ -214,14 +216,26 @@ def _ids(encoded: Any) -> list[int]:
     return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 
+class TooLong(ParamError):
+    """An answer that does not fit the token limit on its own."""
+
+
 def encode(tokenizer: Any, example: dict[str, Any], max_length: int) -> tuple[list[int], list[int]]:
-    """Token ids and labels of one example in the model's chat format; only answer tokens are scored."""
-    messages = [{"role": "user", "content": example["prompt"]}]
-    prompt = _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    """Token ids and labels of one example in the model's chat format; only answer tokens are scored.
+    A sequence over `max_length` loses the start of its prompt, never any answer token; an answer
+    (with its end token) longer than `max_length` is a `TooLong` error."""
+    prompt = prompt_ids(tokenizer, example)
     answer = tokenizer(example["answer"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    ids = (prompt + answer)[:max_length]
-    labels = ([-100] * len(prompt) + answer)[:max_length]
-    return ids, labels
+    if len(answer) >= max_length:
+        raise TooLong(f"task.max_length={max_length}: example {example.get('id', '?')} has an answer of "
+                      f"{len(answer)} tokens on its own; allowed: task.max_length > the longest answer")
+    prompt = prompt[len(prompt) + len(answer) - max_length:] if len(prompt) + len(answer) > max_length else prompt
+    return prompt + answer, [-100] * len(prompt) + answer
+
+
+def truncated(tokenizer: Any, examples: list[dict[str, Any]], max_length: int) -> int:
+    """How many examples lose prompt tokens at `max_length` (raises `TooLong` as `encode` does)."""
+    return sum(len(prompt_ids(tokenizer, ex)) > encode(tokenizer, ex, max_length)[1].count(-100) for ex in examples)
 
 
 def prompt_ids(tokenizer: Any, example: dict[str, Any]) -> list[int]:

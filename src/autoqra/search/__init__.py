@@ -5,7 +5,8 @@ Library entry point for stage 1 on any black-box objective::
     from autoqra.search import evolve
     study, evolution = evolve(objective, space, budget, i_q, i_r, settings)
 
-`objective(config, fidelity)` returns a score to minimise (or a dict with `score`, None on failure).
+`objective(config, fidelity, seed)` returns a score to minimise (or a dict with `score`, None on failure);
+the seeds of a rung (`Settings.seeds_per_rung`) are the same for every configuration.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from autoqra.space import Config, Space
 __all__ = ["DONE", "WAIT", "Evolution", "Job", "Result", "Settings", "evolve", "ranking"]
 
 
-def evolve(objective: Callable[[Config, int], Any], space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray,
+def evolve(objective: Callable[[Config, int, int], Any], space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray,
            settings: Settings, *, study_name: str = "autoqra-evolve", storage: str | None = None,
            journal: str | None = None,
            describe: Callable[[Config], dict[str, Any]] | None = None) -> tuple[Any, Evolution]:

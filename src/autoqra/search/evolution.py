@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from autoqra.search import operators as ops
 from autoqra.search.repair import repair
 from autoqra.search.surrogate import Surrogate, rank_correlation
 from autoqra.space import Config, Space
+from autoqra.stats import mean_se
 
 WAIT, DONE = "wait", "done"
 
@@ -42,6 +43,12 @@ class Settings:
     eta: int
     max_steps: int
     seed: int
+    seeds_per_rung: tuple[int, ...] = ()  # training seeds per rung (default: one)
+
+    def seeds(self, rung: int) -> tuple[int, ...]:
+        """The training seeds of a rung: the same for every configuration, so scores are paired."""
+        k = self.seeds_per_rung[rung] if self.seeds_per_rung else 1
+        return tuple(self.seed + i for i in range(k))
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,7 @@ class Job:
     fidelity: int
     generation: int
     rung: int
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,23 +70,46 @@ class Result:
     rung: int
     score: float | None
     done: bool = True
+    seed: int = 0
 
 
-def best_evidence(history: list[Result]) -> dict[str, tuple[int, float, Config]]:
-    """Per configuration key: (highest fidelity with a score, that score, the configuration)."""
-    out: dict[str, tuple[int, float, Config]] = {}
+class Evidence(NamedTuple):
+    """What is known of a configuration at one fidelity: the mean over its seeds, their standard error."""
+
+    fidelity: int
+    score: float
+    config: Config
+    se: float
+    seeds: tuple[int, ...]
+
+
+def seed_scores(history: list[Result]) -> dict[tuple[str, int], dict[int, float | None]]:
+    """Per (configuration key, fidelity): the finished score of every seed (None: failed). The same
+    seed evaluated twice (two generations) counts once: the records are the same."""
+    out: dict[tuple[str, int], dict[int, float | None]] = {}
     for r in history:
-        if not r.done or r.score is None:
-            continue
-        k = r.config.key
-        if k not in out or r.fidelity > out[k][0] or (r.fidelity == out[k][0] and r.score < out[k][1]):
-            out[k] = (r.fidelity, r.score, r.config)
+        if r.done:
+            out.setdefault((r.config.key, r.fidelity), {})[r.seed] = r.score
     return out
 
 
-def ranking(history: list[Result]) -> list[tuple[int, float, Config]]:
-    """Configurations best first: highest fidelity reached, then lowest score, then key (for ties)."""
-    return sorted(best_evidence(history).values(), key=lambda e: (-e[0], e[1], e[2].key))
+def best_evidence(history: list[Result]) -> dict[str, Evidence]:
+    """Per configuration key: the highest fidelity at which every finished seed succeeded, with the
+    mean and standard error over those seeds."""
+    configs = {r.config.key: r.config for r in history}
+    out: dict[str, Evidence] = {}
+    for (key, fidelity), by_seed in seed_scores(history).items():
+        if any(v is None for v in by_seed.values()) or (key in out and out[key].fidelity >= fidelity):
+            continue
+        seeds = tuple(sorted(by_seed))
+        m, se = mean_se([by_seed[s] for s in seeds])
+        out[key] = Evidence(fidelity, m, configs[key], se, seeds)
+    return out
+
+
+def ranking(history: list[Result]) -> list[Evidence]:
+    """Configurations best first: highest fidelity reached, then lowest mean score, then key (for ties)."""
+    return sorted(best_evidence(history).values(), key=lambda e: (-e.fidelity, e.score, e.config.key))
 
 
 class Evolution:
@@ -103,7 +134,7 @@ class Evolution:
         return _unique(pool)[: s.population]
 
     def _history_key(self, history: list[Result]) -> tuple:
-        return tuple(sorted((r.config.key, r.fidelity, r.score) for r in history if r.done))
+        return tuple(sorted((r.config.key, r.fidelity, r.seed, r.score) for r in history if r.done))
 
     def screening(self, generation: int, before: list[Result]) -> dict[str, Any]:
         """Children of `generation`, bred from the results of earlier generations, and the surrogate's
@@ -120,8 +151,8 @@ class Evolution:
             if len(children) >= s.candidates or not ranked:
                 break
             scores = list(range(len(ranked)))  # rank order: lower is better
-            a = ranked[ops.tournament(scores, rng)][2]
-            b = ranked[ops.tournament(scores, rng)][2]
+            a = ranked[ops.tournament(scores, rng)].config
+            b = ranked[ops.tournament(scores, rng)].config
             child = ops.mutate(ops.crossover(a, b, rng), self.space, self.i_q, self.i_r, rng,
                                units=int(rng.integers(1, 3)))
             child = repair(child, self.budget, self.i_q, self.i_r)
@@ -143,14 +174,18 @@ class Evolution:
         return out
 
     def _surrogate(self, history: list[Result]) -> Surrogate:
-        # sorted: the fit must not depend on the order in which workers happened to finish
-        ok = sorted((r for r in history if r.done and r.score is not None), key=lambda r: (r.config.key, r.fidelity))
+        # one observation per (configuration, fidelity): the mean over its seeds; sorted, so the fit
+        # does not depend on the order in which workers happened to finish
+        means = {k: float(np.mean(list(v.values()))) for k, v in seed_scores(history).items()
+                 if all(x is not None for x in v.values())}
+        configs = {r.config.key: r.config for r in history}
+        obs = sorted(means)
         lower = []
-        for r in ok:
-            below = [q.score for q in ok if q.config.key == r.config.key and q.fidelity < r.fidelity]
+        for key, fidelity in obs:
+            below = [means[(k, f)] for k, f in obs if k == key and f < fidelity]
             lower.append(min(below) if below else None)
         model = Surrogate(self.space, self.budget, self.i_q, self.i_r)
-        return model.fit([r.config for r in ok], [r.fidelity for r in ok], lower, [r.score for r in ok])
+        return model.fit([configs[k] for k, _ in obs], [f for _, f in obs], lower, [means[o] for o in obs])
 
     def members(self, generation: int, history: list[Result]) -> list[Config]:
         if generation == 0:
@@ -163,34 +198,39 @@ class Evolution:
 
     # ------------------------------------------------------------------ scheduling
     def rungs(self, generation: int, history: list[Result]) -> list[list[Config]]:
-        """The rungs of a generation determined so far (a rung is known once the one below is done)."""
-        fid = self.settings.fidelities
+        """The rungs of a generation determined so far (a rung is known once the one below is done:
+        every member finished under every seed of that rung); promotion by the mean over seeds."""
+        s = self.settings
         mine = [r for r in history if r.generation == generation]
         rungs = [self.members(generation, history)]
-        for k in range(len(fid) - 1):
+        for k in range(len(s.fidelities) - 1):
             # a finished result wins over a running duplicate of the same job (a concurrent worker's
             # trial about to be skipped): otherwise the rung would look unfinished, the generation
             # would look done at this rung, and the next one would be bred from part of the evidence
-            at_k: dict[str, Result] = {}
+            at_k: dict[tuple[str, int], Result] = {}
             for r in mine:
-                if r.rung == k and (r.config.key not in at_k or (r.done and not at_k[r.config.key].done)):
-                    at_k[r.config.key] = r
-            if any(c.key not in at_k or not at_k[c.key].done for c in rungs[k]):
+                j = (r.config.key, r.seed)
+                if r.rung == k and (j not in at_k or (r.done and not at_k[j].done)):
+                    at_k[j] = r
+            seeds = s.seeds(k)
+            if any((c.key, sd) not in at_k or not at_k[(c.key, sd)].done for c in rungs[k] for sd in seeds):
                 break
-            ok = sorted((r for r in at_k.values() if r.score is not None), key=lambda r: (r.score, r.config.key))
-            keep = ok[: math.ceil(len(rungs[k]) / self.settings.eta)]
+            scores = {c.key: [at_k[(c.key, sd)].score for sd in seeds] for c in rungs[k]}
+            ok = sorted((float(np.mean(v)), key) for key, v in scores.items() if None not in v)
+            by_key = {c.key: c for c in rungs[k]}
+            keep = [by_key[key] for _, key in ok[: math.ceil(len(rungs[k]) / s.eta)]]
             if not keep:
                 break
-            rungs.append([r.config for r in keep])
+            rungs.append(keep)
         return rungs
 
     def generation_done(self, generation: int, history: list[Result]) -> bool:
-        """Every member of the last rung there will be has finished (`rungs` adds the next rung as
-        soon as one is due, so a finished last rung means there is no further one)."""
+        """Every member of the last rung there will be has finished under all its seeds (`rungs` adds
+        the next rung as soon as one is due, so a finished last rung means there is no further one)."""
         rungs = self.rungs(generation, history)
         last = len(rungs) - 1
-        done = {r.config.key for r in history if r.generation == generation and r.rung == last and r.done}
-        return all(c.key in done for c in rungs[-1])
+        done = {(r.config.key, r.seed) for r in history if r.generation == generation and r.rung == last and r.done}
+        return all((c.key, sd) in done for c in rungs[-1] for sd in self.settings.seeds(last))
 
     def next(self, history: list[Result], slot: int = 0) -> Job | str:
         """The next evaluation to run (the `slot`-th free one, for workers asking at the same time)."""
@@ -200,9 +240,9 @@ class Evolution:
             rungs = self.rungs(g, history)
             if not rungs[0]:
                 return DONE  # no new child could be bred: the space is exhausted
-            taken = {(r.config.key, r.rung) for r in history if r.generation == g}
-            free = [Job(c, s.fidelities[k], g, k) for k, rung in enumerate(rungs) for c in rung
-                    if (c.key, k) not in taken]
+            taken = {(r.config.key, r.rung, r.seed) for r in history if r.generation == g}
+            free = [Job(c, s.fidelities[k], g, k, sd) for k, rung in enumerate(rungs) for c in rung
+                    for sd in s.seeds(k) if (c.key, k, sd) not in taken]
             if free:
                 job = free[min(slot, len(free) - 1)]
                 if s.max_steps and spent + job.fidelity > s.max_steps:
@@ -222,8 +262,9 @@ class Evolution:
             view = self.screening(g, [r for r in history if r.generation < g])
             if view["predicted"] is None:
                 continue
-            truth = {r.config.key: r.score for r in history
-                     if r.generation == g and r.rung == 0 and r.done and r.score is not None}
+            truth = {key: float(np.mean(list(v.values()))) for (key, f), v in
+                     seed_scores([r for r in history if r.generation == g and r.rung == 0]).items()
+                     if None not in v.values()}
             keys = [k for k in truth if k in view["predicted"]]
             corr = rank_correlation([view["predicted"][k] for k in keys], [truth[k] for k in keys])
             out.append({"generation": g, "candidates": view["candidates"], **corr})

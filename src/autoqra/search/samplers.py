@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from autoqra.search.evolution import DONE, WAIT, Evolution, Job, Result
 from autoqra.space import Config, Space
 
 FIDELITY = "fidelity"
-ObjectiveFn = Callable[[Config, int], "float | dict[str, Any]"]
+ObjectiveFn = Callable[[Config, int, int], "float | dict[str, Any]"]  # (config, fidelity, seed)
 
 
 def distributions(space: Space, fidelities: tuple[int, ...]) -> dict[str, BaseDistribution]:
@@ -52,11 +53,12 @@ JOB = "autoqra:job"
 
 def job_attr(job: Job) -> dict[str, Any]:
     return {"units": job.config.to_dict()["units"], "fidelity": job.fidelity, "generation": job.generation,
-            "rung": job.rung}
+            "rung": job.rung, "seed": job.seed}
 
 
 def job_of(attr: dict[str, Any]) -> Job:
-    return Job(Config.from_dict({"units": attr["units"]}), attr["fidelity"], attr["generation"], attr["rung"])
+    return Job(Config.from_dict({"units": attr["units"]}), attr["fidelity"], attr["generation"], attr["rung"],
+               attr.get("seed", 0))
 
 
 def history(study: optuna.Study, space: Space, trials: list[FrozenTrial] | None = None) -> list[Result]:
@@ -71,11 +73,11 @@ def history(study: optuna.Study, space: Space, trials: list[FrozenTrial] | None 
         if job.config.units != space.units:
             continue
         if t.state == TrialState.COMPLETE:
-            out.append(Result(job.config, job.fidelity, job.generation, job.rung, t.value))
+            out.append(Result(job.config, job.fidelity, job.generation, job.rung, t.value, seed=job.seed))
         elif t.state == TrialState.FAIL and t.user_attrs.get("status") == "failed":
-            out.append(Result(job.config, job.fidelity, job.generation, job.rung, None))
+            out.append(Result(job.config, job.fidelity, job.generation, job.rung, None, seed=job.seed))
         elif t.state == TrialState.RUNNING:
-            out.append(Result(job.config, job.fidelity, job.generation, job.rung, None, done=False))
+            out.append(Result(job.config, job.fidelity, job.generation, job.rung, None, done=False, seed=job.seed))
     return out
 
 
@@ -176,13 +178,34 @@ def _claimed_earlier(study: optuna.Study, number: int, claim: dict[str, Any], po
                or (t.state == TrialState.FAIL and t.user_attrs.get("status") == "failed"))
 
 
+class SearchFailed(RuntimeError):
+    """Too many evaluations failed in a row: the search stops (everything computed so far is kept)."""
+
+
+def failure_counts(study: optuna.Study) -> dict[str, int]:
+    """How many evaluations failed for each kind of reason (the reason's text before any detail)."""
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if t.user_attrs.get("status") == "failed":
+            kind = re.split(r"[(:]", t.user_attrs.get("reason") or "unknown")[0].strip()
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def describe_failures(study: optuna.Study) -> str:
+    counts = failure_counts(study)
+    return ", ".join(f"{n} × {kind}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
+
+
 def drive(study: optuna.Study, sampler: EvolutionSampler, objective: ObjectiveFn,
           describe: Callable[[Config], dict[str, Any]] | None = None, poll_s: float = 2.0,
-          on_trial: Callable[[FrozenTrial], None] | None = None) -> int:
-    """Ask, evaluate and tell until the search is done; returns the number of trials this worker ran."""
+          on_trial: Callable[[FrozenTrial], None] | None = None, max_failures: int = 0) -> int:
+    """Ask, evaluate and tell until the search is done; returns the number of trials this worker ran.
+    `objective(config, fidelity, seed)`. After `max_failures` failed evaluations in a row (0: never)
+    raises `SearchFailed` naming the failure reasons; every finished evaluation stays recorded."""
     space = sampler.evolution.space
     fail_dead_trials(study)
-    ran = 0
+    ran = streak = 0
     while True:
         job = sampler.evolution.next(history(study, space))
         if job == DONE:
@@ -204,18 +227,27 @@ def drive(study: optuna.Study, sampler: EvolutionSampler, objective: ObjectiveFn
             study.tell(trial, state=TrialState.FAIL)
             continue
         trial.set_user_attr("config_key", config.key)
+        trial.set_user_attr("seed", job.seed)
         if describe is not None:
             for k, v in describe(config).items():
                 trial.set_user_attr(k, v)
-        out = objective(config, fidelity)
-        out = {"score": out, "status": "ok"} if isinstance(out, (int, float)) else out
+        out = objective(config, fidelity, job.seed)
+        out = {"score": out, "status": "ok"} if isinstance(out, (int, float)) else dict(out)
+        if out.get("score") is None:
+            out.update(status="failed", reason=out.get("reason") or "no score")
         for k in ("status", "reason", "key"):
             if out.get(k) is not None:
                 trial.set_user_attr("record_key" if k == "key" else k, out[k])
         if out.get("score") is None:
             study.tell(trial, state=TrialState.FAIL)
+            streak += 1
         else:
             study.tell(trial, float(out["score"]))
+            streak = 0
         ran += 1
         if on_trial is not None:
             on_trial(study.trials[trial.number])
+        if max_failures and streak >= max_failures:
+            raise SearchFailed(f"search.max_failures={max_failures}: {streak} evaluations failed in a row "
+                               f"(failures so far: {describe_failures(study)}); every finished evaluation "
+                               "is kept in the record store and the study")

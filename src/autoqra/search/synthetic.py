@@ -4,7 +4,8 @@ For tests and benchmarks of the search apart from fine-tuning. Lower is better. 
 configuration sums, per unit, a quantization penalty s_u·4^-(b-2) that a larger rank partly offsets
 (LoRA compensates quantization error), a capacity penalty h_u·(1 - log(1+r)/log(1+r_max)), and a
 penalty t_u when two neighbouring units are both at the lowest bit-width (interaction). A fidelity-f
-observation adds a bias 1/√f and noise of scale σ/√f, fixed by (configuration, fidelity, seed).
+observation adds a bias 1/√f and noise of scale σ/√f, fixed by (configuration, fidelity, seed); with
+`shared` > 0 part of it is common to all configurations under the same training seed.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ from autoqra import fingerprint
 from autoqra.memory import Budget
 from autoqra.space import Config, Space
 
-
 class SyntheticObjective:
-    def __init__(self, space: Space, seed: int, sigma: float = 0.3):
+    def __init__(self, space: Space, seed: int, sigma: float = 0.3, shared: float = 0.0):
         rng = np.random.default_rng(seed)
         n = len(space)
-        self.space, self.seed, self.sigma = space, seed, sigma
+        self.space, self.seed, self.sigma, self.shared = space, seed, sigma, shared
         self.s = rng.uniform(0.2, 2.0, n)   # quantization sensitivity
         self.h = rng.uniform(0.1, 1.0, n)   # capacity need
         self.t = rng.uniform(0.0, 1.0, n)   # interaction with the next unit
@@ -42,10 +42,14 @@ class SyntheticObjective:
         inter = (low[:, :-1] & low[:, 1:]) * self.t[:-1]
         return quant.sum(1) + (self.h * (1 - rq)).sum(1) + inter.sum(1)
 
-    def __call__(self, config: Config, fidelity: int) -> float:
+    def __call__(self, config: Config, fidelity: int, seed: int = 0) -> float:
+        """A noisy observation; a fraction `shared` of the noise (as a correlation) is common to every
+        configuration under one training seed, as data order is, so paired differences are less noisy."""
         self.steps += fidelity
-        rng = np.random.default_rng(int(fingerprint.of_data([config.key, fidelity, self.seed])[:12], 16))
-        return self.true_value(config) + 1.0 / np.sqrt(fidelity) + rng.normal(0, self.sigma / np.sqrt(fidelity))
+        own = np.random.default_rng(int(fingerprint.of_data([config.key, fidelity, self.seed, seed])[:12], 16))
+        shared = np.random.default_rng(int(fingerprint.of_data([fidelity, self.seed, seed])[:12], 16))
+        z = self.shared * shared.normal() + np.sqrt(1 - self.shared**2) * own.normal()
+        return self.true_value(config) + 1.0 / np.sqrt(fidelity) + self.sigma / np.sqrt(fidelity) * z
 
     def priors(self, noise: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
         """Noisy importance priors in [0, 1], as a profile stage would measure them."""

@@ -1,0 +1,186 @@
+"""The record store: one JSON file per evaluation, keyed by a hash of everything that determines it.
+
+Shared by every stage that trains (the search stages, the final arms) and by every worker, on one
+machine or many sharing a filesystem. Its promises:
+
+- **Never computed twice.** `get(key, compute)` returns the stored record when a valid one exists;
+  otherwise it takes the key's lock, *looks again* (another worker may have written the record while
+  this one waited), and only then computes and writes.
+- **Never lost, never half-written.** A record is written to a temporary file and renamed into place.
+- **Never trusted when damaged.** A record that is not JSON, holds another key, has an unknown format
+  version or lacks a field is moved aside (`<key>.json.damaged-<n>`), reported and recomputed.
+- **Transient failures are retried.** A record marked `transient` (out of memory: perhaps a co-worker's
+  fault) is recomputed up to `max_attempts` times; every attempt's reason is kept.
+- **No wait on the dead.** Locks are `flock` locks on `<root>/locks/<key>.lock`: the kernel releases
+  them when their holder dies (SIGKILL included), and on NFS the server does when the holder's host
+  stops renewing its lease. A lock file is unlinked by its holder only while held; a waiter that
+  locked an unlinked file notices (its inode differs from the path's) and tries again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from autoqra.process import worker_id
+
+FORMAT = 2  # the layout of a record file (not of its value: code changes enter the key)
+REQUIRED = ("format", "key", "status", "score", "reason")
+POLL_S = 0.5
+
+log = logging.getLogger(__name__)
+
+
+class RecordError(ValueError):
+    """A record file that cannot be trusted."""
+
+
+def validate(record: Any, key: str) -> dict[str, Any]:
+    """The record if it is a well-formed record of `key`; raise `RecordError` saying why not."""
+    if not isinstance(record, dict):
+        raise RecordError(f"not a JSON object ({type(record).__name__})")
+    missing = [f for f in REQUIRED if f not in record]
+    if missing:
+        raise RecordError(f"missing field(s) {missing}")
+    if record["format"] != FORMAT:
+        raise RecordError(f"unknown format {record['format']!r} (this code reads {FORMAT})")
+    if record["key"] != key:
+        raise RecordError(f"holds key {str(record['key'])[:12]}…, not {key[:12]}…")
+    if record["status"] not in ("ok", "failed"):
+        raise RecordError(f"unknown status {record['status']!r}")
+    score = record["score"]
+    if record["status"] == "ok" and not (isinstance(score, (int, float)) and math.isfinite(score)):
+        raise RecordError(f"status ok but score {score!r}")
+    return record
+
+
+class RecordStore:
+    """Records under `root/<key[:2]>/<key>.json`, locks under `root/locks/`."""
+
+    def __init__(self, root: str | Path, max_attempts: int = 3):
+        self.root, self.max_attempts = Path(root), max_attempts
+        self.computed = 0   # records this store computed (and wrote)
+        self.damaged = 0    # damaged records found and moved aside
+        self.retried = 0    # transient failures recomputed
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    # ------------------------------------------------------------------ reading
+    def read(self, key: str) -> dict[str, Any] | None:
+        """The valid record of `key`, or None (absent, or damaged and now moved aside)."""
+        path = self.path(key)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            return validate(json.loads(text), key)
+        except (json.JSONDecodeError, RecordError) as exc:
+            self._set_aside(path, str(exc))
+            return None
+
+    def usable(self, record: dict[str, Any] | None) -> bool:
+        """A record that ends the matter: not absent and not a transient failure with attempts left."""
+        if record is None:
+            return False
+        return not (record.get("transient") and record.get("attempts", 1) < self.max_attempts)
+
+    def _set_aside(self, path: Path, why: str) -> None:
+        for n in range(1000):
+            target = path.with_name(f"{path.name}.damaged-{n}")
+            if not target.exists():
+                break
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path, target)
+            self.damaged += 1
+            log.warning("damaged record %s (%s): moved to %s, it will be recomputed", path.name, why, target.name)
+
+    # ------------------------------------------------------------------ writing
+    def write(self, key: str, record: dict[str, Any]) -> dict[str, Any]:
+        record = validate({**record, "format": FORMAT, "key": key}, key)
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:8]}", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(record, fh, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return record
+
+    # ------------------------------------------------------------------ locking
+    @contextlib.contextmanager
+    def lock(self, key: str, ready: Callable[[], bool] = lambda: False) -> Iterator[bool]:
+        """Hold the lock of `key` for the block (yields True), or yield False without it as soon as
+        `ready()` says the wait is over (the record appeared)."""
+        path = self.root / "locks" / f"{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if ready():
+                    yield False
+                    return
+                time.sleep(POLL_S)
+                continue
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # locked a file its holder had already unlinked: try the path again
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, worker_id().encode())  # who holds it, for whoever looks
+            yield True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # still ours: nobody else can lock it before we close
+            os.close(fd)
+
+    # ------------------------------------------------------------------ the one entry point
+    def get(self, key: str, compute: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+        """(record, computed): the stored record of `key`, or `compute()`'s, written, computed at
+        most once across every worker sharing `root`. `compute` returns a record body (`status`,
+        `score`, `reason`, ...; `transient: True` for failures worth retrying)."""
+        record = self.read(key)
+        if self.usable(record):
+            return record, False
+        with self.lock(key, ready=lambda: self.usable(self.read(key))) as held:
+            record = self.read(key)  # written while we waited?
+            if not held or self.usable(record):
+                return record, False
+            previous = record  # None, or a transient failure to retry
+            body = compute()
+            if previous is not None:
+                self.retried += 1
+                body["attempts"] = previous.get("attempts", 1) + 1
+                body["previous_reasons"] = previous.get("previous_reasons", []) + [previous["reason"]]
+            record = self.write(key, body)
+            self.computed += 1
+            return record, True
+
+    def keys(self) -> list[str]:
+        """Keys of every record file present (valid or not)."""
+        return sorted(p.stem for p in self.root.glob("??/*.json"))

@@ -1,0 +1,93 @@
+"""The record store: computed once across workers, never trusted when damaged, no wait on the dead."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from autoqra.records import FORMAT, RecordError, RecordStore, validate
+
+KEY = "ab" + "0" * 62
+
+
+def test_contending_workers_compute_a_record_once_and_never_at_the_same_time(tmp_path):
+    for round_ in range(20):
+        store_root = tmp_path / f"r{round_}"
+        active, peak, computed, results = [0], [0], [], []
+        guard = threading.Lock()
+
+        def compute():
+            with guard:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            time.sleep(random.uniform(0, 0.05))
+            with guard:
+                active[0] -= 1
+                computed.append(1)
+            return {"status": "ok", "score": 1.0, "reason": None}
+
+        def work():
+            time.sleep(random.uniform(0, 0.03))
+            results.append(RecordStore(store_root).get(KEY, compute)[0])
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert len(computed) == 1 and peak[0] == 1 and len(results) == 4
+        assert all(r == results[0] for r in results)
+        assert not list((store_root / "locks").glob("*"))
+
+
+def test_a_lock_held_by_a_killed_worker_is_free_at_once(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from autoqra.records import RecordStore
+        with RecordStore({str(tmp_path)!r}).lock({KEY!r}):
+            print("held", flush=True)
+            time.sleep(600)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    store = RecordStore(tmp_path)
+    blocked = threading.Event()
+
+    def try_lock():
+        with store.lock(KEY, ready=lambda: blocked.is_set()) as held:
+            assert not held  # still held by the live worker
+    blocked.set()
+    try_lock()
+    holder.send_signal(signal.SIGKILL)  # killed mid-evaluation: it writes nothing, releases nothing
+    holder.wait()
+    start = time.monotonic()
+    record, computed = store.get(KEY, lambda: {"status": "ok", "score": 2.0, "reason": None})
+    assert computed and record["score"] == 2.0 and time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize("bad, why", [
+    ([], "not a JSON object"), ({"status": "ok"}, "missing field"),
+    ({"format": 1, "key": KEY, "status": "ok", "score": 1.0, "reason": None}, "unknown format"),
+    ({"format": FORMAT, "key": "cd" + "0" * 62, "status": "ok", "score": 1.0, "reason": None}, "holds key"),
+    ({"format": FORMAT, "key": KEY, "status": "maybe", "score": 1.0, "reason": None}, "unknown status"),
+    ({"format": FORMAT, "key": KEY, "status": "ok", "score": float("nan"), "reason": None}, "score"),
+])
+def test_validation_names_what_is_wrong(bad, why):
+    with pytest.raises(RecordError, match=why):
+        validate(bad, KEY)
+
+
+def test_records_are_written_whole_and_read_back(tmp_path):
+    store = RecordStore(tmp_path)
+    written = store.write(KEY, {"status": "failed", "score": None, "reason": "non-finite training loss"})
+    assert store.read(KEY) == written and written["format"] == FORMAT and written["key"] == KEY
+    assert json.loads(store.path(KEY).read_text()) == written
+    assert not list(store.path(KEY).parent.glob("*.tmp"))
+    assert store.keys() == [KEY]
