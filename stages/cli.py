@@ -2,7 +2,8 @@
 
     autoqra params [OVERRIDE ...] [--write FILE]   print (or write) the composed params
     autoqra schema [--write FILE]                   print (or write) the params JSON Schema
-    autoqra check [OVERRIDE ...]                    validate a composition, one line per error
+    autoqra check [OVERRIDE ...] [--prepare DIR]    validate a composition and run every check that needs
+                                                    at most the model's shapes (budget, group size, storage...)
 
 Overrides use Hydra's syntax: `experiment=smoke search.population=16`.
 """
@@ -33,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("overrides", nargs="*")
         if name == "params":
             sp.add_argument("--write", metavar="FILE")
+        else:
+            sp.add_argument("--prepare", help="a prepared folder (model/, task/) to check against; default: the "
+                            "model's config read from model.source itself")
+            sp.add_argument("--search", default="data/search", help="where the study journal would live")
     sp = sub.add_parser("schema")
     sp.add_argument("--write", metavar="FILE")
     args = ap.parse_args(argv)
@@ -41,14 +46,21 @@ def main(argv: list[str] | None = None) -> int:
             _emit(json.dumps(params_schema(), indent=2) + "\n", args.write)
             return 0
         tree = P.compose(args.overrides)
-        P.validated(tree)
+        typed = P.validated(tree)
     except ParamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.cmd == "params":
         _emit(P.to_yaml(tree), args.write)
-    else:
-        print("ok")
+        return 0
+    from stages import common
+
+    try:
+        seconds = common.preflight(typed, args.prepare, args.search)
+    except SystemExit as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"ok ({seconds:.1f} s of checks)")
     return 0
 
 

@@ -80,12 +80,12 @@ def run(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: i
         raise SystemExit(f"error: no evaluation of the evolve stage succeeded ({describe_failures(study)}); "
                          f"all {len(trials)} are kept (records under {dirs['search']}/records)")
     best = ranked[0]
-    searched_steps = setup.evaluator.steps_trained
+    searched_steps, searched_records = setup.evaluator.steps_trained, setup.evaluator.computed
     compared = setup.compare(best.config, hist, settings(p))
     out.mkdir(parents=True, exist_ok=True)
     trials.to_parquet(out / "trials.parquet", index=False)
     report.front(trials).to_parquet(out / "front.parquet", index=False)
-    common.write_json(out / "best.json", setup.best_json(best, compared["pick"]))
+    common.write_json(out / "best.json", setup.best_json(best, compared["arms"]["pick"]))
     report.search_trace(trials, f"evolve: {p.search.metric}").savefig(out / "trace.png", dpi=120)
     per_fidelity = {str(f): int((trials["fidelity"] == f).sum()) for f in p.search.fidelities}
     return {
@@ -101,7 +101,8 @@ def run(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: i
         "best": {"key": best.config.key, "fidelity": best.fidelity, "score": best.score, "se": best.se,
                  "seeds": list(best.seeds), "summary": best.config.describe(),
                  "memory_bytes": setup.memory.total(setup.space, best.config)},
-        "comparison": {**compared, "steps_trained": setup.evaluator.steps_trained - searched_steps},
+        "comparison": {**compared, "steps_trained": setup.evaluator.steps_trained - searched_steps,
+                       "records_computed": setup.evaluator.computed - searched_records},
         "budget": {"kind": setup.budget.kind, "limit": setup.budget.limit, "description": setup.budget.description},
         "all_within_budget": bool(all(setup.budget.feasible(c) for c in setup.configs(trials))),
         "surrogate": sampler.evolution.surrogate_quality(hist),

@@ -107,9 +107,11 @@ def tiny_caches(tmp_path_factory, tiny_dir, task_dir):
 
 @pytest.fixture(scope="session")
 def smoke_project(tmp_path_factory):
-    """A copy of the project with the smoke experiment run up to the profile stage by Snakemake."""
+    """A copy of the project with the smoke experiment run by Snakemake up to the profile stage and
+    every GPTQ cache (what the search stages read)."""
     root = copy_project(tmp_path_factory.mktemp("smoke") / "project")
-    res = run_tool(["snakemake", "--cores", "2", "data/profile", "--config", "experiment=smoke"], cwd=root)
+    caches = [f"data/quantize/b{b}" for b in smoke_params().quant.bits]
+    res = run_tool(["snakemake", "--cores", "2", "data/profile", *caches, "--config", "experiment=smoke"], cwd=root)
     assert res.returncode == 0, res.stderr[-3000:]
     from stages.params import compose, to_yaml
 

@@ -36,9 +36,17 @@ def test_snakemake_runs_evolve_within_budget(smoke_project):
     assert (trials["memory_bytes"] <= metrics["budget"]["limit"] * (1 + 1e-9)).all()
     assert metrics["evaluations_per_fidelity"]["4"] > metrics["evaluations_per_fidelity"]["12"] > 0
     assert metrics["steps_trained_this_run"] == metrics["steps_spent"]  # every evaluation trained exactly once
-    assert metrics["reference"]["arm"] == "uniform4_r8" and metrics["reference"]["fidelity"] == 12
+    compared = metrics["comparison"]
+    assert set(compared["arms"]) == {"pick", "best_uniform", "uniform4_r8"} and compared["fidelity"] == 12
+    assert compared["seeds"] == [0, 1]  # the top rung's seeds, paired
+    for arm in ("best_uniform", "uniform4_r8"):
+        diff = compared["pick_minus"][arm]
+        pick, other = compared["arms"]["pick"]["scores"], compared["arms"][arm]["scores"]
+        assert diff["per_seed"] == pytest.approx([pick[s] - other[s] for s in ("0", "1")])
+        assert diff["verdict"] in ("better", "worse", "tie", "inconclusive")
     (agree,) = metrics["fidelity_agreement"]
-    assert (agree["low"], agree["high"]) == (4, 12) and agree["n"] == metrics["evaluations_per_fidelity"]["12"]
+    assert (agree["low"], agree["high"]) == (4, 12)
+    assert 2 * agree["n"] == metrics["evaluations_per_fidelity"]["12"]  # two seeds per configuration
     assert (out / "trace.png").stat().st_size > 0 and len(pd.read_parquet(out / "front.parquet")) >= 1
     assert json.loads((out / "best.json").read_text())["key"] == metrics["best"]["key"]
     again = run_tool(["snakemake", "--cores", "2", "data/search/evolve", "--config", "experiment=smoke"],
@@ -65,12 +73,49 @@ def test_killed_evolve_resumes_without_recomputing_finished_evaluations(smoke_pr
     assert all(after[p] == before[p] for p in before)  # no finished evaluation was redone or rewritten
     new = [json.loads(after[p][1]) for p in after if p not in before]
     metrics = json.loads((search / "evolve/metrics.json").read_text())
-    reference_steps = metrics["reference"]["steps_trained"]
-    assert metrics["steps_trained_this_run"] + reference_steps == sum(r["train_steps"] for r in new)
-    assert metrics["records_computed_this_run"] + (reference_steps > 0) == len(new)
+    compared = metrics["comparison"]
+    assert metrics["steps_trained_this_run"] + compared["steps_trained"] == sum(r["train_steps"] for r in new)
+    assert metrics["records_computed_this_run"] + compared["records_computed"] == len(new)
 
     reference = run_tool(_evolve_cmd("data/search_ref"), cwd=smoke_project)
     assert reference.returncode == 0, reference.stderr[-3000:]
-    jobs = [set(map(tuple, pd.read_parquet(d / "evolve/trials.parquet")[["config_key", "fidelity"]].values))
+    columns = ["config_key", "fidelity", "seed"]
+    jobs = [set(map(tuple, pd.read_parquet(d / "evolve/trials.parquet")[columns].values))
             for d in (search, smoke_project / "data/search_ref")]
     assert jobs[0] == jobs[1]  # the resumed search made exactly the evaluations of an uninterrupted one
+    best = [(d / "evolve/best.json").read_bytes() for d in (search, smoke_project / "data/search_ref")]
+    assert best[0] == best[1]
+
+
+def _untimed(metrics):
+    timing = ("wall_s", "search_s", "preflight_s")
+    return {k: _untimed(v) if isinstance(v, dict) else v for k, v in metrics.items() if k not in timing}
+
+
+def test_same_params_same_seed_from_scratch_gives_the_same_search(smoke_project):
+    runs = ["data/search_a", "data/search_b"]
+    for search in runs:
+        res = run_tool(_evolve_cmd(search), cwd=smoke_project)
+        assert res.returncode == 0, res.stderr[-3000:]
+    best = [(smoke_project / d / "evolve/best.json").read_bytes() for d in runs]
+    assert best[0] == best[1]  # byte-identical
+    metrics = [json.loads((smoke_project / d / "evolve/metrics.json").read_text()) for d in runs]
+    assert _untimed(metrics[0]) == _untimed(metrics[1])
+
+
+def test_a_search_where_every_evaluation_fails_stops_with_the_reasons_and_keeps_them(smoke_project):
+    from stages.params import compose, to_yaml
+
+    (smoke_project / "nan.yaml").write_text(to_yaml(compose(["experiment=smoke", "finetune.lr=1e30",
+                                                             "finetune.max_grad_norm=0", "search.max_failures=4"])))
+    res = run_tool(_evolve_cmd("data/search_nan", "nan.yaml"), cwd=smoke_project)
+    assert res.returncode != 0
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: search.max_failures=4: 4 evaluations failed in a row") and "non-finite" in last
+    assert "Traceback" not in res.stderr
+    assert len(_records(smoke_project / "data/search_nan")) == 4  # kept
+    (smoke_project / "nan100.yaml").write_text(to_yaml(compose(["experiment=smoke", "finetune.lr=1e30",
+                                                                "finetune.max_grad_norm=0"])))
+    res = run_tool(_evolve_cmd("data/search_nan", "nan100.yaml"), cwd=smoke_project)
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode != 0 and last.startswith("error: no evaluation of the evolve stage succeeded (6 × non-finite")

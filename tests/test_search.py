@@ -17,7 +17,7 @@ from autoqra.search import Settings, evolve, ranking
 from autoqra.search import operators as ops
 from autoqra.search.evolution import Evolution, Job, Result
 from autoqra.search.repair import repair
-from autoqra.search.samplers import EvolutionSampler, drive, history, open_study
+from autoqra.search.samplers import EvolutionSampler, SearchFailed, drive, failure_counts, history, open_study
 from autoqra.search.synthetic import SyntheticObjective
 from autoqra.space import Space
 
@@ -202,3 +202,57 @@ def test_a_configuration_survives_json_with_sorted_keys():
         space.parse({"units": {**config.to_dict()["units"], "lm_head": [4, 8]}})
     with pytest.raises(ValueError, match="outside the ladders"):
         space.parse({"units": {**config.to_dict()["units"], space.units[0]: [3, 8]}})
+
+
+def test_consecutive_failures_stop_the_search_naming_the_reasons(tmp_path):
+    obj = SyntheticObjective(SPACE, 5)
+    calls = []
+
+    def breaks_after_3(config, fidelity, seed):
+        calls.append(config.key)
+        if len(calls) <= 3:
+            return obj(config, fidelity, seed)
+        return {"score": None, "status": "failed", "reason": f"non-finite training loss (nan) at step {len(calls)}"}
+
+    settings = _settings(5, max_steps=0)
+    sampler = EvolutionSampler(Evolution(SPACE, BUDGET, *obj.priors(), settings))
+    study = open_study("f", None, str(tmp_path / "f.journal"), sampler)
+    with pytest.raises(SearchFailed, match=r"search.max_failures=4: 4 evaluations failed in a row \(failures so far: "
+                                           r"4 × non-finite training loss\)"):
+        drive(study, sampler, breaks_after_3, max_failures=4)
+    assert len(calls) == 7
+    hist = history(study, SPACE)
+    assert sum(r.score is not None for r in hist) == 3  # what finished before is kept
+    assert failure_counts(study) == {"non-finite training loss": 4}
+
+
+def test_ranking_uses_the_mean_over_seeds_and_its_standard_error():
+    a, b = SPACE.uniform(4, 8), SPACE.uniform(8, 4)
+    hist = [Result(a, 9, 0, 2, 1.0, seed=0), Result(a, 9, 0, 2, 3.0, seed=1),   # mean 2.0
+            Result(b, 9, 0, 2, 1.5, seed=0), Result(b, 9, 0, 2, 2.1, seed=1),   # mean 1.8: better
+            Result(a, 3, 0, 1, 0.1, seed=0)]                                   # lower fidelity: not used
+    first, second = ranking(hist)
+    assert first.config == b and first.score == pytest.approx(1.8) and first.se == pytest.approx(0.3)
+    assert second.config == a and second.seeds == (0, 1)
+    failed = hist + [Result(b, 9, 0, 2, None, seed=2)]  # a failed seed: b falls back to no top evidence
+    assert ranking(failed)[0].config == a
+
+
+def test_seeds_of_a_rung_are_separate_records_and_more_seeds_compute_only_the_new_ones(tmp_path):
+    from autoqra.records import RecordStore
+
+    obj = SyntheticObjective(SPACE, 6, shared=0.6)
+    store = RecordStore(tmp_path / "records")
+
+    def cached(config, fidelity, seed):
+        key = f"{config.key[:40]}{fidelity:08d}{seed:016d}"
+        return store.get(key, lambda: {"status": "ok", "score": obj(config, fidelity, seed), "reason": None})[0]
+
+    base = dict(generations=2, max_steps=0, population=9, offspring=6)
+    evolve(cached, SPACE, BUDGET, *obj.priors(), _settings(6, seeds_per_rung=(1, 1, 2), **base), study_name="k2")
+    first = store.computed
+    assert first == len(store.keys())
+    evolve(cached, SPACE, BUDGET, *obj.priors(), _settings(6, seeds_per_rung=(1, 1, 3), **base), study_name="k3")
+    # the same promotions (lower rungs unchanged), one more seed per configuration at the top rung
+    top_configs = 2  # one per generation (9 -> 3 -> 1 and 6 -> 2 -> 1)
+    assert store.computed - first == top_configs
