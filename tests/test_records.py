@@ -18,34 +18,39 @@ from autoqra.records import FORMAT, RecordError, RecordStore, validate
 KEY = "ab" + "0" * 62
 
 
+def _contend(store_root, workers=4):
+    """`workers` threads ask one store for one record; returns (computations, peak overlap, results)."""
+    active, peak, computed, results = [0], [0], [], []
+    guard = threading.Lock()
+
+    def compute():
+        with guard:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(random.uniform(0, 0.05))
+        with guard:
+            active[0] -= 1
+            computed.append(1)
+        return {"status": "ok", "score": 1.0, "reason": None}
+
+    def work():
+        time.sleep(random.uniform(0, 0.03))
+        results.append(RecordStore(store_root).get(KEY, compute)[0])
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return len(computed), peak[0], results
+
+
 def test_contending_workers_compute_a_record_once_and_never_at_the_same_time(tmp_path):
     for round_ in range(20):
-        store_root = tmp_path / f"r{round_}"
-        active, peak, computed, results = [0], [0], [], []
-        guard = threading.Lock()
-
-        def compute():
-            with guard:
-                active[0] += 1
-                peak[0] = max(peak[0], active[0])
-            time.sleep(random.uniform(0, 0.05))
-            with guard:
-                active[0] -= 1
-                computed.append(1)
-            return {"status": "ok", "score": 1.0, "reason": None}
-
-        def work():
-            time.sleep(random.uniform(0, 0.03))
-            results.append(RecordStore(store_root).get(KEY, compute)[0])
-
-        threads = [threading.Thread(target=work) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-        assert len(computed) == 1 and peak[0] == 1 and len(results) == 4
+        computed, peak, results = _contend(tmp_path / f"r{round_}")
+        assert computed == 1 and peak == 1 and len(results) == 4
         assert all(r == results[0] for r in results)
-        assert not list((store_root / "locks").glob("*"))
+        assert not list((tmp_path / f"r{round_}" / "locks").glob("*"))
 
 
 def test_a_lock_held_by_a_killed_worker_is_free_at_once(tmp_path):

@@ -18,6 +18,7 @@ from autoqra import fingerprint
 from autoqra.memory import Budget
 from autoqra.space import Config, Space
 
+
 class SyntheticObjective:
     def __init__(self, space: Space, seed: int, sigma: float = 0.3, shared: float = 0.0):
         rng = np.random.default_rng(seed)
