@@ -21,7 +21,7 @@ PARAMS = STAGES["prepare"].params
 def run(p: Params, out: Path) -> dict[str, Any]:
     sizes = {s: getattr(p.task, s) for s in tasks.SPLITS}
     splits = tasks.build(p.task.source, p.task.families, sizes, p.task.seed, p.task.prompt_column,
-                         p.task.answer_column)
+                         p.task.answer_column, p.task.system_prompt)
     tasks.write_splits(splits, out / "task")
     preflight.check_splits(p, out / "task")
     common.log.info("task: %s", {s: len(r) for s, r in splits.items()})

@@ -32,17 +32,25 @@ def run(p: Params, prepare: Path, cache_dir: Path, out: Path) -> dict[str, Any]:
     whole = scoring.batches(tok, examples, p.profile.max_length, p.profile.batch_size, whole_sequence=True)
     answer = scoring.batches(tok, examples, p.profile.max_length, p.profile.batch_size)
     start = time.perf_counter()
-    i_q = priors.quant_sensitivity(model, modules, cache, whole, progress=True)
+    fast = priors.fisher_sensitivity(model, modules, cache, whole)
+    t_fisher = time.perf_counter() - start
+    if p.profile.iq_method == "measured":
+        i_q = priors.quant_sensitivity(model, modules, cache, whole, progress=True)
+    else:
+        i_q = {n: v["fisher"] for n, v in fast.items()}
     t_q = time.perf_counter() - start
     i_r = priors.grad_sensitivity(model, modules, answer)
     t_r = time.perf_counter() - start - t_q
     table = priors.table(modules, i_q, i_r)
+    table["I_q_fisher_raw"] = [fast[n]["fisher"] for n in table["module"]]
+    table["I_q_taylor_raw"] = [fast[n]["taylor"] for n in table["module"]]
     out.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out / "priors.parquet", index=False)
     priors.plot(table).savefig(out / "priors.png", dpi=120)
     top = table.sort_values("I_q_raw", ascending=False)
     common.log.info("most quantization-sensitive: %s", top["module"].head(3).tolist())
-    return {"modules": len(table), "bits": cache.bits, "samples": len(examples), "i_q_s": round(t_q, 2),
+    return {"modules": len(table), "bits": cache.bits, "samples": len(examples), "iq_method": p.profile.iq_method,
+            "i_q_s": round(t_q, 2), "i_q_fisher_s": round(t_fisher, 2),
             "i_r_s": round(t_r, 2), "top_I_q": top["module"].head(5).tolist(),
             "top_I_r": table.sort_values("I_r_raw", ascending=False)["module"].head(5).tolist(),
             "I_q_raw_max": float(table["I_q_raw"].max()), "I_r_raw_max": float(table["I_r_raw"].max())}

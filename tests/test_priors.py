@@ -52,6 +52,30 @@ def test_fragile_linear_ranks_highest_on_i_q_and_its_block_too(fragile, task_dir
     assert by_block["I_q"].idxmax() == "model.layers.2"
 
 
+def test_fisher_estimate_finds_the_fragile_linear_and_ranks_like_the_measured_loss(fragile, tiny_dir, task_dir,
+                                                                                     tiny_caches):
+    from scipy.stats import spearmanr
+
+    model_dir, cache = fragile
+    tok = models.load_tokenizer(model_dir)
+    model = models.load_model(model_dir)
+    modules = quant.target_modules(model, TARGETS)
+    data = scoring.batches(tok, tasks.read_split(task_dir, "calib")[:16], 128, 8, whole_sequence=True)
+    flags = [p.requires_grad for p in model.parameters()]
+    fast = priors.fisher_sensitivity(model, modules, cache, data)
+    assert max(fast, key=lambda n: fast[n]["fisher"]) == FRAGILE
+    assert all(v["fisher"] >= 0 for v in fast.values())
+    assert [p.requires_grad for p in model.parameters()] == flags  # the model is left as it was
+    assert all(p.grad is None for p in model.parameters())
+    # on the plain tiny model (no planted outlier): the estimate orders the measured loss increases
+    model = models.load_model(tiny_dir)
+    modules = quant.target_modules(model, TARGETS)
+    measured = priors.quant_sensitivity(model, modules, tiny_caches[2], data)
+    fast = priors.fisher_sensitivity(model, modules, tiny_caches[2], data)
+    rho = spearmanr([measured[n] for n in modules], [fast[n]["taylor"] for n in modules]).statistic
+    assert rho > 0.6
+
+
 def test_priors_are_deterministic_normalised_and_keep_raw_values(tiny_dir, task_dir, tiny_caches):
     a = _profile(tiny_dir, tiny_caches[2], task_dir)
     b = _profile(tiny_dir, tiny_caches[2], task_dir)

@@ -85,6 +85,8 @@ class TaskParams:
     calib: int = spec(128, help="calibration examples (GPTQ and priors)", min=1)
     max_length: int = spec(128, help="tokens per example in fine-tuning and scoring: a longer one loses the "
                            "start of its prompt, never an answer token", min=8)
+    system_prompt: str | None = spec(None, help="system message of every example; null: the model's chat "
+                                     "template decides (SmolLM2's adds a 16-token default prompt)")
     prompt_column: str = spec("prompt", help="prompt column of user data")
     answer_column: str = spec("answer", help="answer column of user data")
     seed: int = spec(0, help="seed of generation and splitting", min=0)
@@ -135,6 +137,9 @@ class LoraParams:
 class ProfileParams:
     """Importance priors (the profile stage)."""
 
+    iq_method: str = spec("fisher", help="I_q estimator: 'fisher' (second-order estimate from one backward pass, "
+                          "seconds) or 'measured' (the loss with each linear quantized alone: one forward pass per "
+                          "linear, minutes)", choices=["fisher", "measured"])
     samples: int = spec(32, help="calibration sequences used for I_q and I_r", min=1)
     batch_size: int = spec(8, help="batch size of the profile passes", min=1)
     max_length: int = spec(256, help="tokens per profile sequence", min=8)

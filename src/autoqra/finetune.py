@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from autoqra import fingerprint
+from autoqra.scoring import labelled_nll
 from autoqra.tasks import collate
 
 
@@ -81,6 +83,23 @@ def lr_factor(step: int, total: int, warmup_ratio: float, schedule: str) -> floa
     return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
 
 
+def batch_order(lengths: list[int], batch_size: int, seed: int, pool: int = 16) -> Iterator[list[int]]:
+    """Batches of example indices, endlessly, as a function of `seed` alone (so every configuration
+    trained under one seed sees the same batches). Each epoch is a fresh permutation, cut into pools
+    of `pool` batches; inside a pool examples are grouped by length (less padding to compute) and the
+    pool's batches come in random order."""
+    rng = random.Random(seed)
+    n = len(lengths)
+    while True:
+        perm = list(range(n))
+        rng.shuffle(perm)
+        for start in range(0, n - batch_size + 1, batch_size * pool):
+            chunk = sorted(perm[start:start + batch_size * pool], key=lambda i: lengths[i])
+            batches = [chunk[i:i + batch_size] for i in range(0, len(chunk) - batch_size + 1, batch_size)]
+            rng.shuffle(batches)
+            yield from batches
+
+
 @dataclass
 class TrainResult:
     steps: int = 0
@@ -104,23 +123,17 @@ def train(model: Any, encoded: list[tuple[list[int], list[int]]], pad_id: int, s
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    device = next(model.parameters()).device
-    order: list[int] = []
-    rng = random.Random(seed)
+    order = batch_order([len(ids) for ids, _ in encoded], batch_size, seed)
     result = TrainResult()
     start = time.perf_counter()
     model.train()
     bar = tqdm(range(steps), desc="train", disable=not progress, leave=False)
     for step in bar:
-        while len(order) < batch_size:
-            perm = list(range(len(encoded)))
-            rng.shuffle(perm)
-            order += perm
-        batch = collate([encoded[i] for i in order[:batch_size]], pad_id)
-        del order[:batch_size]
+        batch = collate([encoded[i] for i in next(order)], pad_id)
         for group in opt.param_groups:
             group["lr"] = lr * lr_factor(step, horizon or steps, warmup_ratio, schedule)
-        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+        nll, count = labelled_nll(model, batch)
+        loss = nll / max(count, 1)
         if not torch.isfinite(loss):
             result.failure = f"non-finite training loss ({loss.item()}) at step {step}"
             break

@@ -171,8 +171,14 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, device
     """The prepared base model in `dtype` on `device`, in eval mode."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attention(device))
     return model.to(device).eval()
+
+
+def attention(device: str) -> str:
+    """PyTorch's fused attention on a GPU; on the CPU, eager attention: for the short sequences of
+    instruction data it measured about twice as fast in training as the CPU flash-attention kernel."""
+    return "sdpa" if device.startswith("cuda") else "eager"
 
 
 def meta_model(source: str | Path | Any) -> Any:

@@ -26,7 +26,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from autoqra.quant import QuantCache
-from autoqra.scoring import mean_nll
+from autoqra.scoring import labelled_nll, mean_nll
+from autoqra.space import block_of
 
 
 def quant_sensitivity(model: nn.Module, modules: Mapping[str, nn.Linear], cache: QuantCache,
@@ -42,6 +43,53 @@ def quant_sensitivity(model: nn.Module, modules: Mapping[str, nn.Linear], cache:
     return out
 
 
+def fisher_sensitivity(model: nn.Module, modules: Mapping[str, nn.Linear], cache: QuantCache,
+                       data: list[dict[str, torch.Tensor]]) -> dict[str, dict[str, float]]:
+    """The loss increase of quantizing each module alone, estimated from one backward pass: a
+    second-order Taylor expansion in ΔW = W_b - W (the cached lowest-bit weight minus the base) with
+    the empirical Fisher of the per-sequence losses standing in for the Hessian,
+
+        ΔL ≈ Σ_n c_n + ½ N Σ_n c_n²,   c_n = <∂L_n/∂W, ΔW> = Σ_t <∂L/∂y_t, ΔW x_t>  (sequence n's tokens t)
+
+    where L = Σ_n L_n is the token-mean loss over all `data` and y = W x the module's output. The
+    inner products are taken in the backward pass from the module's saved input and its output
+    gradient (one extra matmul per module: the cost of a forward pass). Returns per module
+    `fisher` (the second-order term, ≥ 0) and `taylor` (first plus second order)."""
+    deltas = {n: cache.dequantized(n, lin.in_features, lin.out_features).to(lin.weight) - lin.weight.detach()
+              for n, lin in modules.items()}
+    flags = {p: p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.get_input_embeddings().weight.requires_grad_(True)  # so activations carry gradients
+    contrib: dict[str, list[torch.Tensor]] = {n: [] for n in modules}
+
+    def capture(name: str) -> Any:
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            z = (inputs[0].detach() @ deltas[name].T).float()  # (B, T, out): ΔW x
+            output.register_hook(lambda g: contrib[name].append((g.float() * z).sum(dim=(1, 2))))
+        return hook
+
+    hooks = [lin.register_forward_hook(capture(n)) for n, lin in modules.items()]
+    tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in data)
+    model.eval()
+    try:
+        for batch in data:
+            nll, _ = labelled_nll(model, batch)
+            (nll / tokens).backward()
+    finally:
+        for h in hooks:
+            h.remove()
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+            p.grad = None
+    out = {}
+    for name, parts in contrib.items():
+        c = torch.cat(parts).double()  # (N,) one per sequence
+        fisher = 0.5 * len(c) * float((c**2).sum())
+        out[name] = {"fisher": fisher, "taylor": float(c.sum()) + fisher}
+    return out
+
+
 def grad_sensitivity(model: nn.Module, modules: Mapping[str, nn.Linear],
                      data: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     """||dL/dW||²_F of the token-mean answer loss over all of `data`, per module."""
@@ -54,12 +102,7 @@ def grad_sensitivity(model: nn.Module, modules: Mapping[str, nn.Linear],
     tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in data)
     model.eval()
     for batch in data:
-        device = next(model.parameters()).device
-        labels = batch["labels"].to(device)
-        logits = model(input_ids=batch["input_ids"].to(device),
-                       attention_mask=batch["attention_mask"].to(device)).logits[:, :-1].float()
-        nll = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                          ignore_index=-100, reduction="sum")
+        nll, _ = labelled_nll(model, batch)
         (nll / tokens).backward()
     out = {name: float(lin.weight.grad.float().pow(2).sum()) for name, lin in modules.items()}
     for p, flag in flags.items():
@@ -76,7 +119,7 @@ def normalise(values: pd.Series) -> pd.Series:
 
 def table(modules: Mapping[str, nn.Linear], i_q: Mapping[str, float], i_r: Mapping[str, float]) -> pd.DataFrame:
     """One row per module: names, size, raw and normalised priors."""
-    rows = [{"module": n, "block": n.split(".mlp.")[0].split(".self_attn.")[0], "kind": n.rsplit(".", 1)[-1],
+    rows = [{"module": n, "block": block_of(n), "kind": n.rsplit(".", 1)[-1],
              "params": lin.in_features * lin.out_features, "I_q_raw": i_q[n], "I_r_raw": i_r[n]}
             for n, lin in modules.items()]
     df = pd.DataFrame(rows)

@@ -193,8 +193,12 @@ def load_packed(path: str | Path, device: str = "cpu", dtype: torch.dtype = torc
 
     # On the CPU only the pure-torch kernel trains for every bit-width and group size; on a GPU let
     # GPTQModel choose among its trainable kernels.
+    from autoqra.models import attention
+
     backend = BACKEND.AUTO_TRAINABLE if device.startswith("cuda") else BACKEND.TORCH
-    return GPTQModel.load(str(path), backend=backend, dtype=dtype, device=device).model
+    model = GPTQModel.load(str(path), backend=backend, dtype=dtype, device=device).model
+    model.set_attn_implementation(attention(device))
+    return model
 
 
 # ----------------------------------------------------------------------------- GPTQ

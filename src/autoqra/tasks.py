@@ -1,6 +1,7 @@
 """Task data: the built-in generator of verifiable instruction tasks, loaders for user data, encoding.
 
-An example is a dict with `prompt` and `answer` (plus `id`, `family`, `kind` and chat `messages`).
+An example is a dict with `prompt` and `answer` (plus `id`, `family`, `kind`, chat `messages` and, when
+the task sets one, the `system` message).
 Splits are `train`, `val`, `test` and `calib`; the synthetic generator makes them disjoint, and the
 same seed always gives the same splits.
 """
@@ -190,11 +191,19 @@ def load_user(source: str, prompt_column: str, answer_column: str, sizes: dict[s
 # ----------------------------------------------------------------------------- files
 
 def build(source: str, families: list[str], sizes: dict[str, int], seed: int, prompt_column: str = "prompt",
-          answer_column: str = "answer") -> dict[str, list[dict[str, Any]]]:
-    """All four splits for a task source."""
+          answer_column: str = "answer", system_prompt: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """All four splits for a task source; with a `system_prompt` every example carries that system
+    message (None: the model's chat template decides, which may add a default one)."""
     if source == "synthetic":
-        return generate(families, sizes, seed)
-    return load_user(source, prompt_column, answer_column, sizes, seed)
+        splits = generate(families, sizes, seed)
+    else:
+        splits = load_user(source, prompt_column, answer_column, sizes, seed)
+    if system_prompt is not None:
+        for rows in splits.values():
+            for ex in rows:
+                ex["system"] = system_prompt
+                ex["messages"] = [{"role": "system", "content": system_prompt}, *ex["messages"]]
+    return splits
 
 
 def write_splits(splits: dict[str, list[dict[str, Any]]], out_dir: str | Path) -> None:
@@ -240,7 +249,8 @@ def truncated(tokenizer: Any, examples: list[dict[str, Any]], max_length: int) -
 
 def prompt_ids(tokenizer: Any, example: dict[str, Any]) -> list[int]:
     """The generation prompt of an example (for greedy decoding)."""
-    messages = [{"role": "user", "content": example["prompt"]}]
+    system = [{"role": "system", "content": example["system"]}] if example.get("system") is not None else []
+    messages = [*system, {"role": "user", "content": example["prompt"]}]
     return _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
 
 
