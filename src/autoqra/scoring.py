@@ -20,10 +20,11 @@ def batches(tokenizer: Any, examples: list[dict[str, Any]], max_length: int, bat
     return [collate(encoded[i:i + batch_size], tokenizer.pad_token_id) for i in range(0, len(encoded), batch_size)]
 
 
-def labelled_nll(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+def labelled_nll(model: Any, batch: dict[str, torch.Tensor], per_row: bool = False) -> tuple[torch.Tensor, Any]:
     """Summed next-token negative log-likelihood over the labelled tokens (a tensor, differentiable),
-    and their count. The output head runs on labelled positions only: answers are a few tokens of
-    each sequence, and a 49k-word head over every position is a fifth of a small model's work."""
+    and their count; with `per_row`, one sum and one count per sequence (B,). The output head runs on
+    labelled positions only: answers are a few tokens of each sequence, and a 49k-word head over
+    every position is a fifth of a small model's work."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     device = next(lm.parameters()).device
     hidden = lm.get_decoder()(input_ids=batch["input_ids"].to(device),
@@ -31,7 +32,12 @@ def labelled_nll(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tens
     labels = batch["labels"][:, 1:].to(device)
     keep = labels != -100
     logits = lm.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (N, V): labelled positions only
-    return torch.nn.functional.cross_entropy(logits, labels[keep], reduction="sum"), int(keep.sum())
+    nll = torch.nn.functional.cross_entropy(logits, labels[keep], reduction="none")  # (N,)
+    if per_row:
+        rows = torch.arange(labels.shape[0], device=device)[:, None].expand_as(labels)[keep]
+        sums = torch.zeros(labels.shape[0], device=device, dtype=nll.dtype).index_add(0, rows, nll)
+        return sums, keep.sum(dim=1)
+    return nll.sum(), int(keep.sum())
 
 
 def token_nll(model: Any, batch: dict[str, torch.Tensor]) -> tuple[float, int]:

@@ -1,9 +1,10 @@
 """The two search stages and their operators: repair, warm start, evolution, surrogate, trust region.
 
-Library entry point for stage 1 on any black-box objective::
+Library entry points on any black-box objective, stage 1 then stage 2::
 
-    from autoqra.search import evolve
+    from autoqra.search import evolve, refine
     study, evolution = evolve(objective, space, budget, i_q, i_r, settings)
+    study2, refinement = refine(objective, space, budget, history(study, space), refine_settings, i_q, i_r)
 
 `objective(config, fidelity, seed)` returns a score to minimise (or a dict with `score`, None on failure);
 the seeds of a rung (`Settings.seeds_per_rung`) are the same for every configuration.
@@ -18,9 +19,11 @@ import numpy as np
 
 from autoqra.memory import Budget
 from autoqra.search.evolution import DONE, WAIT, Evolution, Job, Result, Settings, ranking
+from autoqra.search.refinement import Refinement, RefineSettings
 from autoqra.space import Config, Space
 
-__all__ = ["DONE", "WAIT", "Evolution", "Job", "Result", "Settings", "evolve", "ranking"]
+__all__ = ["DONE", "WAIT", "Evolution", "Job", "RefineSettings", "Refinement", "Result", "Settings", "evolve",
+           "ranking", "refine"]
 
 
 def evolve(objective: Callable[[Config, int, int], Any], space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray,
@@ -35,3 +38,20 @@ def evolve(objective: Callable[[Config, int, int], Any], space: Space, budget: B
     study = open_study(study_name, storage, journal, sampler)
     drive(study, sampler, objective, describe=describe)
     return study, evolution
+
+
+def refine(objective: Callable[[Config, int, int], Any], space: Space, budget: Budget, history: list[Result],
+           settings: RefineSettings, i_q: np.ndarray | None = None, i_r: np.ndarray | None = None, *,
+           study_name: str = "autoqra-refine", storage: str | None = None, journal: str | None = None,
+           describe: Callable[[Config], dict[str, Any]] | None = None) -> tuple[Any, Refinement]:
+    """Run (or resume) stage 2 from stage 1's `history` (its top-fidelity results are the prior);
+    returns the Optuna study of the proposals and the plan (`plan.incumbent(...)` is the answer)."""
+    from autoqra.search.samplers import PlanSampler, drive, open_study
+
+    n = len(space)
+    refinement = Refinement(space, budget, np.ones(n) if i_q is None else i_q, np.ones(n) if i_r is None else i_r,
+                            history, settings)
+    sampler = PlanSampler(refinement)
+    study = open_study(study_name, storage, journal, sampler)
+    drive(study, sampler, objective, describe=describe)
+    return study, refinement

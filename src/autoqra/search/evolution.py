@@ -115,6 +115,7 @@ def ranking(history: list[Result]) -> list[Evidence]:
 class Evolution:
     def __init__(self, space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray, settings: Settings):
         self.space, self.budget, self.settings = space, budget, settings
+        self.fidelities = settings.fidelities
         self.i_q, self.i_r = np.asarray(i_q, float), np.asarray(i_r, float)
         self._memo: dict[Any, Any] = {}
 

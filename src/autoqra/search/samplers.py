@@ -16,7 +16,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
@@ -24,7 +24,7 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from autoqra.process import is_dead, worker_id
-from autoqra.search.evolution import DONE, WAIT, Evolution, Job, Result
+from autoqra.search.evolution import DONE, WAIT, Job, Result
 from autoqra.space import Config, Space
 
 FIDELITY = "fidelity"
@@ -81,13 +81,27 @@ def history(study: optuna.Study, space: Space, trials: list[FrozenTrial] | None 
     return out
 
 
-class EvolutionSampler(BaseSampler):
-    """Optuna sampler whose proposals come from `Evolution.next` on the study's history."""
+class Plan(Protocol):
+    """What a search stage is to the sampler: a space, its fidelities, and `next(history, slot)`, a
+    pure function of the history returning a `Job`, `WAIT` or `DONE`."""
 
-    def __init__(self, evolution: Evolution):
-        self.evolution = evolution
+    space: Space
+    fidelities: tuple[int, ...]
+
+    def next(self, history: list[Result], slot: int = 0) -> Job | str: ...
+
+
+class PlanSampler(BaseSampler):
+    """Optuna sampler whose proposals come from a plan (`Evolution`, `Refinement`) on the study's history."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
         self.pending: Job | None = None  # the job the driver saw; used if a concurrent ask took it
-        self._space = distributions(evolution.space, evolution.settings.fidelities)
+        self._space = distributions(plan.space, plan.fidelities)
+
+    @property
+    def evolution(self) -> Plan:
+        return self.plan
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return dict(self._space)
@@ -99,12 +113,12 @@ class EvolutionSampler(BaseSampler):
         trials = study.get_trials(deepcopy=False)
         unassigned = [t for t in trials if t.state == TrialState.RUNNING and JOB not in t.system_attrs
                       and t.number < trial.number and not _orphan(t)]
-        job = self.evolution.next(history(study, self.evolution.space, trials), slot=len(unassigned))
+        job = self.plan.next(history(study, self.plan.space, trials), slot=len(unassigned))
         if not isinstance(job, Job):
             # a concurrent worker took the last free job since the driver looked: mark this trial to
             # be skipped (params must still be valid, so reuse the driver's job)
             if self.pending is None:
-                raise RuntimeError("EvolutionSampler asked for a trial while the search has nothing to run")
+                raise RuntimeError("PlanSampler asked for a trial while the search has nothing to run")
             job = self.pending
             study._storage.set_trial_system_attr(trial._trial_id, "autoqra:skip", True)
         study._storage.set_trial_system_attr(trial._trial_id, JOB, job_attr(job))
@@ -197,17 +211,20 @@ def describe_failures(study: optuna.Study) -> str:
     return ", ".join(f"{n} × {kind}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
 
 
-def drive(study: optuna.Study, sampler: EvolutionSampler, objective: ObjectiveFn,
+EvolutionSampler = PlanSampler
+
+
+def drive(study: optuna.Study, sampler: PlanSampler, objective: ObjectiveFn,
           describe: Callable[[Config], dict[str, Any]] | None = None, poll_s: float = 2.0,
           on_trial: Callable[[FrozenTrial], None] | None = None, max_failures: int = 0) -> int:
     """Ask, evaluate and tell until the search is done; returns the number of trials this worker ran.
     `objective(config, fidelity, seed)`. After `max_failures` failed evaluations in a row (0: never)
     raises `SearchFailed` naming the failure reasons; every finished evaluation stays recorded."""
-    space = sampler.evolution.space
+    space = sampler.plan.space
     fail_dead_trials(study)
     ran = streak = 0
     while True:
-        job = sampler.evolution.next(history(study, space))
+        job = sampler.plan.next(history(study, space))
         if job == DONE:
             return ran
         if job == WAIT:  # the rung's last evaluations run elsewhere; a worker may also have died

@@ -1,0 +1,237 @@
+"""Stage 2: trust-region Bayesian refinement around the best stage-1 configurations.
+
+Every proposal is evaluated for real at the top fidelity under the top rung's seeds (paired with
+stage 1). Proposal i is made from everything known when proposals 0..i-1 have finished:
+
+1. a GP (`autoqra.search.gp`, kernel chosen by held-out rank correlation on the stage-1 evidence)
+   is fitted to every top-fidelity observation, one per seed;
+2. the region's centre is the configuration with the lowest posterior mean among the region's
+   members (its starting centre and what was proposed inside it): observations are noisy;
+3. candidates are drawn inside the region (`trust_region.sample`), repaired to the budget, kept only
+   if still inside the region and not evaluated before;
+4. the candidate with the best acquisition (qLogNEI, or a Thompson sample) is the proposal.
+
+After each proposal the region is updated with TuRBO's rules (`trust_region.update`) on the mean of
+its seeds; when it collapses it restarts around the next-best stage-1 configuration not yet used
+as a centre. The whole state is replayed from the history, so a killed run resumes exactly and
+several workers can share one study (the seeds of a proposal run in parallel).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from autoqra.memory import Budget
+from autoqra.search import gp
+from autoqra.search import trust_region as tr
+from autoqra.search.evolution import DONE, WAIT, Job, Result, seed_scores
+from autoqra.search.repair import repair
+from autoqra.space import Config, Space
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    evaluations: int              # proposals to evaluate (each under every seed)
+    fidelity: int                 # the top fidelity
+    seeds: tuple[int, ...]        # the top rung's training seeds
+    seed: int = 0
+    candidates: int = 256         # drawn inside the region per proposal
+    kernel: str = "auto"          # auto | ordinal | categorical
+    acquisition: str = "logei"    # logei | thompson
+    length_init: int = 4
+    length_min: int = 1
+    length_max: int = 16
+    success_tolerance: int = 2
+    failure_tolerance: int = 3
+
+
+@dataclass(frozen=True)
+class Step:
+    """What happened at one proposal: the region it came from and how it scored."""
+
+    index: int
+    config: Config
+    centre: Config
+    length: int
+    restarts: int
+    value: float | None = None     # mean over seeds (None: running, or failed)
+    success: bool | None = None
+
+
+class Refinement:
+    def __init__(self, space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray, prior: list[Result],
+                 settings: RefineSettings):
+        self.space, self.budget, self.settings = space, budget, settings
+        self.i_q, self.i_r = np.asarray(i_q, float), np.asarray(i_r, float)
+        self.fidelities = (settings.fidelity,)
+        self.prior = [r for r in prior if r.done and r.fidelity == settings.fidelity and r.seed in settings.seeds]
+        self._memo: dict[Any, Any] = {}
+
+    # ------------------------------------------------------------------ evidence
+    def _means(self, results: list[Result]) -> dict[str, float | None]:
+        """Mean over the full seed set per configuration (None: a seed failed); incomplete ones left out."""
+        out = {}
+        for (key, _), by_seed in seed_scores(results).items():
+            if set(self.settings.seeds) <= set(by_seed):
+                vals = [by_seed[s] for s in self.settings.seeds]
+                out[key] = None if None in vals else float(np.mean(vals))
+        return out
+
+    def _data(self, results: list[Result]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        ok = [r for r in results if r.done and r.score is not None]
+        x = np.array([self.space.encode(r.config) for r in ok], dtype=float)
+        return x, np.array([r.score for r in ok]), [r.config.key for r in ok]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(self.space.bits)] * len(self.space) + [len(self.space.ranks)] * len(self.space)
+
+    def kernel(self) -> tuple[str, dict[str, Any]]:
+        """The GP kernel to use and each kernel's held-out rank correlation on the stage-1 evidence."""
+        if "kernel" not in self._memo:
+            x, y, groups = self._data(self.prior)
+            quality = {k: gp.held_out_rank(x, y, groups, self.sizes, k, self.settings.seed) for k in gp.KINDS}
+            if self.settings.kernel != "auto":
+                choice = self.settings.kernel
+            else:
+                score = {k: (-1.0 if math.isnan(q["spearman"]) else q["spearman"]) for k, q in quality.items()}
+                choice = max(gp.KINDS, key=lambda k: (score[k], -gp.KINDS.index(k)))
+            self._memo["kernel"] = (choice, quality)
+        return self._memo["kernel"]
+
+    def _model(self, index: int, results: list[Result]) -> Any:
+        key = ("model", index)
+        if key not in self._memo:
+            x, y, _ = self._data(results)
+            self._memo[key] = gp.fit(x, y, self.sizes, self.kernel()[0], self.settings.seed + index)
+        return self._memo[key]
+
+    def starts(self) -> list[Config]:
+        """Stage-1 configurations with full top-fidelity evidence, best (lowest observed mean) first:
+        the centres of the first region and of every restart."""
+        means = self._means(self.prior)
+        configs = {r.config.key: r.config for r in self.prior}
+        ok = sorted((m, k) for k, m in means.items() if m is not None)
+        return [configs[k] for _, k in ok]
+
+    # ------------------------------------------------------------------ replay
+    def replay(self, own: list[Result]) -> tuple[list[Step], tr.TrustRegion, Config | None, set[str]]:
+        """The steps so far, the region's state after them, its current centre and the centres used."""
+        s = self.settings
+        state = tr.TrustRegion(length=s.length_init, length_init=s.length_init, length_min=s.length_min,
+                               length_max=s.length_max, success_tolerance=s.success_tolerance,
+                               failure_tolerance=s.failure_tolerance)
+        starts = self.starts()
+        if not starts:
+            return [], state, None, set()
+        start, used, members = starts[0], {starts[0].key}, [starts[0]]
+        means = self._means(self.prior)
+        state = tr.TrustRegion(**{**state.__dict__, "best": means[start.key]})
+        steps: list[Step] = []
+        by_index: dict[int, list[Result]] = {}
+        for r in own:
+            by_index.setdefault(r.generation, []).append(r)
+        for i in sorted(by_index):
+            centre = self._centre(i, own, members)
+            config = by_index[i][0].config
+            done = {r.seed: r for r in by_index[i] if r.done}
+            if set(s.seeds) - set(done):
+                steps.append(Step(i, config, centre, state.length, state.restarts))
+                break  # still running: nothing after it is known
+            vals = [done[sd].score for sd in s.seeds]
+            value = None if None in vals else float(np.mean(vals))
+            before = state
+            state = tr.update(state, math.inf if value is None else value)
+            steps.append(Step(i, config, centre, before.length, before.restarts, value,
+                              value is not None and value < before.best - before.tolerance * abs(before.best)))
+            members.append(config)
+            if state.restarts > before.restarts:
+                fresh = [c for c in starts if c.key not in used]
+                if not fresh:
+                    return steps, state, None, used
+                start = fresh[0]
+                used.add(start.key)
+                members = [start]
+                state = tr.TrustRegion(**{**state.__dict__, "best": means[start.key]})
+        return steps, state, self._centre(len(steps), own, members), used
+
+    def _centre(self, index: int, own: list[Result], members: list[Config]) -> Config:
+        """The region member with the lowest posterior mean, given everything before proposal `index`."""
+        if len(members) == 1:
+            return members[0]
+        known = self.prior + [r for r in own if r.generation < index]
+        model = self._model(index, known)
+        x = np.array([self.space.encode(c) for c in members], dtype=float)
+        return members[int(np.argmin(gp.posterior_mean(model, x)))]
+
+    # ------------------------------------------------------------------ proposing
+    def propose(self, index: int, own: list[Result], state: tr.TrustRegion, centre: Config) -> Config | None:
+        key = ("propose", index, state.restarts, state.length, centre.key)
+        if key in self._memo:
+            return self._memo[key]
+        s = self.settings
+        seen = {r.config.key for r in self.prior + own}
+        rng = np.random.default_rng([s.seed, index, state.restarts])
+        cands, keys = [], set()
+        for c in tr.sample(self.space, centre, state.length, s.candidates, rng):
+            c = repair(c, self.budget, self.i_q, self.i_r)
+            if c.key in seen or c.key in keys or not tr.inside(centre, c, state.length):
+                continue
+            keys.add(c.key)
+            cands.append(c)
+        choice = None
+        if cands:
+            known = self.prior + [r for r in own if r.generation < index]
+            model = self._model(index, known)
+            x, _, _ = self._data(known)
+            xc = np.array([self.space.encode(c) for c in cands], dtype=float)
+            choice = cands[gp.acquire(model, xc, np.unique(x, axis=0), s.acquisition, s.seed + index)]
+        self._memo[key] = choice
+        return choice
+
+    def next(self, history: list[Result], slot: int = 0) -> Job | str:
+        """The next evaluation: a free seed of the current proposal, WAIT while it runs, a new proposal
+        once it has finished, DONE after `evaluations` proposals (or when no region has candidates)."""
+        s = self.settings
+        own = list(history)
+        taken = {(r.generation, r.seed) for r in own}
+        current = max((r.generation for r in own), default=-1)
+        if current >= 0:
+            config = next(r.config for r in own if r.generation == current)
+            free = [Job(config, s.fidelity, current, 0, sd) for sd in s.seeds if (current, sd) not in taken]
+            if free:
+                return free[min(slot, len(free) - 1)]
+            if any(not r.done for r in own if r.generation == current):
+                return WAIT
+        index = current + 1
+        if index >= s.evaluations:
+            return DONE
+        steps, state, centre, used = self.replay(own)
+        while centre is not None:
+            config = self.propose(index, own, state, centre)
+            if config is not None:
+                return Job(config, s.fidelity, index, 0, s.seeds[min(slot, len(s.seeds) - 1)])
+            # no candidate left in this region: restart around the next unused stage-1 configuration
+            fresh = [c for c in self.starts() if c.key not in used]
+            if not fresh:
+                break
+            state, centre = tr.restart(state), fresh[0]
+            used.add(centre.key)
+        return DONE
+
+    # ------------------------------------------------------------------ results
+    def incumbent(self, history: list[Result]) -> tuple[Config, float, list[float]] | None:
+        """The best configuration by its observed mean over the top seeds, among stage 1's and this
+        stage's (so it is never worse than stage 1's best on those seeds), with its per-seed scores."""
+        results = self.prior + [r for r in history if r.done]
+        means = {k: m for k, m in self._means(results).items() if m is not None}
+        if not means:
+            return None
+        key = min(means, key=lambda k: (means[k], k))
+        config = next(r.config for r in results if r.config.key == key)
+        by_seed = seed_scores(results)[(key, self.settings.fidelity)]
+        return config, means[key], [by_seed[s] for s in self.settings.seeds]
