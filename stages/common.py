@@ -86,6 +86,7 @@ def preflight(p: Params, prepare: str | Path | None, search: str | Path = "data/
 
     model_dir = Path(prepare) / "model" if prepare else None
     with user_errors():
+        checks.check_storage(p.search.storage, search)  # first: it needs no model
         if model_dir is not None and (model_dir / "config.json").exists():
             from transformers import AutoConfig
 

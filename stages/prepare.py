@@ -25,10 +25,11 @@ def run(p: Params, out: Path) -> dict[str, Any]:
     tasks.write_splits(splits, out / "task")
     preflight.check_splits(p, out / "task")
     common.log.info("task: %s", {s: len(r) for s, r in splits.items()})
+    # the token limit is checked with the source's tokenizer, before the model is converted
+    tok = models.source_tokenizer(p.model.source)
+    cut = {s: tasks.truncated(tok, rows, p.task.max_length) for s, rows in splits.items() if s != "calib"}
     info = models.prepare_model(p.model.source, out / "model", p.model.tiny, splits["train"], p.model.tiny.seed)
     common.log.info("model: %s", info["origin"])
-    tok = models.load_tokenizer(out / "model")
-    cut = {s: tasks.truncated(tok, rows, p.task.max_length) for s, rows in splits.items() if s != "calib"}
     if any(cut.values()):
         common.log.warning("examples over task.max_length=%d lose the start of their prompt: %s",
                            p.task.max_length, cut)

@@ -256,3 +256,16 @@ def test_seeds_of_a_rung_are_separate_records_and_more_seeds_compute_only_the_ne
     # the same promotions (lower rungs unchanged), one more seed per configuration at the top rung
     top_configs = 2  # one per generation (9 -> 3 -> 1 and 6 -> 2 -> 1)
     assert store.computed - first == top_configs
+
+
+def test_four_workers_with_random_delays_never_train_an_evaluation_twice():
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("stress", ROOT / "bench" / "stress_workers.py")
+    stress = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stress)
+    for seed in range(3):  # bench/stress_workers.py repeats this 50 times with processes
+        r = stress.one_repeat(seed, workers=4, threads=True)
+        assert r["duplicates"] == 0 and r["steps_trained"] == r["steps_needed"] and r["jobs"] > 20

@@ -190,6 +190,24 @@ def meta_model(source: str | Path | Any) -> Any:
         return AutoModelForCausalLM.from_config(config)
 
 
+def source_tokenizer(source: str) -> Any:
+    """The tokenizer of `model.source` without preparing the model (to check the task data first)."""
+    from transformers import AutoTokenizer
+
+    if source == "tiny":
+        tok = char_tokenizer()
+    else:
+        path = Path(source).expanduser()
+        if source == "embedded" or path.suffix == ".gguf":
+            gguf = embedded_gguf() if source == "embedded" else path
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        else:
+            tok = AutoTokenizer.from_pretrained(path if path.exists() else source, local_files_only=True)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def source_config(source: str, tiny: TinyParams) -> Any:
     """The transformers config of `model.source` without preparing the model (for checks before any
     work): the tiny model's from its params, a GGUF file's from its header, a folder's config.json."""

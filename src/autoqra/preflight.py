@@ -45,7 +45,7 @@ def _writable(folder: Path, what: str) -> None:
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    if not os.access(existing, os.W_OK):
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise ParamError(f"{what}: folder {folder} cannot be written")
 
 

@@ -1,0 +1,62 @@
+"""Bad input is one line naming the key, before any expensive work: every kind the stages would find late."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+from conftest import ROOT, run_tool
+
+SMOKE = ["experiment=smoke"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("search.storage=foo://x", "search.storage='foo://x': unsupported URL"),
+    ("search.storage=postgresql://u@127.0.0.1:1/db", "search.storage='postgresql://u@127.0.0.1:1/db': cannot be opened"),
+    ("search.storage=sqlite:////etc/hostname/x.db", "folder /etc/hostname cannot be written"),
+    ("budget.reference=uniform3_r32", "budget.reference='uniform3_r32': bits and rank must be on the ladders"),
+    ("quant.group_size=128", "quant.group_size=128: does not divide the input width 64 of model.layers.0"),
+    ("budget.value=0.5", "budget.value=0.5: infeasible"),
+    ("quant.targets=[foo_proj]", "quant.targets=['foo_proj']: no such linear"),
+])
+def test_check_rejects_in_one_line_naming_the_key(override, message):
+    start = time.monotonic()
+    res = run_tool([sys.executable, "-m", "stages.cli", "check", *SMOKE, override], cwd=ROOT, timeout=120)
+    lines = [line for line in res.stderr.strip().splitlines() if line.startswith("error:")]
+    assert res.returncode == 2 and len(lines) == 1 and message in lines[0], res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    print(f"{override}: rejected in {time.monotonic() - start:.1f} s")
+
+
+def _user_data(tmp_path, rows):
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no test rows", "the test split is empty"),
+    ("few train rows", "quant.calib_samples=32: the calibration split holds only 20 examples"),
+    ("long answer", "task.max_length=64: example train-00003 has an answer of"),
+])
+def test_prepare_rejects_bad_task_data_before_building_the_model(tmp_path, case, message):
+    rows = [{"prompt": f"q{i}", "answer": f"a{i}", "split": "train" if i < 100 else "val"} for i in range(120)]
+    if case == "few train rows":
+        rows = [{**r, "split": {0: "train", 1: "val", 2: "test"}[i % 3]} for i, r in enumerate(rows[:60])]
+    if case == "long answer":
+        rows = [{**r, "split": ["train", "val", "test"][i % 3]} for i, r in enumerate(rows)]
+        rows[9]["answer"] = "x" * 100  # the fourth train row
+    source = _user_data(tmp_path, rows)
+    params = tmp_path / "p.yaml"
+    from stages.params import compose, to_yaml
+
+    params.write_text(to_yaml(compose([*SMOKE, f"task.source={source}", "task.calib=32"])))
+    start = time.monotonic()
+    res = run_tool([sys.executable, "-m", "stages.prepare", "--params", str(params), "--out", str(tmp_path / "p")],
+                   cwd=ROOT, timeout=300)
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode != 0 and last.startswith("error:") and message in last, res.stderr[-2000:]
+    assert not (tmp_path / "p" / "model").exists()  # stopped before the model was built
+    print(f"{case}: rejected in {time.monotonic() - start:.1f} s")
