@@ -44,3 +44,4 @@ rule all:
         expand("data/quantize/b{bits}", bits=BITS),
         "data/profile",
         "data/search/evolve",
+        "data/search/refine",

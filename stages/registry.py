@@ -16,6 +16,11 @@ class Stage(NamedTuple):
     code: tuple[str, ...]
 
 
+# stage 1 reads every search key but stage 2's own
+SEARCH = tuple(f"search.{k}" for k in ("granularity", "population", "generations", "offspring", "candidates",
+                                       "fidelities", "eta", "max_steps", "metric", "storage", "workers", "backend",
+                                       "seeds_per_rung", "max_failures", "oom_attempts"))
+
 STAGES: dict[str, Stage] = {
     "prepare": Stage(params=("model", "task"),
                      code=("stages/prepare.py", "src/autoqra/models.py", "src/autoqra/tasks.py")),
@@ -24,11 +29,16 @@ STAGES: dict[str, Stage] = {
                       code=("stages/quantize.py", "src/autoqra/quant.py")),
     "profile": Stage(params=("profile",),
                      code=("stages/profile.py", "src/autoqra/priors.py")),
-    "evolve": Stage(params=("seed", "search", "budget", "lora", "finetune", "quant.bits", "quant.group_size",
-                            "quant.targets"),
+    "evolve": Stage(params=("seed", *SEARCH, "budget", "lora", "finetune", "task.max_length", "quant.bits",
+                            "quant.group_size", "quant.targets"),
                     code=("stages/evolve.py", "stages/search_setup.py", "src/autoqra/evaluate.py",
                           "src/autoqra/finetune.py", "src/autoqra/memory.py", "src/autoqra/space.py",
                           "src/autoqra/search/evolution.py", "src/autoqra/search/operators.py",
                           "src/autoqra/search/repair.py", "src/autoqra/search/samplers.py",
                           "src/autoqra/search/surrogate.py")),
+    "refine": Stage(params=("seed", *SEARCH, "search.refine", "budget", "lora", "finetune", "task.max_length",
+                            "quant.bits", "quant.group_size", "quant.targets"),
+                    code=("stages/refine.py", "stages/search_setup.py", "src/autoqra/search/refinement.py",
+                          "src/autoqra/search/trust_region.py", "src/autoqra/search/gp.py",
+                          "src/autoqra/search/samplers.py")),
 }

@@ -15,7 +15,8 @@ from autoqra.evaluate import Evaluator
 from autoqra.memory import MemoryModel, ModelSpec, Training, make_budget, parse_reference
 from autoqra.search import operators as ops
 from autoqra.search.evolution import Evidence, Evolution, Result, Settings, best_evidence
-from autoqra.search.samplers import EvolutionSampler, history, open_study
+from autoqra.search.refinement import Refinement, RefineSettings
+from autoqra.search.samplers import PlanSampler, history, open_study
 from autoqra.space import Config, Space
 
 
@@ -65,17 +66,29 @@ class SearchSetup:
             if b != quant.UNQUANTIZED and not (Path(dirs["quantize"]) / f"b{b}" / "quantize_config.json").exists():
                 raise SystemExit(f"error: quant.bits contains {b} but {dirs['quantize']}/b{b} holds no GPTQ cache")
 
-    def study(self, stage: str, settings: Settings) -> tuple[Any, EvolutionSampler]:
-        """The stage's Optuna study; its name hashes everything that defines the search."""
-        evolution = Evolution(self.space, self.budget, self.i_q, self.i_r, settings)
-        sampler = EvolutionSampler(evolution)
-        identity = {"units": self.space.units, "bits": self.space.bits, "ranks": self.space.ranks,
-                    "budget": [self.budget.kind, round(self.budget.limit, 3)], "settings": settings,
-                    "priors": [np.round(self.i_q, 6).tolist(), np.round(self.i_r, 6).tolist()],
-                    "evaluator": self.evaluator.key(self.space.minimum(), 0, self.p.seed)}
-        name = f"{stage}-{fingerprint.of_data(identity)[:16]}"
+    def identity(self, settings: Settings) -> dict[str, Any]:
+        """Everything that defines stage 1's search: its study's name hashes it."""
+        return {"units": self.space.units, "bits": self.space.bits, "ranks": self.space.ranks,
+                "budget": [self.budget.kind, round(self.budget.limit, 3)], "settings": settings,
+                "priors": [np.round(self.i_q, 6).tolist(), np.round(self.i_r, 6).tolist()],
+                "evaluator": self.evaluator.key(self.space.minimum(), 0, self.p.seed)}
+
+    def open(self, name: str, sampler: Any) -> Any:
         journal = str(Path(self.dirs["search"]) / "optuna.journal")
-        return open_study(name, self.p.search.storage, journal, sampler), sampler
+        return open_study(name, self.p.search.storage, journal, sampler)
+
+    def study(self, stage: str, settings: Settings) -> tuple[Any, PlanSampler]:
+        """Stage 1's Optuna study; its name hashes everything that defines the search."""
+        sampler = PlanSampler(Evolution(self.space, self.budget, self.i_q, self.i_r, settings))
+        return self.open(f"{stage}-{fingerprint.of_data(self.identity(settings))[:16]}", sampler), sampler
+
+    def refine_study(self, settings: Settings, refine: RefineSettings) -> tuple[Any, PlanSampler, list[Result]]:
+        """Stage 2's study, named after stage 1's search and its own settings, and stage 1's history."""
+        stage1, _ = self.study("evolve", settings)
+        prior = self.history(stage1)
+        sampler = PlanSampler(Refinement(self.space, self.budget, self.i_q, self.i_r, prior, refine))
+        name = f"refine-{fingerprint.of_data([self.identity(settings), refine])[:16]}"
+        return self.open(name, sampler), sampler, prior
 
     def objective(self, config: Config, fidelity: int, seed: int) -> dict[str, Any]:
         return self.evaluator(config, fidelity, seed)

@@ -146,6 +146,28 @@ class ProfileParams:
 
 
 @dataclass
+class RefineParams:
+    """Stage 2: trust-region Bayesian refinement (each proposal evaluated at the top rung's fidelity and seeds)."""
+
+    evaluations: int = spec(4, help="proposals to evaluate (0: stage 1's pick is final)", min=0)
+    candidates: int = spec(256, help="candidates drawn inside the region per proposal", min=1)
+    kernel: str = spec("auto", help="GP kernel; 'auto' keeps the one with the best held-out rank correlation",
+                       choices=["auto", "additive", "ordinal", "categorical"])
+    acquisition: str = spec("logei", help="qLogNoisyExpectedImprovement or a Thompson sample",
+                            choices=["logei", "thompson"])
+    length_init: int = spec(4, help="initial radius: units that may differ from the centre", min=1)
+    length_min: int = spec(1, help="radius below which the region restarts", min=1)
+    length_max: int = spec(16, help="largest radius", min=1)
+    success_tolerance: int = spec(2, help="consecutive successes that grow the region", min=1)
+    failure_tolerance: int = spec(3, help="consecutive failures that shrink the region", min=1)
+
+    def __post_init__(self) -> None:
+        if not self.length_min <= self.length_init <= self.length_max:
+            raise ParamError(f"search.refine.length_init={self.length_init}: must lie between length_min="
+                             f"{self.length_min} and length_max={self.length_max}")
+
+
+@dataclass
 class SearchParams:
     """Both search stages."""
 
@@ -169,6 +191,7 @@ class SearchParams:
     max_failures: int = spec(10, help="consecutive failed evaluations that stop a search stage", min=1)
     oom_attempts: int = spec(3, help="attempts of an evaluation that ran out of memory (a co-worker's fault?)",
                              min=1)
+    refine: RefineParams = field(default_factory=RefineParams, metadata={"help": "stage 2"})
     backend: str = spec("auto", help="weight backend of fidelity runs ('auto': packed on GPU, dequant on CPU)",
                         choices=["auto", "packed", "dequant"])
 

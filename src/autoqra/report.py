@@ -97,3 +97,38 @@ def search_trace(trials: pd.DataFrame, title: str) -> Any:
     ax.legend(title="fidelity", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def refine_trace(trace: list[dict[str, Any]], stage_one: float, title: str) -> Any:
+    """Each proposal's mean score (successes filled), the best so far from stage 1's pick on, and the
+    trust region's radius (right axis), proposal by proposal; restarts marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    xs = [t["proposal"] for t in trace]
+    scores = [t["score"] for t in trace]
+    best, running = stage_one, []
+    for s in scores:
+        best = min(best, s) if s is not None else best
+        running.append(best)
+    ax.axhline(stage_one, color="grey", linestyle=":", label="stage 1's pick")
+    ax.step(xs, running, where="post", color="black", label="best so far")
+    for x, s, t in zip(xs, scores, trace):
+        if s is not None:
+            ax.scatter([x], [s], color="tab:green" if t["success"] else "tab:blue",
+                       marker="o" if t["success"] else "x", zorder=3)
+    for x, a, b in zip(xs[1:], trace, trace[1:]):
+        if b["restarts"] > a["restarts"]:
+            ax.axvline(x - 0.5, color="tab:red", alpha=0.4, linestyle="--")
+    ax.set_xlabel("proposal (each scored under every top seed)")
+    ax.set_ylabel("mean validation score (lower is better)")
+    ax2 = ax.twinx()
+    ax2.step(xs, [t["radius"] for t in trace], where="mid", color="tab:orange", alpha=0.6)
+    ax2.set_ylabel("trust-region radius (units)", color="tab:orange")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return fig

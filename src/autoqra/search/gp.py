@@ -19,6 +19,8 @@ out), which is how the refine stage picks between them.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,10 +57,10 @@ def fit(x: np.ndarray, y: np.ndarray, sizes: Sequence[int], kind: str, seed: int
     else:
         model = MixedSingleTaskGP(tx, ty, cat_dims=list(range(len(sizes))), outcome_transform=Standardize(1))
     mll = ExactMarginalLogLikelihood(model.likelihood, model)
-    try:
+    # a failed optimisation leaves the priors' hyper-parameters: the model is still usable
+    with contextlib.suppress(Exception), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         fit_gpytorch_mll(mll)
-    except Exception:  # noqa: BLE001 -- a failed optimisation leaves the priors' hyper-parameters: still usable
-        pass
     return model.eval()
 
 

@@ -2,10 +2,11 @@
 
 Notation: a configuration x has U units; its distance to the centre c is the number of units whose
 (bits, rank) differ. The region of radius L holds the configurations within distance L (a Hamming
-ball, as CASMOPOLITAN's for categorical inputs; a differing unit may take any rungs). After `success_tolerance` consecutive successes
-(a new evaluation better than the best so far by more than `tolerance`·|best|) L grows ×`factor`;
-after `failure_tolerance` consecutive failures it shrinks ÷`factor` (rounded down, CASMOPOLITAN's
-discrete rule); below `length_min` the region restarts around a new centre, at the initial radius.
+ball, as CASMOPOLITAN's for categorical inputs; a differing unit may take any rungs). After
+`success_tolerance` consecutive successes (a new evaluation better than the best so far by more than
+`tolerance`·|best|) L grows ×`factor`; after `failure_tolerance` consecutive failures it shrinks
+÷`factor` (rounded down, CASMOPOLITAN's discrete rule); below `length_min` the region restarts around
+a new centre, at the initial radius.
 
 `TrustRegion` is a small frozen dataclass and `update` a pure function, so the state of a run is
 the fold of `update` over its evaluations: a killed run replays its history and resumes exactly.
