@@ -42,19 +42,6 @@ from stages import common as stage_common  # noqa: E402
 from stages.search_setup import _base  # noqa: E402
 
 
-def per_example_nll(model, tok, examples, max_length, batch_size):
-    """(summed answer NLL, answer tokens) of every example, in the order given."""
-    out = []
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(examples), batch_size):
-            batch = tasks.collate([tasks.encode(tok, ex, max_length) for ex in examples[i:i + batch_size]],
-                                  tok.pad_token_id)
-            sums, counts = scoring.labelled_nll(model, batch, per_row=True)
-            out += [(float(a), int(n)) for a, n in zip(sums, counts)]
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
@@ -102,8 +89,8 @@ def main() -> None:
             res = train(model, train_data, tok.pad_token_id, steps, data, batch_size=batch or ft.batch_size, lr=ft.lr,
                         warmup_ratio=ft.warmup_ratio, schedule=schedule or ft.schedule,
                         weight_decay=ft.weight_decay, max_grad_norm=ft.max_grad_norm)
-            per = per_example_nll(model, tok, val, p.task.max_length, ft.eval_batch_size)
-            score = sum(a for a, _ in per) / sum(n for _, n in per)
+            per = scoring.per_example_nll(model, tok, val, p.task.max_length, ft.eval_batch_size)
+            score = scoring.pooled(per)
             return {"status": "ok", "score": score, "reason": None, "per_example": per, "train_s": res.seconds}
 
         return store.get(key, compute)[0]

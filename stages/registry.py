@@ -19,7 +19,8 @@ class Stage(NamedTuple):
 # stage 1 reads every search key but stage 2's own
 SEARCH = tuple(f"search.{k}" for k in ("granularity", "population", "generations", "offspring", "candidates",
                                        "fidelities", "eta", "max_steps", "metric", "storage", "workers", "backend",
-                                       "seeds_per_rung", "max_failures", "oom_attempts"))
+                                       "seeds_per_rung", "val_per_rung", "max_failures",
+                                       "oom_attempts"))
 
 STAGES: dict[str, Stage] = {
     "prepare": Stage(params=("model", "task"),

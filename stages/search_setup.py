@@ -91,7 +91,11 @@ class SearchSetup:
         return self.open(name, sampler), sampler, prior
 
     def objective(self, config: Config, fidelity: int, seed: int) -> dict[str, Any]:
-        return self.evaluator(config, fidelity, seed)
+        """A fidelity evaluation: at the top rung the adapters are kept (the final arms reuse them)."""
+        s = self.p.search
+        rung = s.fidelities.index(fidelity)
+        val = s.val_per_rung[rung] if s.val_per_rung else 0
+        return self.evaluator(config, fidelity, seed, val_samples=val, keep_adapter=rung == len(s.fidelities) - 1)
 
     def describe(self, config: Config) -> dict[str, Any]:
         m = self.memory.breakdown(self.space, config)
@@ -129,7 +133,7 @@ class SearchSetup:
         out: dict[str, Any] = {"fidelity": fidelity, "seeds": list(seeds), "arms": {}, "pick_minus": {}}
         scores: dict[str, dict[int, float]] = {}
         for name, config in arms.items():
-            records = {sd: self.evaluator(config, fidelity, sd) for sd in seeds}
+            records = {sd: self.objective(config, fidelity, sd) for sd in seeds}
             scores[name] = {sd: r["score"] for sd, r in records.items() if r["status"] == "ok"}
             m, se = stats.mean_se(list(scores[name].values())) if scores[name] else (None, None)
             out["arms"][name] = {"key": config.key, "summary": config.describe(), "mean": m, "se": se,

@@ -188,6 +188,8 @@ class SearchParams:
     seeds_per_rung: list[int] = spec([1, 1, 2], help="training seeds per configuration at each rung (paired: "
                                      "every configuration sees the same seeds; the score is their mean)",
                                      items={"min": 1}, min_items=1)
+    val_per_rung: list[int] = spec([], help="validation examples scored at each rung (0 or an empty list: all); "
+                                   "fewer at the low rungs saves time where ranking allows", items={"min": 0})
     max_failures: int = spec(10, help="consecutive failed evaluations that stop a search stage", min=1)
     oom_attempts: int = spec(3, help="attempts of an evaluation that ran out of memory (a co-worker's fault?)",
                              min=1)
@@ -245,6 +247,9 @@ class Params:
         for key, n in (("quant.calib_samples", self.quant.calib_samples), ("profile.samples", self.profile.samples)):
             if n > self.task.calib:
                 raise ParamError(f"{key}={n}: must be <= task.calib={self.task.calib} (the calibration split)")
+        if self.search.val_per_rung and len(self.search.val_per_rung) != len(self.search.fidelities):
+            raise ParamError(f"search.val_per_rung={self.search.val_per_rung}: needs one entry per rung of "
+                             f"search.fidelities={self.search.fidelities} (or none)")
         if len(self.search.seeds_per_rung) != len(self.search.fidelities):
             raise ParamError(f"search.seeds_per_rung={self.search.seeds_per_rung}: needs one entry per rung of "
                              f"search.fidelities={self.search.fidelities}")

@@ -61,7 +61,6 @@ class Evaluator:
         self.train_data = [encode(self.tokenizer, ex, max_length) for ex in read_split(task_dir, "train")]
         val = read_split(task_dir, "val")
         self.val = val[: finetune.val_samples] if finetune.val_samples else val
-        self._val_batches = scoring.batches(self.tokenizer, self.val, max_length, finetune.eval_batch_size)
         fps = fingerprints or {"model": fingerprint.of_dir(self.model_dir), "task": fingerprint.of_dir(task_dir)}
         self._inputs = {"model": fps["model"], "task": fps["task"], "max_length": max_length,
                         "lora": {"alpha_ratio": lora.alpha_ratio, "dropout": lora.dropout},
@@ -76,27 +75,40 @@ class Evaluator:
         return self.store.computed
 
     # ------------------------------------------------------------------ keys
-    def key(self, config: Config, fidelity: int, seed: int, horizon: int = 0) -> str:
+    def key(self, config: Config, fidelity: int, seed: int, horizon: int = 0, val_samples: int = 0) -> str:
         used = sorted(set(config.bits) - {quant.UNQUANTIZED})
         caches = {b: self.caches[b].fingerprint for b in used}
-        # a schedule that ends with the run (the default) adds nothing, so those keys never change
+        # defaults add nothing (a schedule that ends with the run, the whole validation split), so the
+        # keys of runs made before these options existed never change
         extra = {"horizon": horizon} if horizon > fidelity else {}
+        if 0 < val_samples < len(self.val):
+            extra["val_samples"] = val_samples
         return fingerprint.of_data({**self._inputs, "config": config.key, "fidelity": fidelity, "seed": seed,
                                     "caches": caches, **extra})
 
-    def lookup(self, config: Config, fidelity: int, seed: int, horizon: int = 0) -> dict[str, Any] | None:
-        return self.store.read(self.key(config, fidelity, seed, horizon))
+    def lookup(self, config: Config, fidelity: int, seed: int, horizon: int = 0,
+               val_samples: int = 0) -> dict[str, Any] | None:
+        return self.store.read(self.key(config, fidelity, seed, horizon, val_samples))
+
+    def adapter_path(self, key: str) -> Path:
+        return self.store.root / "adapters" / f"{key}.safetensors"
 
     # ------------------------------------------------------------------ evaluation
-    def __call__(self, config: Config, fidelity: int, seed: int, horizon: int = 0) -> dict[str, Any]:
+    def __call__(self, config: Config, fidelity: int, seed: int, horizon: int = 0, val_samples: int = 0,
+                 keep_adapter: bool = False) -> dict[str, Any]:
         """The record of (config, fidelity, seed): read if it exists, computed otherwise. With a
         `horizon` above `fidelity` the learning-rate schedule spans `horizon` steps and the run is cut
-        after `fidelity` of them (the first part of a longer run, rather than a whole short one)."""
+        after `fidelity` of them (the first part of a longer run, rather than a whole short one).
+        `val_samples` scores the first that many validation examples only (0: all). `keep_adapter`
+        saves the trained adapters next to the record (`adapter_path`), for a final evaluation."""
         self.space.check(config)
         if horizon and horizon < fidelity:
             raise ValueError(f"horizon={horizon}: must be 0 or at least fidelity={fidelity}")
-        record, _ = self.store.get(self.key(config, fidelity, seed, horizon),
-                                   lambda: self._run(config, fidelity, seed, horizon))
+        key = self.key(config, fidelity, seed, horizon, val_samples)
+        require = (lambda r: r["status"] != "ok" or self.adapter_path(key).exists()) if keep_adapter else None
+        record, _ = self.store.get(key, lambda: self._run(config, fidelity, seed, horizon, val_samples,
+                                                          self.adapter_path(key) if keep_adapter else None),
+                                   require=require)
         return record
 
     def build(self, config: Config, workdir: Path | None = None, seed: int | None = None) -> Any:
@@ -105,7 +117,8 @@ class Evaluator:
         model = self.backend.build(bits, workdir)
         return attach_lora(model, ranks, self.lora.alpha_ratio, self.lora.dropout, seed=seed)
 
-    def _run(self, config: Config, fidelity: int, seed: int, horizon: int = 0) -> dict[str, Any]:
+    def _run(self, config: Config, fidelity: int, seed: int, horizon: int = 0, val_samples: int = 0,
+             adapter: Path | None = None) -> dict[str, Any]:
         start = time.perf_counter()
         record: dict[str, Any] = {"config": config.to_dict(), "config_key": config.key, "fidelity": fidelity,
                                   "seed": seed, "horizon": max(horizon, fidelity), "backend": self.backend.name,
@@ -126,7 +139,9 @@ class Evaluator:
                 if result.failure:
                     return {**record, "status": "failed", "reason": result.failure, "score": None,
                             "wall_s": round(time.perf_counter() - start, 3)}
-                record.update(self._score(model))
+                record.update(self._score(model, val_samples))
+                if adapter is not None:
+                    save_adapter(model, adapter)
         except Exception as exc:  # out of memory is a result (retried later), not a crash
             if not is_oom(exc):
                 raise
@@ -142,14 +157,43 @@ class Evaluator:
     def _count_step(self) -> None:
         self.steps_trained += 1
 
-    def _score(self, model: Any) -> dict[str, Any]:
+    def _score(self, model: Any, val_samples: int = 0) -> dict[str, Any]:
         start = time.perf_counter()
-        out: dict[str, Any] = {"answer_loss": scoring.mean_nll(model, self._val_batches)}
+        val = self.val[:val_samples] if val_samples else self.val
+        per = scoring.per_example_nll(model, self.tokenizer, val, self.max_length, self.ft.eval_batch_size)
+        out: dict[str, Any] = {"answer_loss": scoring.pooled(per), "val_examples": len(val),
+                               "val_nll": [[round(a, 6), n] for a, n in per]}
         if self.metric == "exact_match":
-            em = scoring.exact_match(model, self.tokenizer, self.val, self.max_length, self.ft.eval_batch_size)
+            em = scoring.exact_match(model, self.tokenizer, val, self.max_length, self.ft.eval_batch_size)
             out.update(exact_match=em["exact_match"], exact_match_se=em["exact_match_se"])
             out["score"] = 1.0 - em["exact_match"]
         else:
             out["score"] = out["answer_loss"]
         out["eval_s"] = round(time.perf_counter() - start, 3)
         return out
+
+
+def save_adapter(model: Any, path: Path) -> None:
+    """The trained LoRA weights (fp32), written atomically."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if "lora_" in n}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, tmp)
+    tmp.replace(path)
+
+
+def load_adapter(model: Any, path: Path) -> Any:
+    """Load weights written by `save_adapter` into a model with the same adapters attached."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(path)
+    params = dict(model.named_parameters())
+    mismatch = sorted({n for n in params if "lora_" in n} ^ set(tensors))
+    if mismatch:
+        raise ValueError(f"{path}: adapter does not match the model's adapters (e.g. {mismatch[0]})")
+    with torch.no_grad():
+        for n, t in tensors.items():
+            params[n].copy_(t.to(params[n].dtype))
+    return model

@@ -160,18 +160,23 @@ class RecordStore:
             os.close(fd)
 
     # ------------------------------------------------------------------ the one entry point
-    def get(self, key: str, compute: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    def get(self, key: str, compute: Callable[[], dict[str, Any]],
+            require: Callable[[dict[str, Any]], bool] | None = None) -> tuple[dict[str, Any], bool]:
         """(record, computed): the stored record of `key`, or `compute()`'s, written, computed at
         most once across every worker sharing `root`. `compute` returns a record body (`status`,
-        `score`, `reason`, ...; `transient: True` for failures worth retrying)."""
+        `score`, `reason`, ...; `transient: True` for failures worth retrying). `require` marks a
+        stored record that lacks something the caller needs (a saved adapter) as to be recomputed."""
+        def usable(r: dict[str, Any] | None) -> bool:
+            return self.usable(r) and (require is None or require(r))
+
         record = self.read(key)
-        if self.usable(record):
+        if usable(record):
             return record, False
-        with self.lock(key, ready=lambda: self.usable(self.read(key))) as held:
+        with self.lock(key, ready=lambda: usable(self.read(key))) as held:
             record = self.read(key)  # written while we waited?
-            if not held or self.usable(record):
+            if not held or usable(record):
                 return record, False
-            previous = record  # None, or a transient failure to retry
+            previous = record if record is not None and record.get("transient") else None  # a retry
             body = compute()
             if previous is not None:
                 self.retried += 1

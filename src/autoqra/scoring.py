@@ -47,6 +47,30 @@ def token_nll(model: Any, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
 
 
 @torch.no_grad()
+def per_example_nll(model: Any, tokenizer: Any, examples: list[dict[str, Any]], max_length: int,
+                    batch_size: int) -> list[tuple[float, int]]:
+    """(summed answer NLL, answer tokens) of every example, in the order given; computed in batches of
+    similar length. Their token-weighted mean is `mean_nll`'s score; any subset's can be derived."""
+    was_training = model.training
+    model.eval()
+    encoded = [encode(tokenizer, ex, max_length) for ex in examples]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        sums, counts = labelled_nll(model, collate([encoded[i] for i in idx], tokenizer.pad_token_id), per_row=True)
+        for i, a, n in zip(idx, sums.tolist(), counts.tolist()):
+            out[i] = (a, int(n))
+    model.train(was_training)
+    return out
+
+
+def pooled(per_example: list[tuple[float, int]]) -> float:
+    """Token-weighted mean NLL of per-example (sum, count) pairs."""
+    return sum(a for a, _ in per_example) / max(sum(n for _, n in per_example), 1)
+
+
+@torch.no_grad()
 def mean_nll(model: Any, data: list[dict[str, torch.Tensor]]) -> float:
     """Token-weighted mean negative log-likelihood over all batches."""
     was_training = model.training
