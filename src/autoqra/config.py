@@ -215,6 +215,23 @@ class FinetuneParams:
     dtype: str = spec("auto", help="compute dtype of the frozen base: 'auto' = bf16 on a GPU and on CPUs with "
                       "native bf16, else fp32 (adapters and optimizer state are always fp32)",
                       choices=["auto", "bf16", "fp32"])
+    seeds: list[int] = spec([0, 1, 2], help="training seeds of every final arm (paired: the same for each arm)",
+                            items={"min": 0}, min_items=1, unique=True)
+    arms: list[str] = spec(["autoqra", "fp_lora", "best_uniform", "sequential", "uniform3_r16", "uniform4_r16"],
+                           help="final arms: autoqra, fp_lora, best_uniform, sequential, uniform<bits>_r<rank>",
+                           min_items=1, unique=True)
+    arm_rank: int = spec(16, help="the uniform rank of the fp_lora arm and the largest of the sequential arm", min=1)
+
+
+@dataclass
+class EvaluateParams:
+    """The final evaluation of every arm on the test split."""
+
+    exact_match: bool = spec(True, help="greedy exact match through lm-evaluation-harness (a local task written "
+                             "from the test split), next to the answer loss")
+    lm_eval_tasks: list[str] = spec([], help="extra lm-evaluation-harness task names (their datasets must be in "
+                                    "the local cache: the hub is offline)")
+    batch_size: int = spec(32, help="sequences per evaluation batch", min=1)
 
 
 @dataclass
@@ -242,6 +259,7 @@ class Params:
     search: SearchParams = field(default_factory=SearchParams, metadata={"help": "search"})
     finetune: FinetuneParams = field(default_factory=FinetuneParams, metadata={"help": "training"})
     budget: BudgetParams = field(default_factory=BudgetParams, metadata={"help": "memory budget"})
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams, metadata={"help": "final evaluation"})
 
     def __post_init__(self) -> None:
         for key, n in (("quant.calib_samples", self.quant.calib_samples), ("profile.samples", self.profile.samples)):
@@ -253,6 +271,7 @@ class Params:
         if len(self.search.seeds_per_rung) != len(self.search.fidelities):
             raise ParamError(f"search.seeds_per_rung={self.search.seeds_per_rung}: needs one entry per rung of "
                              f"search.fidelities={self.search.fidelities}")
+        check_arms(self.finetune.arms, self.quant.bits)
         bits, rank = (int(x) for x in re.findall(r"\d+", self.budget.reference))
         if bits not in self.quant.bits or rank not in self.lora.ranks:
             raise ParamError(f"budget.reference={self.budget.reference!r}: bits and rank must be on the ladders "
@@ -283,6 +302,23 @@ def check_model_source(source: str) -> None:
     if not isinstance(try_to_load_from_cache(source, "config.json"), str):
         raise ParamError(f"model.source={source!r}: not in the local Hugging Face cache and the hub is "
                          "offline; download it once or give a local folder")
+
+
+ARMS = ("autoqra", "fp_lora", "best_uniform", "sequential")
+UNIFORM_ARM = re.compile(r"^uniform(\d+)_r(\d+)$")
+
+
+def check_arms(arms: list[str], bits: list[int]) -> None:
+    """One line for an unknown final arm, or a uniform arm whose bit-width has no GPTQ cache."""
+    for arm in arms:
+        if arm in ARMS:
+            continue
+        m = UNIFORM_ARM.match(arm)
+        if not m:
+            raise ParamError(f"finetune.arms: unknown arm {arm!r} (allowed: {', '.join(ARMS)}, "
+                             "uniform<bits>_r<rank>)")
+        if int(m[1]) != 16 and int(m[1]) not in bits or int(m[2]) < 1:
+            raise ParamError(f"finetune.arms: {arm!r} needs bits in quant.bits={bits} or 16, and a rank >= 1")
 
 
 def _type_name(tp: Any) -> str:
