@@ -35,6 +35,7 @@ def stage_code(name):
 include: "workflow/rules/prepare.smk"
 include: "workflow/rules/quantize.smk"
 include: "workflow/rules/search.smk"
+include: "workflow/rules/final.smk"
 
 
 rule all:
@@ -45,3 +46,6 @@ rule all:
         "data/profile",
         "data/search/evolve",
         "data/search/refine",
+        expand("data/final/{arm}/metrics.json", arm=ARMS),
+        "data/report",
+        "data/final/autoqra/export" if "autoqra" in ARMS else [],

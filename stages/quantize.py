@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from autoqra import fingerprint, models, quant, scoring, tasks
+from autoqra import fingerprint, gptq, models, quant, scoring, tasks
 from autoqra.config import BIT_CHOICES, Params
 from stages import common
 from stages.registry import STAGES
@@ -32,7 +32,7 @@ def run(p: Params, bits: int, prepare: Path, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     if bits != quant.UNQUANTIZED:
         start = time.perf_counter()
-        metrics.update(quant.gptq_quantize(model_dir, calib, bits, p.quant.group_size, p.quant.sym,
+        metrics.update(gptq.gptq_quantize(model_dir, calib, bits, p.quant.group_size, p.quant.sym,
                                            p.quant.desc_act, p.quant.damp, p.quant.targets, out, device))
         metrics["gptq_s"] = round(time.perf_counter() - start, 2)
         metrics["cache_fingerprint"] = quant.cache_fingerprint(out)

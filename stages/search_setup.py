@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from autoqra import fingerprint, priors, quant, stats
+from autoqra.arms import arm_space
 from autoqra.config import Params
 from autoqra.evaluate import Evaluator
 from autoqra.memory import MemoryModel, ModelSpec, Training, make_budget, parse_reference
@@ -40,9 +41,11 @@ def prepared_fingerprints(prepare: Path) -> dict[str, str] | None:
 
 
 class SearchSetup:
-    def __init__(self, p: Params, dirs: dict[str, str], progress: bool = False):
+    def __init__(self, p: Params, dirs: dict[str, str], progress: bool = False, arms: bool = False):
+        """With `arms`, the evaluator's ladders are widened to the final arms' (16 bits, `arm_rank`)."""
         self.p, self.dirs = p, dirs
         self.spec, self.space, self.memory = _base(p, dirs)
+        self.arm_space = arm_space(self.space, [p.finetune.arm_rank])
         self.budget = make_budget(p.budget.kind, p.budget.value, p.budget.reference, self.memory, self.space)
         table = pd.read_parquet(Path(dirs["profile"]) / "priors.parquet")
         unit_priors = priors.for_units(table, {u: list(m) for u, m in self.space.members.items()})
@@ -51,7 +54,8 @@ class SearchSetup:
         caches = {b: quant.QuantCache(Path(dirs["quantize"]) / f"b{b}") for b in p.quant.bits if b != quant.UNQUANTIZED}
         prepare = Path(dirs["prepare"])
         self.evaluator = Evaluator(model_dir=prepare / "model", task_dir=prepare / "task", caches=caches,
-                                   space=self.space, lora=p.lora, finetune=p.finetune, max_length=p.task.max_length,
+                                   space=self.arm_space if arms else self.space, lora=p.lora, finetune=p.finetune,
+                                   max_length=p.task.max_length,
                                    records=Path(dirs["search"]) / "records", metric=p.search.metric,
                                    backend=p.search.backend, oom_attempts=p.search.oom_attempts,
                                    fingerprints=prepared_fingerprints(prepare), progress=progress)

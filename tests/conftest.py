@@ -86,9 +86,9 @@ def calibration(model_dir, task_dir, n=32, max_length=256):
 
 
 def quantize_one(model_dir, task_dir, out, bits, group_size=64):
-    from autoqra import quant
+    from autoqra import gptq
 
-    quant.gptq_quantize(model_dir, calibration(model_dir, task_dir), bits, group_size, True, False, 0.01, TARGETS, out)
+    gptq.gptq_quantize(model_dir, calibration(model_dir, task_dir), bits, group_size, True, False, 0.01, TARGETS, out)
     return out
 
 

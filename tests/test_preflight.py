@@ -14,7 +14,8 @@ SMOKE = ["experiment=smoke"]
 
 @pytest.mark.parametrize("override, message", [
     ("search.storage=foo://x", "search.storage='foo://x': unsupported URL"),
-    ("search.storage=postgresql://u@127.0.0.1:1/db", "search.storage='postgresql://u@127.0.0.1:1/db': cannot be opened"),
+    ("search.storage=postgresql://u@127.0.0.1:1/db",
+     "search.storage='postgresql://u@127.0.0.1:1/db': cannot be opened"),
     ("search.storage=sqlite:////etc/hostname/x.db", "folder /etc/hostname cannot be written"),
     ("budget.reference=uniform3_r32", "budget.reference='uniform3_r32': bits and rank must be on the ladders"),
     ("quant.group_size=128", "quant.group_size=128: does not divide the input width 64 of model.layers.0"),

@@ -9,7 +9,7 @@ import torch
 from conftest import TARGETS, calibration, quantize_one
 from safetensors import safe_open
 
-from autoqra import models, quant, scoring, tasks
+from autoqra import gptq, models, quant, scoring, tasks
 
 
 def _uniform(model_dir, bits, caches):
@@ -111,7 +111,7 @@ def test_assembly_reads_the_caches_and_never_runs_gptq(tmp_path, tiny_dir, task_
     monkeypatch.setattr(BaseQModel, "quantize", forbidden)
     monkeypatch.setattr(GPTQ, "quantize", forbidden)
     with pytest.raises(AssertionError, match="must not run"):  # the patches do intercept a GPTQ pass
-        quant.gptq_quantize(tiny_dir, calibration(tiny_dir, task_dir, n=4), 4, 64, True, False, 0.01, TARGETS,
+        gptq.gptq_quantize(tiny_dir, calibration(tiny_dir, task_dir, n=4), 4, 64, True, False, 0.01, TARGETS,
                             tmp_path / "q")
     assert calls
     calls.clear()

@@ -3,7 +3,7 @@
 Both have one method, `build(bits_by_module, workdir) -> model` (frozen base, no adapters yet):
 
 - `DequantBackend`: every quantized module's weight is its cached GPTQ grid, dequantized once (with
-  GPTQModel's own unpacking) into the compute dtype and kept in memory; a build shares the base
+  GPTQModel's own unpacking, in the compute dtype exactly as its layers do) and kept in memory; a build shares the base
   model's tensors and these cached weights (frozen, never written to), so it costs neither a disk
   read nor a dequantization after the first time. Fastest on the CPU.
 - `PackedBackend`: a real mixed-precision GPTQ checkpoint (per-module bits in GPTQModel's `dynamic`
@@ -42,8 +42,8 @@ class DequantBackend:
     def weight(self, module: str, bits: int, lin: nn.Linear) -> torch.Tensor:
         key = (module, bits)
         if key not in self._weights:
-            w = self.caches[bits].dequantized(module, lin.in_features, lin.out_features)
-            self._weights[key] = w.to(device=self.device, dtype=self.dtype)
+            w = self.caches[bits].dequantized(module, lin.in_features, lin.out_features, self.dtype)
+            self._weights[key] = w.to(self.device)
         return self._weights[key]
 
     def build(self, bits_by_module: dict[str, int], workdir: Path | None = None) -> nn.Module:

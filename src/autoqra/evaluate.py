@@ -128,6 +128,8 @@ class Evaluator:
             with tempfile.TemporaryDirectory(dir=self.store.root.parent if self.store.root.parent.exists()
                                              else None) as tmp:
                 torch.manual_seed(seed)  # dropout masks
+                if self.device.startswith("cuda"):
+                    torch.cuda.reset_peak_memory_stats()
                 model = self.build(config, Path(tmp), seed=seed)
                 result = train(model, self.train_data, self.tokenizer.pad_token_id, fidelity, seed,
                                batch_size=self.ft.batch_size, lr=self.ft.lr, warmup_ratio=self.ft.warmup_ratio,
@@ -136,6 +138,8 @@ class Evaluator:
                                gradient_checkpointing=self.ft.gradient_checkpointing, progress=self.progress,
                                on_step=self._count_step, horizon=horizon)
                 record.update(train_steps=result.steps, train_s=round(result.seconds, 3), train_loss=result.losses)
+                if self.device.startswith("cuda"):
+                    record["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
                 if result.failure:
                     return {**record, "status": "failed", "reason": result.failure, "score": None,
                             "wall_s": round(time.perf_counter() - start, 3)}

@@ -18,7 +18,6 @@ import re
 import shutil
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -103,10 +102,11 @@ class QuantCache:
                 out[name] = fh.get_tensor(key)
         return out
 
-    def dequantized(self, module: str, in_features: int, out_features: int) -> torch.Tensor:
-        """fp32 weight (out, in) of one module, on exactly the stored grid."""
+    def dequantized(self, module: str, in_features: int, out_features: int,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight (out, in) of one module on exactly the stored grid, in `dtype` (see `dequantize`)."""
         return dequantize(self.tensors(module), self.bits, self.group_size, self.sym, self.desc_act,
-                          in_features, out_features)
+                          in_features, out_features, dtype)
 
 
 def cache_fingerprint(path: str | Path) -> str:
@@ -117,8 +117,11 @@ def cache_fingerprint(path: str | Path) -> str:
 
 
 def dequantize(tensors: dict[str, torch.Tensor], bits: int, group_size: int, sym: bool, desc_act: bool,
-               in_features: int, out_features: int) -> torch.Tensor:
-    """Unpack GPTQ v1 tensors with GPTQModel's own TorchLinear (fp32 scales), returning (out, in)."""
+               in_features: int, out_features: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Unpack GPTQ v1 tensors with GPTQModel's own TorchLinear, returning (out, in) in `dtype`. The
+    scales are cast to `dtype` first, as GPTQModel's loader does: in bf16 the weights are bit for bit
+    the ones its quantized layers compute on the fly (the packed backend, an exported model); in fp32
+    they are the exact grid."""
     from gptqmodel.nn_modules.qlinear.torch import TorchLinear
     from gptqmodel.utils.model import convert_gptq_v1_to_v2_format_module
 
@@ -127,11 +130,11 @@ def dequantize(tensors: dict[str, torch.Tensor], bits: int, group_size: int, sym
     for name, value in tensors.items():
         getattr(layer, name).data = value.clone()
     convert_gptq_v1_to_v2_format_module(layer, bits=bits, pack_dtype=torch.int32)
-    layer.scales.data = layer.scales.data.float()
+    layer.scales.data = layer.scales.data.to(dtype)
     layer.optimized = True  # one call per module: torch.compile would cost more than it saves
     layer.post_init()
     with torch.no_grad():
-        return layer.dequantize_weight().float().T.contiguous()
+        return layer.dequantize_weight().to(dtype).T.contiguous()
 
 
 def apply_dequant(model: nn.Module, bits_by_module: dict[str, int], caches: dict[int, QuantCache]) -> nn.Module:
@@ -199,30 +202,3 @@ def load_packed(path: str | Path, device: str = "cpu", dtype: torch.dtype = torc
     model = GPTQModel.load(str(path), backend=backend, dtype=dtype, device=device).model
     model.set_attn_implementation(attention(device))
     return model
-
-
-# ----------------------------------------------------------------------------- GPTQ
-
-def gptq_quantize(model_dir: str | Path, calibration: list[list[int]], bits: int, group_size: int, sym: bool,
-                  desc_act: bool, damp: float, targets: list[str], out_dir: str | Path,
-                  device: str = "cpu") -> dict[str, Any]:
-    """Quantize every target linear at `bits` with GPTQ and save a GPTQModel checkpoint."""
-    from gptqmodel import GPTQModel, QuantizeConfig
-
-    from autoqra.models import meta_model
-
-    meta = meta_model(model_dir)
-    chosen = target_modules(meta, targets)
-    skip = sorted(n for n, m in meta.named_modules()
-                  if isinstance(m, nn.Linear) and ".layers." in n and n not in chosen)
-    dynamic = {"-:" + _regex(n): {} for n in skip} or None
-    qcfg = QuantizeConfig(bits=bits, group_size=group_size, sym=sym, desc_act=desc_act, damp_percent=damp,
-                          dynamic=dynamic, fallback=None, offload_to_disk=False)
-    dtype = torch.float32 if device == "cpu" else torch.float16
-    model = GPTQModel.load(str(model_dir), qcfg, dtype=dtype, device=device)
-    calib = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in calibration]
-    model.quantize(calib, batch_size=1, calibration_data_min_length=1)
-    out = Path(out_dir)
-    model.save(str(out))
-    log_path = out / "quant_log.csv"
-    return {"modules": len(chosen), "gptq_log": log_path.name if log_path.exists() else None}

@@ -1,0 +1,83 @@
+"""The final evaluation of a trained arm on the test split: answer loss and lm-evaluation-harness.
+
+Exact match runs through lm-evaluation-harness (0.4) on the model already in memory (`HFLM` over the
+PEFT model): the test split is written as a local task (`dataset_path: json` with an absolute data
+file, `generate_until`, greedy decoding for as many tokens as the longest reference answer needs,
+stopping at the end-of-turn token), so nothing is downloaded. Standard harness tasks named in
+`evaluate.lm_eval_tasks` run next to it for users whose datasets are in the local cache.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from autoqra import scoring
+from autoqra.tasks import prompt_ids
+
+TASK = "autoqra_test"
+
+
+def write_task(tokenizer: Any, examples: list[dict[str, Any]], folder: Path, max_length: int) -> Path:
+    """A local lm-eval task over `examples`: the chat-formatted prompt as text, the answer as target."""
+    folder.mkdir(parents=True, exist_ok=True)
+    new_tokens = scoring.answer_tokens(tokenizer, examples)
+    data = folder / "test.jsonl"
+    with open(data, "w") as fh:
+        for ex in examples:
+            text = tokenizer.decode(prompt_ids(tokenizer, ex)[-max(max_length - new_tokens, 1):])
+            fh.write(json.dumps({"text": text, "target": ex["answer"].strip(), "id": ex.get("id")}) + "\n")
+    eos = tokenizer.decode([tokenizer.eos_token_id])
+    spec = {
+        "task": TASK, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data.resolve())}},
+        "test_split": "test", "output_type": "generate_until", "doc_to_text": "{{text}}",
+        "doc_to_target": "{{target}}", "target_delimiter": "",
+        "generation_kwargs": {"until": [eos], "do_sample": False, "max_gen_toks": new_tokens},
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True,
+                         "ignore_case": False, "ignore_punctuation": False,
+                         "regexes_to_ignore": ["^\\s+", "\\s+$"]}],
+    }
+    (folder / f"{TASK}.yaml").write_text(json.dumps(spec, indent=1))  # JSON is YAML
+    return folder
+
+
+def lm_eval(model: Any, tokenizer: Any, examples: list[dict[str, Any]], folder: Path, max_length: int,
+            batch_size: int, extra_tasks: list[str] = ()) -> dict[str, Any]:
+    """Exact match on `examples` (and any extra harness tasks) for the model in memory."""
+    import logging
+
+    from lm_eval import evaluator
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    write_task(tokenizer, examples, folder, max_length)
+    model.eval()
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    manager = TaskManager(include_path=str(folder), include_defaults=bool(extra_tasks))
+    out = evaluator.simple_evaluate(model=lm, tasks=[TASK, *extra_tasks], task_manager=manager, log_samples=False,
+                                    bootstrap_iters=0, random_seed=0, numpy_random_seed=0, torch_random_seed=0)
+    results = out["results"]
+    p = float(results[TASK]["exact_match,none"])
+    n = len(examples)
+    scores = {"exact_match": p, "exact_match_se": math.sqrt(p * (1 - p) / n), "exact_match_n": n}  # binomial
+    for task in extra_tasks:
+        scores[f"lm_eval/{task}"] = {k: v for k, v in results.get(task, {}).items() if isinstance(v, (int, float))}
+    return scores
+
+
+def test_scores(model: Any, tokenizer: Any, examples: list[dict[str, Any]], max_length: int,
+                batch_size: int) -> dict[str, Any]:
+    """Answer loss (token-weighted) on `examples`, with its standard error over examples."""
+    import numpy as np
+
+    per = scoring.per_example_nll(model, tokenizer, examples, max_length, batch_size)
+    sums = np.array([a for a, _ in per])
+    counts = np.array([n for _, n in per])
+    loss = float(sums.sum() / counts.sum())
+    # ratio estimator: the sd of per-example contributions (sum - loss * count), scaled
+    resid = sums - loss * counts
+    se = float(np.sqrt((resid**2).sum() / (len(per) * max(len(per) - 1, 1))) / counts.mean())
+    return {"answer_loss": loss, "answer_loss_se": se, "examples": len(per)}

@@ -1,0 +1,92 @@
+ARMS = PARAMS["finetune"]["arms"]
+
+
+rule finetune:
+    input:
+        code=stage_code("finetune"),
+        prepare=rules.prepare.output,
+        quantize=expand("data/quantize/b{bits}", bits=BITS),
+        profile=rules.profile.output,
+        evolve=rules.evolve.output,
+        refine=rules.refine.output,
+    output:
+        directory("data/final/{arm}/train"),
+    wildcard_constraints:
+        arm="|".join(ARMS),
+    params:
+        values=stage_params("finetune"),
+    threads: 8
+    resources:
+        mem_mb=16000,
+        runtime=720,
+        gpu=1,
+    shell:
+        "python -m stages.finetune --params {PARAMS_FILE} --arm {wildcards.arm} --prepare {input.prepare} "
+        "--quantize data/quantize --profile {input.profile} --search data/search --out {output} --threads {threads}"
+
+
+rule evaluate:
+    input:
+        code=stage_code("evaluate"),
+        prepare=rules.prepare.output,
+        quantize=expand("data/quantize/b{bits}", bits=BITS),
+        profile=rules.profile.output,
+        train="data/final/{arm}/train",
+    output:
+        "data/final/{arm}/metrics.json",
+    wildcard_constraints:
+        arm="|".join(ARMS),
+    params:
+        values=stage_params("evaluate"),
+    threads: 8
+    resources:
+        mem_mb=16000,
+        runtime=240,
+        gpu=1,
+    shell:
+        "python -m stages.evaluate --params {PARAMS_FILE} --arm {wildcards.arm} --prepare {input.prepare} "
+        "--quantize data/quantize --profile {input.profile} --search data/search --train {input.train} "
+        "--out {output} --threads {threads}"
+
+
+rule report:
+    input:
+        code=stage_code("report"),
+        prepare=rules.prepare.output,
+        profile=rules.profile.output,
+        evolve=rules.evolve.output,
+        refine=rules.refine.output,
+        arms=expand("data/final/{arm}/metrics.json", arm=ARMS),
+    output:
+        directory("data/report"),
+    params:
+        values=stage_params("report"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "python -m stages.report --params {PARAMS_FILE} --prepare {input.prepare} --quantize data/quantize "
+        "--profile {input.profile} --search data/search --final data/final --out {output} --threads {threads}"
+
+
+rule export:
+    input:
+        code=stage_code("export"),
+        prepare=rules.prepare.output,
+        quantize=expand("data/quantize/b{bits}", bits=BITS),
+        profile=rules.profile.output,
+        train="data/final/autoqra/train",
+        metrics="data/final/autoqra/metrics.json",
+    output:
+        directory("data/final/autoqra/export"),
+    params:
+        values=stage_params("export"),
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "python -m stages.export --params {PARAMS_FILE} --prepare {input.prepare} --quantize data/quantize "
+        "--profile {input.profile} --search data/search --train {input.train} --arm-metrics {input.metrics} "
+        "--out {output} --threads {threads}"
