@@ -38,10 +38,11 @@ test-fast: setup
 lint: setup
 	ruff check src stages tests bench
 
-# Regenerate params.yaml (the default composition of params/) and the JSON Schema.
+# Regenerate params.yaml (the default composition of params/), the JSON Schema and dvc.yaml.
 params: setup
 	$(PY) -m stages.cli params --write params.yaml
 	$(PY) -m stages.cli schema --write workflow/schemas/params.schema.json
+	$(PY) -m stages.cli dvc --write dvc.yaml
 
 clean:
 	rm -rf data .snakemake .dvc/tmp

@@ -2,6 +2,7 @@
 
     autoqra params [OVERRIDE ...] [--write FILE]   print (or write) the composed params
     autoqra schema [--write FILE]                   print (or write) the params JSON Schema
+    autoqra dvc [--write FILE]                      print (or write) dvc.yaml, generated from stages/registry.py
     autoqra check [OVERRIDE ...] [--prepare DIR]    validate a composition and run every check that needs
                                                     at most the model's shapes (budget, group size, storage...)
 
@@ -38,12 +39,17 @@ def main(argv: list[str] | None = None) -> int:
             sp.add_argument("--prepare", help="a prepared folder (model/, task/) to check against; default: the "
                             "model's config read from model.source itself")
             sp.add_argument("--search", default="data/search", help="where the study journal would live")
-    sp = sub.add_parser("schema")
-    sp.add_argument("--write", metavar="FILE")
+    for name in ("schema", "dvc"):
+        sub.add_parser(name).add_argument("--write", metavar="FILE")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "schema":
             _emit(json.dumps(params_schema(), indent=2) + "\n", args.write)
+            return 0
+        if args.cmd == "dvc":
+            from stages.registry import dvc_text
+
+            _emit(dvc_text(), args.write)
             return 0
         tree = P.compose(args.overrides)
         typed = P.validated(tree)

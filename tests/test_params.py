@@ -20,6 +20,21 @@ def test_schema_file_is_generated_from_the_dataclasses():
     assert json.loads((ROOT / "workflow/schemas/params.schema.json").read_text()) == params_schema()
 
 
+def test_dvc_yaml_is_generated_from_the_registry():
+    from stages.registry import dvc_text
+
+    assert (ROOT / "dvc.yaml").read_text() == dvc_text()
+
+
+def test_stage_one_declares_every_search_key_but_stage_twos():
+    import dataclasses
+
+    from autoqra.config import SearchParams
+    from stages.registry import SEARCH
+
+    assert set(SEARCH) | {"search.refine"} == {f"search.{f.name}" for f in dataclasses.fields(SearchParams)}
+
+
 def test_default_composition_validates_and_round_trips():
     tree = P.compose([])
     from autoqra.config import to_dict

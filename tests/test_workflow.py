@@ -13,16 +13,27 @@ from stages import params as P
 from stages.registry import STAGES
 
 
-@pytest.mark.parametrize("overrides", [[], ["experiment=smoke", "quant.bits=[3,8,16]"]])
+def _nested(overrides):
+    """Snakemake's --config form of Hydra overrides (nested maps; it rejects dotted keys)."""
+    config = {}
+    for o in overrides:
+        key, value = o.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value.strip("[]").split(",") if value.startswith("[") else value
+    return config
+
+
+@pytest.mark.parametrize("overrides", [[], ["experiment=smoke", "quant.bits=[3,8,16]", "budget.reference=uniform8_r8",
+                                            "finetune.arms=[autoqra,fp_lora,uniform8_r4]"]])
 def test_snakemake_and_dvc_define_the_same_stages(tmp_path, overrides):
     root = ROOT
     if overrides:  # DVC reads params.yaml: write the composition `dvc exp run -S` would write
         root = copy_project(tmp_path, git_commit=True)
         (root / "params.yaml").write_text(P.to_yaml(P.compose(overrides)))
-    config = dict(o.split("=", 1) for o in overrides)
-    if "quant.bits" in config:
-        config["quant"] = {"bits": config.pop("quant.bits").strip("[]").split(",")}
-    smk, dvc = snakemake_jobs(root, config), dvc_stages(root)
+    smk, dvc = snakemake_jobs(root, _nested(overrides)), dvc_stages(root)
     assert smk.keys() == dvc.keys()
     for name, job in smk.items():
         # DVC depends on a folder where Snakemake lists its per-bit-width subfolders (DVC cannot loop)
