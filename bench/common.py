@@ -33,8 +33,8 @@ def search_setup(args, needs: str):
     from stages.evolve import PARAMS
     from stages.search_setup import SearchSetup
 
-    path = Path(args.out) / needs
-    if not path.exists():
+    path = Path(args.out) / needs if needs else None
+    if path is not None and not path.exists():
         raise SystemExit(f"error: --out {args.out}: no {needs} (run the evolve stage)")
     p, _ = stage_common.load(args.params, PARAMS)
     dirs = {"prepare": args.prepare, "quantize": args.quantize, "profile": args.profile, "search": args.search}

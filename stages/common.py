@@ -31,6 +31,22 @@ def parser(description: str) -> argparse.ArgumentParser:
     return ap
 
 
+DIRS = {"prepare": ("data/prepare", "the prepare stage's folder"),
+        "quantize": ("data/quantize", "folder holding the b{bits}/ GPTQ caches"),
+        "profile": ("data/profile", "the profile stage's folder (priors)"),
+        "search": ("data/search", "record store, study journal and the search stages' folders")}
+
+
+def add_dirs(ap: argparse.ArgumentParser) -> None:
+    """--prepare, --quantize, --profile, --search: the inputs every stage after prepare reads."""
+    for name, (default, text) in DIRS.items():
+        ap.add_argument(f"--{name}", default=default, help=text)
+
+
+def dirs(args: argparse.Namespace) -> dict[str, str]:
+    return {name: getattr(args, name) for name in DIRS}
+
+
 def load(path: str | Path, keys: tuple[str, ...]) -> tuple[Params, dict[str, Any]]:
     """Validate the whole params file, return it typed plus the flat subset the stage declared it reads."""
     tree = P.read(path)

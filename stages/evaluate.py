@@ -59,10 +59,7 @@ def run(p: Params, arm: str, dirs: dict[str, str], train: Path) -> dict[str, Any
 def main(argv: list[str] | None = None) -> None:
     ap = common.parser(__doc__.splitlines()[0])
     ap.add_argument("--arm", required=True)
-    ap.add_argument("--prepare", default="data/prepare")
-    ap.add_argument("--quantize", default="data/quantize")
-    ap.add_argument("--profile", default="data/profile")
-    ap.add_argument("--search", default="data/search")
+    common.add_dirs(ap)
     ap.add_argument("--train", help="the finetune stage's folder (default data/final/<arm>/train)")
     ap.add_argument("--out", help="default data/final/<arm>/metrics.json")
     args = ap.parse_args(argv)
@@ -74,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     train = Path(args.train or f"data/final/{args.arm}/train")
     if not (train / "runs.json").exists():
         raise SystemExit(f"error: --train {train}: no runs.json (run the finetune stage for {args.arm})")
-    dirs = {"prepare": args.prepare, "quantize": args.quantize, "profile": args.profile, "search": args.search}
+    dirs = common.dirs(args)
     with common.user_errors():
         metrics = common.timed(lambda: run(p, args.arm, dirs, train))
     common.write_json(Path(args.out or f"data/final/{args.arm}/metrics.json"), {**metrics, "preflight_s": checked_s})

@@ -10,8 +10,6 @@ Writes `<out>/trials.parquet`, `front.parquet`, `best.json`, `trace.png` and `me
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ from autoqra.config import Params
 from autoqra.search import Settings, ranking
 from stages import common
 from stages.registry import STAGES
-from stages.search_setup import SearchSetup
+from stages.search_setup import SearchSetup, run_workers
 
 PARAMS = STAGES["evolve"].params
 
@@ -30,13 +28,6 @@ def settings(p: Params) -> Settings:
     return Settings(population=s.population, offspring=s.offspring, candidates=s.candidates,
                     generations=s.generations, fidelities=tuple(s.fidelities), eta=s.eta, max_steps=s.max_steps,
                     seed=p.seed, seeds_per_rung=tuple(s.seeds_per_rung))
-
-
-def worker(params_path: str, dirs: dict[str, str], threads: int, progress: bool) -> dict[str, int]:
-    """One search worker process: build everything, then search until done."""
-    common.setup(threads)
-    p, _ = common.load(params_path, PARAMS)
-    return search(SearchSetup(p, dirs, progress=progress))
 
 
 def search(setup: SearchSetup) -> dict[str, int]:
@@ -56,22 +47,9 @@ def search(setup: SearchSetup) -> dict[str, int]:
 
 
 def run(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: int) -> dict[str, Any]:
-    from autoqra.search.samplers import SearchFailed, describe_failures
+    from autoqra.search.samplers import describe_failures
 
-    workers = p.search.workers
-    per_worker = max(1, (threads or mp.cpu_count()) // workers)
-    start = time.perf_counter()
-    try:
-        if workers == 1:
-            setup = SearchSetup(p, dirs, progress=True)
-            mine = [search(setup)]
-        else:
-            with mp.get_context("spawn").Pool(workers) as pool:
-                mine = pool.starmap(worker, [(params_path, dirs, per_worker, False)] * workers)
-            setup = SearchSetup(p, dirs)
-    except SearchFailed as exc:
-        raise SystemExit(f"error: {exc}") from None
-    search_s = time.perf_counter() - start
+    setup, mine, search_s = run_workers("evolve", p, params_path, dirs, threads)
     study, sampler = setup.study("evolve", settings(p))
     trials = report.trials_frame(study, setup.space)
     hist = setup.history(study)
@@ -113,16 +91,13 @@ def run(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: i
 
 def main(argv: list[str] | None = None) -> None:
     ap = common.parser(__doc__.splitlines()[0])
-    ap.add_argument("--prepare", default="data/prepare")
-    ap.add_argument("--quantize", default="data/quantize", help="folder holding b{bits}/ caches")
-    ap.add_argument("--profile", default="data/profile")
-    ap.add_argument("--search", default="data/search", help="study journal and record cache live here")
+    common.add_dirs(ap)
     ap.add_argument("--out", default="data/search/evolve")
     args = ap.parse_args(argv)
     common.setup(args.threads)
     logging.getLogger("optuna").setLevel(logging.WARNING)
     p, _ = common.load(args.params, PARAMS)
-    dirs = {"prepare": args.prepare, "quantize": args.quantize, "profile": args.profile, "search": args.search}
+    dirs = common.dirs(args)
     checked_s = common.preflight(p, args.prepare, args.search)
     SearchSetup.check_inputs(p, dirs)
     out = Path(args.out)

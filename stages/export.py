@@ -74,17 +74,14 @@ def run(p: Params, dirs: dict[str, str], train: Path, arm_metrics: Path, out: Pa
 
 def main(argv: list[str] | None = None) -> None:
     ap = common.parser(__doc__.splitlines()[0])
-    ap.add_argument("--prepare", default="data/prepare")
-    ap.add_argument("--quantize", default="data/quantize")
-    ap.add_argument("--profile", default="data/profile")
-    ap.add_argument("--search", default="data/search")
+    common.add_dirs(ap)
     ap.add_argument("--train", default="data/final/autoqra/train")
     ap.add_argument("--arm-metrics", default="data/final/autoqra/metrics.json")
     ap.add_argument("--out", default="data/final/autoqra/export")
     args = ap.parse_args(argv)
     common.setup(args.threads)
     p, _ = common.load(args.params, PARAMS)
-    dirs = {"prepare": args.prepare, "quantize": args.quantize, "profile": args.profile, "search": args.search}
+    dirs = common.dirs(args)
     out = Path(args.out)
     with common.user_errors():
         metrics = common.timed(lambda: run(p, dirs, Path(args.train), Path(args.arm_metrics), out))

@@ -80,10 +80,7 @@ def run(p: Params, arm: str, dirs: dict[str, str], out: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     ap = common.parser(__doc__.splitlines()[0])
     ap.add_argument("--arm", required=True, help="autoqra, fp_lora, best_uniform, sequential, uniform<b>_r<r>")
-    ap.add_argument("--prepare", default="data/prepare")
-    ap.add_argument("--quantize", default="data/quantize")
-    ap.add_argument("--profile", default="data/profile")
-    ap.add_argument("--search", default="data/search", help="record store and the search stages' outputs")
+    common.add_dirs(ap)
     ap.add_argument("--out", help="output folder (default data/final/<arm>/train)")
     args = ap.parse_args(argv)
     common.setup(args.threads)
@@ -91,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.arm not in p.finetune.arms:
         raise SystemExit(f"error: --arm {args.arm}: not in finetune.arms={p.finetune.arms}")
     checked_s = common.preflight(p, args.prepare, args.search)
-    dirs = {"prepare": args.prepare, "quantize": args.quantize, "profile": args.profile, "search": args.search}
+    dirs = common.dirs(args)
     SearchSetup.check_inputs(p, dirs)
     out = Path(args.out or f"data/final/{args.arm}/train")
     with common.user_errors():

@@ -19,6 +19,7 @@ from stages.registry import STAGES
 
 PARAMS = STAGES["quantize"].params
 EVAL_BATCH = 16  # only speed depends on it: losses are token-weighted means
+EVAL_EXAMPLES = 64
 
 
 def run(p: Params, bits: int, prepare: Path, out: Path) -> dict[str, Any]:
@@ -37,11 +38,16 @@ def run(p: Params, bits: int, prepare: Path, out: Path) -> dict[str, Any]:
         metrics["gptq_s"] = round(time.perf_counter() - start, 2)
         metrics["cache_fingerprint"] = quant.cache_fingerprint(out)
         common.log.info("GPTQ %d-bit: %d modules in %.1f s", bits, metrics["modules"], metrics["gptq_s"])
+    # the quantized model's held-out loss, for orientation: a few validation examples in the compute dtype
+    # of fine-tuning, so the stage costs little beyond GPTQ itself (bench/quantize_overhead.py)
+    dtype = models.compute_dtype("auto", device)
     model = models.load_model(model_dir, dtype, device)
     if bits != quant.UNQUANTIZED:
         names = quant.target_modules(model, p.quant.targets)
         quant.apply_dequant(model, dict.fromkeys(names, bits), {bits: quant.QuantCache(out)})
-    metrics["val"] = scoring.loss_report(model, tok, tasks.read_split(task_dir, "val"), p.quant.max_length, EVAL_BATCH)
+    val = tasks.read_split(task_dir, "val")[:EVAL_EXAMPLES]
+    metrics["val"] = {**scoring.loss_report(model, tok, val, p.quant.max_length, EVAL_BATCH), "examples": len(val),
+                      "dtype": str(dtype)}
     common.log.info("%d-bit validation: %s", bits, metrics["val"])
     return metrics
 

@@ -11,8 +11,6 @@ correlation, the pick's paired difference to stage 1's pick).
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from autoqra.search.evolution import Evidence, seed_scores
 from stages import common
 from stages.evolve import settings as evolve_settings
 from stages.registry import STAGES
-from stages.search_setup import SearchSetup
+from stages.search_setup import SearchSetup, run_workers
 
 PARAMS = STAGES["refine"].params
 
@@ -47,28 +45,8 @@ def search(setup: SearchSetup) -> dict[str, int]:
     return {"steps_trained": setup.evaluator.steps_trained, "records_computed": setup.evaluator.computed}
 
 
-def worker(params_path: str, dirs: dict[str, str], threads: int) -> dict[str, int]:
-    common.setup(threads)
-    p, _ = common.load(params_path, PARAMS)
-    return search(SearchSetup(p, dirs))
-
-
 def run(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: int) -> dict[str, Any]:
-    from autoqra.search.samplers import SearchFailed
-
-    start = time.perf_counter()
-    try:
-        if p.search.workers == 1:
-            setup = SearchSetup(p, dirs, progress=True)
-            mine = [search(setup)]
-        else:
-            per_worker = max(1, (threads or mp.cpu_count()) // p.search.workers)
-            with mp.get_context("spawn").Pool(p.search.workers) as pool:
-                mine = pool.starmap(worker, [(params_path, dirs, per_worker)] * p.search.workers)
-            setup = SearchSetup(p, dirs)
-    except SearchFailed as exc:
-        raise SystemExit(f"error: {exc}") from None
-    search_s = time.perf_counter() - start
+    setup, mine, search_s = run_workers("refine", p, params_path, dirs, threads)
     rs = settings(p)
     study, sampler, prior = setup.refine_study(evolve_settings(p), rs)
     plan = sampler.plan
@@ -117,17 +95,14 @@ def run(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: i
 
 def main(argv: list[str] | None = None) -> None:
     ap = common.parser(__doc__.splitlines()[0])
-    ap.add_argument("--prepare", default="data/prepare")
-    ap.add_argument("--quantize", default="data/quantize", help="folder holding b{bits}/ caches")
-    ap.add_argument("--profile", default="data/profile")
-    ap.add_argument("--search", default="data/search", help="study journal and record cache live here")
+    common.add_dirs(ap)
     ap.add_argument("--evolve", default="data/search/evolve", help="stage 1's outputs (must exist)")
     ap.add_argument("--out", default="data/search/refine")
     args = ap.parse_args(argv)
     common.setup(args.threads)
     logging.getLogger("optuna").setLevel(logging.WARNING)
     p, _ = common.load(args.params, PARAMS)
-    dirs = {"prepare": args.prepare, "quantize": args.quantize, "profile": args.profile, "search": args.search}
+    dirs = common.dirs(args)
     checked_s = common.preflight(p, args.prepare, args.search)
     SearchSetup.check_inputs(p, dirs)
     if not (Path(args.evolve) / "best.json").exists():

@@ -69,16 +69,13 @@ def run(p: Params, dirs: dict[str, str], final: Path, out: Path) -> dict[str, An
 
 def main(argv: list[str] | None = None) -> None:
     ap = common.parser(__doc__.splitlines()[0])
-    ap.add_argument("--prepare", default="data/prepare")
-    ap.add_argument("--quantize", default="data/quantize")
-    ap.add_argument("--profile", default="data/profile")
-    ap.add_argument("--search", default="data/search")
+    common.add_dirs(ap)
     ap.add_argument("--final", default="data/final")
     ap.add_argument("--out", default="data/report")
     args = ap.parse_args(argv)
     common.setup(args.threads)
     p, _ = common.load(args.params, PARAMS)
-    dirs = {"prepare": args.prepare, "quantize": args.quantize, "profile": args.profile, "search": args.search}
+    dirs = common.dirs(args)
     out = Path(args.out)
     with common.user_errors():
         metrics = common.timed(lambda: run(p, dirs, Path(args.final), out))

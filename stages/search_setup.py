@@ -154,3 +154,39 @@ class SearchSetup:
         return {"config": best.config.to_dict(), "key": best.config.key, "summary": best.config.describe(),
                 "fidelity": best.fidelity, "score": best.score, "se": best.se, "seeds": list(best.seeds),
                 "top_rung": top, "memory": self.memory.breakdown(self.space, best.config)}
+
+
+def _worker(stage: str, params_path: str, dirs: dict[str, str], threads: int) -> dict[str, int]:
+    """One search worker process: load the params, build everything, search until the stage is done."""
+    import importlib
+
+    from stages import common
+    from stages.registry import STAGES
+
+    common.setup(threads)
+    p, _ = common.load(params_path, STAGES[stage].params)
+    return importlib.import_module(f"stages.{stage}").search(SearchSetup(p, dirs))
+
+
+def run_workers(stage: str, p: Params, params_path: str, dirs: dict[str, str],
+                threads: int) -> tuple[SearchSetup, list[dict[str, int]], float]:
+    """Run a search stage with `search.workers` worker processes sharing its study and the record store
+    (one worker: in this process, with progress bars). Returns a setup for the outputs, each worker's
+    counts and the seconds spent; a search stopped by failures ends the stage with its one line."""
+    import importlib
+    import multiprocessing as mp
+    import time
+
+    from autoqra.search.samplers import SearchFailed
+
+    start = time.perf_counter()
+    try:
+        if p.search.workers == 1:
+            setup = SearchSetup(p, dirs, progress=True)
+            return setup, [importlib.import_module(f"stages.{stage}").search(setup)], time.perf_counter() - start
+        per_worker = max(1, (threads or mp.cpu_count()) // p.search.workers)
+        with mp.get_context("spawn").Pool(p.search.workers) as pool:
+            mine = pool.starmap(_worker, [(stage, params_path, dirs, per_worker)] * p.search.workers)
+    except SearchFailed as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return SearchSetup(p, dirs), mine, time.perf_counter() - start

@@ -132,11 +132,22 @@ def test_dvc_runs_the_whole_smoke_pipeline_and_then_has_nothing_to_do(tmp_path):
     root = copy_project(tmp_path / "dvc", git_commit=True)
     res = run_tool(["dvc", "exp", "run", "-S", "experiment=smoke"], cwd=root)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    for stage in ("prepare", "quantize@2", "quantize@4", "quantize@8", "profile", "evolve"):
+    from conftest import smoke_params
+
+    arms = smoke_params().finetune.arms
+    for stage in ("prepare", "quantize@2", "quantize@4", "quantize@8", "profile", "evolve", "refine", "report",
+                  "export", *(f"finetune@{a}" for a in arms), *(f"evaluate@{a}" for a in arms)):
         assert f"Running stage '{stage}'" in res.stdout
     metrics = json.loads((root / "data/search/evolve/metrics.json").read_text())
     assert metrics["all_within_budget"] and metrics["trials"] > 0
     shown = run_tool(["dvc", "metrics", "show", "--json"], cwd=root)
-    assert "data/search/evolve/metrics.json" in shown.stdout
+    assert shown.returncode == 0 and "WARNING" not in shown.stdout + shown.stderr, shown.stderr
+    listed = json.dumps(json.loads(shown.stdout))
+    for path in ("data/search/evolve/metrics.json", "data/report/metrics.json",
+                 *(f"data/final/{a}/metrics.json" for a in arms)):
+        assert path in listed
+    plots = run_tool(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], cwd=root)
+    assert plots.returncode == 0 and "WARNING" not in plots.stdout + plots.stderr and "failed" not in plots.stdout, \
+        plots.stdout + plots.stderr
     again = run_tool(["dvc", "repro"], cwd=root)
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout

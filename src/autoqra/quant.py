@@ -145,8 +145,7 @@ def apply_dequant(model: nn.Module, bits_by_module: dict[str, int], caches: dict
             if bits == UNQUANTIZED:
                 continue
             lin = modules[name]
-            w = caches[bits].dequantized(name, lin.in_features, lin.out_features)
-            lin.weight.copy_(w.to(lin.weight.dtype))
+            lin.weight.copy_(caches[bits].dequantized(name, lin.in_features, lin.out_features, lin.weight.dtype))
     return model
 
 

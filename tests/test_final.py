@@ -1,0 +1,87 @@
+"""The final arms, the report and the export, end to end on the smoke experiment (Snakemake)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+from conftest import run_tool
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished(smoke_project):
+    res = run_tool(["snakemake", "--cores", "2", "--config", "experiment=smoke"], cwd=smoke_project, timeout=2400)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return smoke_project
+
+
+def test_every_arm_is_trained_and_scored_under_every_seed(finished):
+    from conftest import smoke_params
+
+    p = smoke_params()
+    for arm in p.finetune.arms:
+        m = json.loads((finished / f"data/final/{arm}/metrics.json").read_text())
+        assert [r["seed"] for r in m["seeds"]] == p.finetune.seeds
+        assert all(r["status"] == "ok" and r["answer_loss"] > 0 and 0 <= r["exact_match"] <= 1 for r in m["seeds"])
+        assert m["memory"]["total"] > 0 and m["steps"] == p.finetune.steps
+    autoqra = json.loads((finished / "data/final/autoqra/metrics.json").read_text())
+    assert autoqra["within_budget"]
+    fp = json.loads((finished / "data/final/fp_lora/metrics.json").read_text())
+    assert fp["memory"]["avg_bits"] == 16.0
+    # the arms' trainings are the search's records when the steps are the top fidelity: read, not redone
+    ft = json.loads((finished / "data/final/autoqra/train/metrics.json").read_text())
+    assert ft["trained_steps"] <= p.finetune.steps * (len(p.finetune.seeds) - p.search.seeds_per_rung[-1])
+
+
+def test_the_report_puts_every_arm_side_by_side_with_paired_differences(finished):
+    table = pd.read_csv(finished / "data/report/summary.csv")
+    from conftest import smoke_params
+
+    assert list(table["arm"]) == smoke_params().finetune.arms
+    others = table[table["arm"] != "autoqra"]
+    assert others["answer_loss_vs_autoqra_se"].notna().all()
+    assert set(others["answer_loss_vs_autoqra_verdict"]) <= {"arm better", "arm worse", "tie", "inconclusive"}
+    md = (finished / "data/report/summary.md").read_text()
+    assert md.count("\n| ") == len(table) + 1 and "±" in md
+    for png in ("pareto.png", "allocation.png", "search.png"):
+        assert (finished / "data/report" / png).stat().st_size > 10_000
+
+
+def test_the_exported_model_reloads_in_a_fresh_process_and_reproduces_the_test_loss(finished):
+    from conftest import smoke_params
+
+    p = smoke_params()
+    arm = json.loads((finished / "data/final/autoqra/metrics.json").read_text())
+    expected = next(r["answer_loss"] for r in arm["seeds"] if r["seed"] == p.finetune.seeds[0])
+    export = finished / "data/final/autoqra/export"
+    cfg = json.loads((export / "model/quantize_config.json").read_text())
+    assert cfg["dynamic"]  # per-module bits
+    adapter = json.loads((export / "adapter/adapter_config.json").read_text())
+    assert adapter["rank_pattern"]
+    script = textwrap.dedent(f"""
+        import torch
+        from gptqmodel import BACKEND, GPTQModel
+        from peft import PeftModel
+        from transformers import AutoTokenizer
+        from autoqra import final, tasks
+        base = GPTQModel.load({str(export / 'model')!r}, backend=BACKEND.TORCH, dtype=torch.bfloat16, device="cpu")
+        base.model.set_attn_implementation("eager")
+        model = PeftModel.from_pretrained(base.model, {str(export / 'adapter')!r}).eval()
+        tok = AutoTokenizer.from_pretrained({str(export / 'model')!r})
+        test = tasks.read_split({str(finished / 'data/prepare/task')!r}, "test")
+        print("LOSS", final.test_scores(model, tok, test, {p.task.max_length}, {p.evaluate.batch_size})["answer_loss"])
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    loss = float(next(line for line in res.stdout.splitlines() if line.startswith("LOSS")).split()[1])
+    assert abs(loss - expected) < 1e-4, (loss, expected)
+
+
+def test_a_finished_run_has_nothing_to_do(finished):
+    again = run_tool(["snakemake", "-n", "--config", "experiment=smoke"], cwd=finished)
+    assert "Nothing to be done" in again.stdout + again.stderr
