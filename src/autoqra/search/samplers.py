@@ -13,6 +13,7 @@ import contextlib
 import datetime
 import os
 import re
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -152,12 +153,25 @@ def open_study(name: str, storage: str | None, journal: str | None, sampler: Bas
                                load_if_exists=True)
 
 
+# A worker's trial carries a heartbeat (a user attribute, refreshed while it evaluates): a worker on
+# another host that stops beating for STALE_S is dead (killed by SLURM, preempted, its node gone).
+HEARTBEAT_S = float(os.environ.get("AUTOQRA_HEARTBEAT_S", 60))
+STALE_S = float(os.environ.get("AUTOQRA_STALE_S", 10 * HEARTBEAT_S))
+
+
+def _silent(t: FrozenTrial) -> bool:
+    """No heartbeat for STALE_S (a trial from before heartbeats counts from its start)."""
+    beat = t.user_attrs.get("heartbeat")
+    last = beat if beat is not None else (t.datetime_start.timestamp() if t.datetime_start else time.time())
+    return time.time() - last > STALE_S
+
+
 def fail_dead_trials(study: optuna.Study) -> int:
-    """Mark RUNNING trials of dead workers on this host as failed (their jobs will be redone);
-    RDB storages also fail trials whose heartbeat stopped."""
+    """Mark RUNNING trials of dead workers as failed (their jobs will be redone): on this host by
+    process liveness, on any host by a silent heartbeat; RDB storages also use Optuna's own."""
     failed = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if is_dead(t.user_attrs.get("worker", "")) or _orphan(t):
+        if is_dead(t.user_attrs.get("worker", "")) or _orphan(t) or (JOB in t.system_attrs and _silent(t)):
             study.tell(t.number, state=TrialState.FAIL)
             failed += 1
     with contextlib.suppress(Exception), warnings.catch_warnings():  # storages without heartbeats
@@ -190,6 +204,26 @@ def _claimed_earlier(study: optuna.Study, number: int, claim: dict[str, Any], po
     return any(t.system_attrs.get(JOB) == claim and not t.system_attrs.get("autoqra:skip") for t in earlier
                if t.state in (TrialState.RUNNING, TrialState.COMPLETE)
                or (t.state == TrialState.FAIL and t.user_attrs.get("status") == "failed"))
+
+
+@contextlib.contextmanager
+def _beating(trial: optuna.Trial) -> Any:
+    """Refresh the trial's heartbeat every HEARTBEAT_S while the block runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("heartbeat", time.time())
+
+    trial.set_user_attr("heartbeat", time.time())
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 class SearchFailed(RuntimeError):
@@ -248,7 +282,8 @@ def drive(study: optuna.Study, sampler: PlanSampler, objective: ObjectiveFn,
         if describe is not None:
             for k, v in describe(config).items():
                 trial.set_user_attr(k, v)
-        out = objective(config, fidelity, job.seed)
+        with _beating(trial):
+            out = objective(config, fidelity, job.seed)
         out = {"score": out, "status": "ok"} if isinstance(out, (int, float)) else dict(out)
         if out.get("score") is None:
             out.update(status="failed", reason=out.get("reason") or "no score")
