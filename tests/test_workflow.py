@@ -95,7 +95,7 @@ def test_prepare_default_embedded_same_files_from_both(tmp_path):
     _assert_same_and_idempotent(smk_dir, dvc_dir, [])
 
 
-UNRELATED = {"search": "{population: 9, fidelities: [2, 6]}", "lora": "{ranks: [4, 16], dropout: 0.1}",
+UNRELATED = {"search": "{population: 9, fidelities: [2, 6]}", "lora": "{ranks: [4, 8, 16], dropout: 0.1}",
              "finetune": "{lr: 0.001, steps: 7}"}
 
 

@@ -1,8 +1,9 @@
 """Gaussian-process models of the top-fidelity score over the ordinal encoding of configurations.
 
 Notation: x ∈ {0..|bits|-1}^U × {0..|ranks|-1}^U is a configuration's ladder indices (`Space.encode`),
-y its score at the top fidelity under one training seed (lower is better). Every seed is its own
-observation, so the model sees the evaluation noise. Two BoTorch models:
+joined by the fidelity φ = log f / log f_top ∈ [0, 1]; y the score of one evaluation under one training
+seed (lower is better). Every seed is its own observation, so the model sees the evaluation noise, and
+stage 1's lower rungs inform the top through φ (predictions are made at φ = 1). The BoTorch models:
 
 - `ordinal`: `SingleTaskGP` (Matérn-5/2, ARD, BoTorch's dimension-scaled priors) on x scaled to
   [0, 1] by `Normalize`: neighbouring rungs of a ladder are similar;
@@ -33,7 +34,8 @@ KINDS = ("additive", "ordinal", "categorical")
 
 
 def fit(x: np.ndarray, y: np.ndarray, sizes: Sequence[int], kind: str, seed: int = 0) -> Any:
-    """A fitted BoTorch model of -y at x (n, d); `sizes` are the ladder lengths of the d genes."""
+    """A fitted BoTorch model of -y at x (n, d); `sizes` are the ladder lengths of the d genes, 0 for a
+    continuous input already in [0, 1] (the fidelity)."""
     from botorch.fit import fit_gpytorch_mll
     from botorch.models import MixedSingleTaskGP, SingleTaskGP
     from botorch.models.transforms import Normalize, Standardize
@@ -46,7 +48,7 @@ def fit(x: np.ndarray, y: np.ndarray, sizes: Sequence[int], kind: str, seed: int
     ty = -torch.as_tensor(y, dtype=torch.float64).reshape(-1, 1)
     if kind in ("ordinal", "additive"):
         bounds = torch.stack([torch.zeros(len(sizes)), torch.tensor(sizes, dtype=torch.float64) - 1]).double()
-        bounds[1] = bounds[1].clamp(min=1)  # a one-rung ladder: any scale
+        bounds[1] = bounds[1].clamp(min=1)  # a one-rung ladder: any scale; a continuous input: [0, 1]
         covar = None
         if kind == "additive":
             from gpytorch.kernels import AdditiveStructureKernel, MaternKernel, ScaleKernel
@@ -55,7 +57,8 @@ def fit(x: np.ndarray, y: np.ndarray, sizes: Sequence[int], kind: str, seed: int
         model = SingleTaskGP(tx, ty, covar_module=covar, input_transform=Normalize(len(sizes), bounds=bounds),
                              outcome_transform=Standardize(1))
     else:
-        model = MixedSingleTaskGP(tx, ty, cat_dims=list(range(len(sizes))), outcome_transform=Standardize(1))
+        cats = [i for i, n in enumerate(sizes) if n > 0]
+        model = MixedSingleTaskGP(tx, ty, cat_dims=cats, outcome_transform=Standardize(1))
     mll = ExactMarginalLogLikelihood(model.likelihood, model)
     # a failed optimisation leaves the priors' hyper-parameters: the model is still usable
     with contextlib.suppress(Exception), warnings.catch_warnings():
@@ -72,18 +75,25 @@ def posterior_mean(model: Any, x: np.ndarray) -> np.ndarray:
 
 def held_out_rank(x: np.ndarray, y: np.ndarray, groups: Sequence[str], sizes: Sequence[int], kind: str,
                   seed: int = 0) -> dict[str, float]:
-    """Leave one configuration out: fit on the others' observations, predict its score; rank
-    correlation of the predictions with the configurations' observed mean scores."""
+    """Leave one configuration out: fit on every other configuration's observations (all fidelities)
+    and predict the held-out one at its highest fidelity (the last input column); rank correlation of
+    those predictions with the observed means. Only configurations whose highest fidelity is the same
+    rung are compared (the highest rung that at least four reached): across rungs, the fidelity alone
+    would order the scores and inflate the correlation."""
     groups = np.asarray(groups)
     keys = list(dict.fromkeys(groups))
-    if len(keys) < 4:
+    top = {k: x[groups == k, -1].max() for k in keys}
+    levels = sorted(set(top.values()), reverse=True)
+    level = next((v for v in levels if sum(t == v for t in top.values()) >= 4), None)
+    if level is None:
         return {"spearman": float("nan"), "kendall": float("nan"), "n": len(keys)}
     predicted, observed = [], []
-    for key in keys:
+    for key in (k for k in keys if top[k] == level):
         held = groups == key
+        at = held & (x[:, -1] == level)
         model = fit(x[~held], y[~held], sizes, kind, seed)
-        predicted.append(float(posterior_mean(model, x[held][:1])[0]))
-        observed.append(float(y[held].mean()))
+        predicted.append(float(posterior_mean(model, x[at][:1])[0]))
+        observed.append(float(y[at].mean()))
     return rank_correlation(predicted, observed)
 
 

@@ -4,7 +4,8 @@ Every proposal is evaluated for real at the top fidelity under the top rung's se
 stage 1). Proposal i is made from everything known when proposals 0..i-1 have finished:
 
 1. a GP (`autoqra.search.gp`, kernel chosen by held-out rank correlation on the stage-1 evidence)
-   is fitted to every top-fidelity observation, one per seed;
+   is fitted to every observation, one per seed, with the fidelity as an input: the top rung holds a
+   few configurations, the rungs below many more, and they inform the prediction at the top;
 2. the region's centre is the configuration with the lowest posterior mean among the region's
    members (its starting centre and what was proposed inside it): observations are noisy;
 3. candidates are drawn inside the region (`trust_region.sample`), repaired to the budget, kept only
@@ -68,7 +69,8 @@ class Refinement:
         self.space, self.budget, self.settings = space, budget, settings
         self.i_q, self.i_r = np.asarray(i_q, float), np.asarray(i_r, float)
         self.fidelities = (settings.fidelity,)
-        self.prior = [r for r in prior if r.done and r.fidelity == settings.fidelity and r.seed in settings.seeds]
+        self.history1 = [r for r in prior if r.done and r.fidelity <= settings.fidelity]  # every rung: the GP's
+        self.prior = [r for r in self.history1 if r.fidelity == settings.fidelity and r.seed in settings.seeds]
         self._memo: dict[Any, Any] = {}
 
     # ------------------------------------------------------------------ evidence
@@ -81,19 +83,26 @@ class Refinement:
                 out[key] = None if None in vals else float(np.mean(vals))
         return out
 
-    def _data(self, results: list[Result]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    def x(self, config: Config, fidelity: int | None = None) -> np.ndarray:
+        """The GP's input: ladder indices, then φ = log f / log f_top (1 at the top fidelity)."""
+        f = self.settings.fidelity if fidelity is None else fidelity
+        phi = math.log(f) / math.log(self.settings.fidelity) if self.settings.fidelity > 1 else 1.0
+        return np.append(self.space.encode(config).astype(float), phi)
+
+    def _data(self, results: list[Result]) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
         ok = [r for r in results if r.done and r.score is not None]
-        x = np.array([self.space.encode(r.config) for r in ok], dtype=float)
-        return x, np.array([r.score for r in ok]), [r.config.key for r in ok]
+        x = np.array([self.x(r.config, r.fidelity) for r in ok], dtype=float)
+        top = np.array([r.fidelity == self.settings.fidelity for r in ok])
+        return x, np.array([r.score for r in ok]), [r.config.key for r in ok], top
 
     @property
     def sizes(self) -> list[int]:
-        return [len(self.space.bits)] * len(self.space) + [len(self.space.ranks)] * len(self.space)
+        return [len(self.space.bits)] * len(self.space) + [len(self.space.ranks)] * len(self.space) + [0]
 
     def kernel(self) -> tuple[str, dict[str, Any]]:
         """The GP kernel to use and each kernel's held-out rank correlation on the stage-1 evidence."""
         if "kernel" not in self._memo:
-            x, y, groups = self._data(self.prior)
+            x, y, groups, _ = self._data(self.history1)
             quality = {k: gp.held_out_rank(x, y, groups, self.sizes, k, self.settings.seed) for k in gp.KINDS}
             if self.settings.kernel != "auto":
                 choice = self.settings.kernel
@@ -106,7 +115,7 @@ class Refinement:
     def _model(self, index: int, results: list[Result]) -> Any:
         key = ("model", index)
         if key not in self._memo:
-            x, y, _ = self._data(results)
+            x, y, _, _ = self._data(results)
             self._memo[key] = gp.fit(x, y, self.sizes, self.kernel()[0], self.settings.seed + index)
         return self._memo[key]
 
@@ -163,9 +172,9 @@ class Refinement:
         """The region member with the lowest posterior mean, given everything before proposal `index`."""
         if len(members) == 1:
             return members[0]
-        known = self.prior + [r for r in own if r.generation < index]
+        known = self.history1 + [r for r in own if r.generation < index]
         model = self._model(index, known)
-        x = np.array([self.space.encode(c) for c in members], dtype=float)
+        x = np.array([self.x(c) for c in members])
         return members[int(np.argmin(gp.posterior_mean(model, x)))]
 
     # ------------------------------------------------------------------ proposing
@@ -185,11 +194,11 @@ class Refinement:
             cands.append(c)
         choice = None
         if cands:
-            known = self.prior + [r for r in own if r.generation < index]
+            known = self.history1 + [r for r in own if r.generation < index]
             model = self._model(index, known)
-            x, _, _ = self._data(known)
-            xc = np.array([self.space.encode(c) for c in cands], dtype=float)
-            choice = cands[gp.acquire(model, xc, np.unique(x, axis=0), s.acquisition, s.seed + index)]
+            x, _, _, top = self._data(known)
+            xc = np.array([self.x(c) for c in cands])
+            choice = cands[gp.acquire(model, xc, np.unique(x[top], axis=0), s.acquisition, s.seed + index)]
         self._memo[key] = choice
         return choice
 
