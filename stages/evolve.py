@@ -24,10 +24,20 @@ PARAMS = STAGES["evolve"].params
 
 
 def settings(p: Params) -> Settings:
-    s = p.search
+    """Stage 1's settings, with `search.ablation` applied (random and tpe take stage 1's and refine's
+    steps: they replace both)."""
+    s, ablation = p.search, p.search.ablation
+    fidelities, seeds = tuple(s.fidelities), tuple(s.seeds_per_rung)
+    if ablation == "single_fidelity":
+        fidelities, seeds = fidelities[-1:], seeds[-1:]
+    max_steps = s.max_steps
+    if ablation in ("random", "tpe") and max_steps:
+        max_steps += s.refine.evaluations * s.seeds_per_rung[-1] * s.fidelities[-1]
     return Settings(population=s.population, offspring=s.offspring, candidates=s.candidates,
-                    generations=s.generations, fidelities=tuple(s.fidelities), eta=s.eta, max_steps=s.max_steps,
-                    seed=p.seed, seeds_per_rung=tuple(s.seeds_per_rung))
+                    generations=s.generations, fidelities=fidelities, eta=s.eta, max_steps=max_steps,
+                    seed=p.seed, seeds_per_rung=seeds, priors=ablation != "no_priors",
+                    surrogate=ablation != "no_surrogate",
+                    method=ablation if ablation in ("random", "tpe") else "evolution")
 
 
 def search(setup: SearchSetup) -> dict[str, int]:
@@ -65,7 +75,7 @@ def run(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: i
     report.front(trials).to_parquet(out / "front.parquet", index=False)
     common.write_json(out / "best.json", setup.best_json(best, compared["arms"]["pick"]))
     report.search_trace(trials, f"evolve: {p.search.metric}").savefig(out / "trace.png", dpi=120)
-    per_fidelity = {str(f): int((trials["fidelity"] == f).sum()) for f in p.search.fidelities}
+    per_fidelity = {str(f): int((trials["fidelity"] == f).sum()) for f in settings(p).fidelities}
     return {
         "study": study.study_name,
         "trials": len(trials),
@@ -83,7 +93,8 @@ def run(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: i
                        "records_computed": setup.evaluator.computed - searched_records},
         "budget": {"kind": setup.budget.kind, "limit": setup.budget.limit, "description": setup.budget.description},
         "all_within_budget": bool(all(setup.budget.feasible(c) for c in setup.configs(trials))),
-        "surrogate": sampler.evolution.surrogate_quality(hist),
+        "ablation": p.search.ablation,
+        "surrogate": (sampler.plan.surrogate_quality(hist) if hasattr(sampler.plan, "surrogate_quality") else []),
         "fidelity_agreement": report.fidelity_agreement(trials),
         "search_s": round(search_s, 1),
     }

@@ -28,7 +28,8 @@ PARAMS = STAGES["refine"].params
 
 def settings(p: Params) -> RefineSettings:
     r, top = p.search.refine, evolve_settings(p)
-    return RefineSettings(evaluations=r.evaluations, fidelity=top.fidelities[-1],
+    off = p.search.ablation in ("no_refine", "random", "tpe")
+    return RefineSettings(evaluations=0 if off else r.evaluations, fidelity=top.fidelities[-1],
                           seeds=top.seeds(len(top.fidelities) - 1), seed=p.seed, candidates=r.candidates,
                           kernel=r.kernel, acquisition=r.acquisition, length_init=r.length_init,
                           length_min=r.length_min, length_max=r.length_max, success_tolerance=r.success_tolerance,

@@ -26,7 +26,7 @@ class Stage(NamedTuple):
 SEARCH = tuple(f"search.{k}" for k in ("granularity", "population", "generations", "offspring", "candidates",
                                        "fidelities", "eta", "max_steps", "metric", "storage", "workers", "backend",
                                        "seeds_per_rung", "val_per_rung", "max_failures",
-                                       "oom_attempts"))
+                                       "oom_attempts", "ablation"))
 
 STAGES: dict[str, Stage] = {
     "prepare": Stage(params=("model", "task"),

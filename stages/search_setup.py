@@ -14,8 +14,9 @@ from autoqra.arms import arm_space
 from autoqra.config import Params
 from autoqra.evaluate import Evaluator
 from autoqra.memory import MemoryModel, ModelSpec, Training, make_budget, parse_reference
+from autoqra.search import make_plan
 from autoqra.search import operators as ops
-from autoqra.search.evolution import Evidence, Evolution, Result, Settings, best_evidence
+from autoqra.search.evolution import Evidence, Result, Settings, best_evidence
 from autoqra.search.refinement import Refinement, RefineSettings
 from autoqra.search.samplers import PlanSampler, history, open_study
 from autoqra.space import Config, Space
@@ -83,7 +84,7 @@ class SearchSetup:
 
     def study(self, stage: str, settings: Settings) -> tuple[Any, PlanSampler]:
         """Stage 1's Optuna study; its name hashes everything that defines the search."""
-        sampler = PlanSampler(Evolution(self.space, self.budget, self.i_q, self.i_r, settings))
+        sampler = PlanSampler(make_plan(self.space, self.budget, self.i_q, self.i_r, settings))
         return self.open(f"{stage}-{fingerprint.of_data(self.identity(settings))[:16]}", sampler), sampler
 
     def refine_study(self, settings: Settings, refine: RefineSettings) -> tuple[Any, PlanSampler, list[Result]]:

@@ -193,6 +193,13 @@ class SearchParams:
     max_failures: int = spec(10, help="consecutive failed evaluations that stop a search stage", min=1)
     oom_attempts: int = spec(3, help="attempts of an evaluation that ran out of memory (a co-worker's fault?)",
                              min=1)
+    ablation: str = spec("none", help="switch a part of the search off, or replace it, at the same step budget: "
+                         "no_priors (generation 0 random feasible, mutation uniform), no_surrogate (offspring "
+                         "drawn at random), single_fidelity (every evaluation at the top rung), no_refine (stage "
+                         "1's pick is final), random (random feasible search), tpe (Optuna's TPE, the budget as "
+                         "a constraint); random and tpe get stage 1's and refine's steps and replace both",
+                         choices=["none", "no_priors", "no_surrogate", "single_fidelity", "no_refine", "random",
+                                  "tpe"])
     refine: RefineParams = field(default_factory=RefineParams, metadata={"help": "stage 2"})
     backend: str = spec("auto", help="weight backend of fidelity runs ('auto': packed on GPU, dequant on CPU)",
                         choices=["auto", "packed", "dequant"])

@@ -23,17 +23,30 @@ from autoqra.search.refinement import Refinement, RefineSettings
 from autoqra.space import Config, Space
 
 __all__ = ["DONE", "WAIT", "Evolution", "Job", "RefineSettings", "Refinement", "Result", "Settings", "evolve",
-           "ranking", "refine"]
+           "make_plan", "ranking", "refine"]
+
+
+def make_plan(space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray, settings: Settings) -> Any:
+    """Stage 1's plan: the evolution, or (`settings.method`) random search or TPE at the top fidelity
+    under the top rung's seeds with the same step budget."""
+    if settings.method == "evolution":
+        return Evolution(space, budget, i_q, i_r, settings)
+    from autoqra.search.baselines import BaselineSettings, make
+
+    top = len(settings.fidelities) - 1
+    return make(settings.method, space, budget,
+                BaselineSettings(settings.fidelities[top], settings.seeds(top), settings.max_steps, settings.seed))
 
 
 def evolve(objective: Callable[[Config, int, int], Any], space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray,
            settings: Settings, *, study_name: str = "autoqra-evolve", storage: str | None = None,
            journal: str | None = None,
            describe: Callable[[Config], dict[str, Any]] | None = None) -> tuple[Any, Evolution]:
-    """Run (or resume) stage 1 to completion in this process; returns the Optuna study and the plan."""
+    """Run (or resume) stage 1 to completion in this process; returns the Optuna study and the plan
+    (`settings.method` "random" or "tpe": the alternative search in its place)."""
     from autoqra.search.samplers import EvolutionSampler, drive, open_study
 
-    evolution = Evolution(space, budget, i_q, i_r, settings)
+    evolution = make_plan(space, budget, i_q, i_r, settings)
     sampler = EvolutionSampler(evolution)
     study = open_study(study_name, storage, journal, sampler)
     drive(study, sampler, objective, describe=describe)

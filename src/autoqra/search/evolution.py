@@ -44,6 +44,9 @@ class Settings:
     max_steps: int
     seed: int
     seeds_per_rung: tuple[int, ...] = ()  # training seeds per rung (default: one)
+    priors: bool = True     # ablation off: generation 0 random feasible, mutation and repair without priors
+    surrogate: bool = True  # ablation off: the offspring are drawn at random among the candidates
+    method: str = "evolution"  # or an alternative search of `autoqra.search.baselines` ("random", "tpe")
 
     def seeds(self, rung: int) -> tuple[int, ...]:
         """The training seeds of a rung: the same for every configuration, so scores are paired."""
@@ -117,6 +120,8 @@ class Evolution:
         self.space, self.budget, self.settings = space, budget, settings
         self.fidelities = settings.fidelities
         self.i_q, self.i_r = np.asarray(i_q, float), np.asarray(i_r, float)
+        if not settings.priors:  # flat importance: uniform mutation (up or down alike), repair by bytes
+            self.i_q, self.i_r = np.full(len(space), 0.5), np.full(len(space), 0.5)
         self._memo: dict[Any, Any] = {}
 
     # ------------------------------------------------------------------ generations
@@ -124,6 +129,9 @@ class Evolution:
         """Generation 0 (the prior-derived configuration first)."""
         s = self.settings
         rng = np.random.default_rng([s.seed, 0])
+        if not s.priors:
+            pool = [repair(self.space.random(rng), self.budget, self.i_q, self.i_r) for _ in range(50 * s.population)]
+            return _unique(pool)[: s.population]
         prior = ops.prior_config(self.space, self.budget, self.i_q, self.i_r)
         pool = [prior, ops.greedy_config(self.space, self.budget, self.i_q, self.i_r)]
         pool += ops.feasible_uniforms(self.space, self.budget)
@@ -160,8 +168,13 @@ class Evolution:
             if child.key not in seen:
                 seen.add(child.key)
                 children.append(child)
-        surrogate = self._surrogate(before)
         predicted = None
+        if not s.surrogate:
+            picks = rng.permutation(len(children))[: s.offspring]
+            out = {"chosen": [children[i] for i in sorted(picks)], "candidates": len(children), "predicted": None}
+            self._memo[memo_key] = out
+            return out
+        surrogate = self._surrogate(before)
         if surrogate.ready and children:
             top = surrogate.predict(children, [s.fidelities[-1]] * len(children))
             order = np.argsort(top, kind="stable")

@@ -59,17 +59,21 @@ def crossover(a: Config, b: Config, rng: np.random.Generator) -> Config:
 def mutate(config: Config, space: Space, i_q: np.ndarray, i_r: np.ndarray, rng: np.random.Generator,
            units: int = 2) -> Config:
     """Importance-guided mutation (as in the authors' code, where it was written but never called):
-    pick `units` units with probability ∝ importance^1.5; move a picked unit's bits up with
-    probability I_q (down otherwise) and its rank up with probability I_r (down otherwise)."""
+    pick `units` units, half of the probability ∝ importance^1.5 and half uniform (so a unit whose
+    prior is zero is still mutated: the authors' weights gave it ~3e-5); move a picked unit's bits up
+    with probability I_q and its rank up with probability I_r, both clipped to [0.1, 0.9] (so the
+    lowest-prior unit is not always moved down), down otherwise."""
     n = len(space)
-    weight = (0.5 * i_q + 0.5 * i_r + 1e-3) ** 1.5
+    weight = (0.5 * i_q + 0.5 * i_r) ** 1.5
+    weight = 0.5 * weight / weight.sum() + 0.5 / n if weight.sum() > 0 else np.full(n, 1 / n)
     picked = rng.choice(n, size=min(units, n), replace=False, p=weight / weight.sum())
+    up_q, up_r = np.clip(i_q, 0.1, 0.9), np.clip(i_r, 0.1, 0.9)
     x = space.encode(config)
     for u in picked:
         if rng.random() < 0.5:
-            x[u] = np.clip(x[u] + (1 if rng.random() < i_q[u] else -1), 0, len(space.bits) - 1)
+            x[u] = np.clip(x[u] + (1 if rng.random() < up_q[u] else -1), 0, len(space.bits) - 1)
         else:
-            x[n + u] = np.clip(x[n + u] + (1 if rng.random() < i_r[u] else -1), 0, len(space.ranks) - 1)
+            x[n + u] = np.clip(x[n + u] + (1 if rng.random() < up_r[u] else -1), 0, len(space.ranks) - 1)
     return space.decode(x)
 
 

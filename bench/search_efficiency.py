@@ -1,0 +1,135 @@
+"""How much compute does the search save? Every ablation and alternative search on the synthetic objective.
+
+    python bench/search_efficiency.py [--seeds 10] [--units 12] [--stage1-steps 240] [--refine 6]
+
+Methods (the values of `search.ablation`): `none` (AutoQRA: evolution + refine), `no_priors`,
+`no_surrogate`, `single_fidelity`, `no_refine`, `random`, `tpe`; random and tpe get stage 1's and
+refine's steps together, as in the pipeline. Per seed and method, the incumbent after every
+evaluation is the configuration with the lowest mean over the top rung's seeds among those fully
+evaluated there (before any is: the stage-1 ranking's first), judged by its true (noise-free)
+value. Prints per method the mean ± standard error of the final true value, the regret to the
+exhaustive constrained optimum, the steps spent, and the steps needed to reach random search's final
+incumbent value (mean ratio to random's own, and in how many seeds it was reached at all). Writes
+JSON to `--json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from autoqra.memory import MemoryModel, ModelSpec, ModuleShape, Training, make_budget
+from autoqra.search import RefineSettings, Settings, evolve, ranking, refine
+from autoqra.search.evolution import Result, seed_scores
+from autoqra.search.samplers import history
+from autoqra.search.synthetic import SyntheticObjective
+from autoqra.space import Space
+
+METHODS = ("none", "no_priors", "no_surrogate", "single_fidelity", "no_refine", "random", "tpe")
+
+
+def curve(results: list[Result], top: int, seeds: tuple[int, ...], true) -> list[tuple[int, float]]:
+    """[(steps spent, true value of the incumbent)] after every evaluation, in order."""
+    out, steps, done = [], 0, []
+    for r in results:
+        steps += r.fidelity
+        done.append(r)
+        means = {k: np.mean(list(v.values())) for (k, f), v in seed_scores(done).items()
+                 if f == top and set(v) >= set(seeds) and None not in v.values()}
+        if means:
+            key = min(means, key=lambda k: (means[k], k))
+            config = next(x.config for x in done if x.config.key == key)
+        else:
+            ranked = ranking(done)
+            if not ranked:
+                continue
+            config = ranked[0].config
+        out.append((steps, true(config)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--units", type=int, default=12)
+    ap.add_argument("--sigma", type=float, default=0.1, help="sd of the evaluation noise")
+    ap.add_argument("--stage1-steps", type=int, default=240)
+    ap.add_argument("--refine", type=int, default=6, help="refine proposals (x 2 seeds x the top fidelity)")
+    ap.add_argument("--json", default="data/bench/search_efficiency.json")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    u = args.units
+    shapes = tuple(ModuleShape(f"model.layers.{i}.mlp.up_proj", 64 * (1 + i % 3), 128) for i in range(u))
+    spec = ModelSpec(shapes, other_params=100, hidden=64, intermediate=128, layers=u, heads=4, kv_heads=2, vocab=100)
+    space = Space.build([m.name for m in shapes], "block", [2, 3, 4, 8], [4, 8, 16])
+    budget = make_budget("relative", 1.0, "uniform3_r8", MemoryModel(spec, 64, Training(1, 4)), space)
+    fidelities, spr = (1, 3, 9), (1, 1, 2)
+    refine_steps = args.refine * spr[-1] * fidelities[-1]
+    rows = []
+    start = time.perf_counter()
+    for seed in range(args.seeds):
+        obj = SyntheticObjective(space, seed, sigma=args.sigma, shared=0.6)
+        i_q, i_r = obj.priors()
+        optimum = obj.optimum(budget)[0] if u <= 8 else None  # (value, config)
+        top_seeds = tuple(seed + i for i in range(spr[-1]))
+        for method in METHODS:
+            t0 = time.perf_counter()
+            fid, seeds = (fidelities[-1:], spr[-1:]) if method == "single_fidelity" else (fidelities, spr)
+            max_steps = args.stage1_steps + (refine_steps if method in ("random", "tpe") else 0)
+            st = Settings(population=12, offspring=6, candidates=60, generations=100, fidelities=fid, eta=3,
+                          max_steps=max_steps, seed=seed, seeds_per_rung=seeds, priors=method != "no_priors",
+                          surrogate=method != "no_surrogate",
+                          method=method if method in ("random", "tpe") else "evolution")
+            study, _ = evolve(obj, space, budget, i_q, i_r, st)
+            results = history(study, space)
+            if method not in ("no_refine", "random", "tpe"):
+                rs = RefineSettings(evaluations=args.refine, fidelity=fidelities[-1], seeds=top_seeds, seed=seed)
+                study2, _ = refine(obj, space, budget, results, rs, i_q, i_r)
+                results = results + history(study2, space)
+            c = curve(results, fidelities[-1], top_seeds, obj.true_value)
+            rows.append({"seed": seed, "method": method, "curve": c, "final": c[-1][1], "steps": c[-1][0],
+                         "optimum": optimum, "seconds": time.perf_counter() - t0})
+        print(f"seed {seed}: " + ", ".join(f"{r['method']} {r['final']:.3f}" for r in rows if r["seed"] == seed),
+              flush=True)
+    table = []
+    for method in METHODS:
+        mine = [r for r in rows if r["method"] == method]
+        final = np.array([r["final"] for r in mine])
+        ratios, reached = [], 0
+        for r in mine:
+            rnd = next(x for x in rows if x["seed"] == r["seed"] and x["method"] == "random")
+            target = rnd["final"]
+            own = next((s for s, v in r["curve"] if v <= target + 1e-12), math.inf)
+            ref = next(s for s, v in rnd["curve"] if v <= target + 1e-12)
+            if own < math.inf:
+                reached += 1
+                ratios.append(own / ref)
+        se = float(final.std(ddof=1) / np.sqrt(len(final))) if len(final) > 1 else float("nan")
+        regret = [r["final"] - r["optimum"] for r in mine if r["optimum"] is not None]
+        table.append({"method": method, "final_mean": float(final.mean()), "final_se": se,
+                      "regret": float(np.mean(regret)) if regret else None,
+                      "steps": float(np.mean([r["steps"] for r in mine])),
+                      "ratio_to_random": float(np.mean(ratios)) if ratios else None, "reached": reached,
+                      "seconds": float(np.mean([r["seconds"] for r in mine]))})
+    print(f"\nsynthetic objective: {u} units, noise sd {args.sigma}, {args.seeds} seeds; stage 1 {args.stage1_steps} "
+          f"steps, refine {args.refine} proposals x {spr[-1]} seeds x {fidelities[-1]} steps ({refine_steps} steps); "
+          f"true value of the final incumbent (lower is better); total {time.perf_counter() - start:.0f} s")
+    print(f"{'method':16} {'final (mean ± se)':>18} {'steps':>6} {'steps to random best / random':>30} {'reached':>8}")
+    for t in table:
+        ratio = "—" if t["ratio_to_random"] is None else f"{t['ratio_to_random']:.2f}"
+        print(f"{t['method']:16} {t['final_mean']:>10.3f} ± {t['final_se']:.3f} {t['steps']:>6.0f} {ratio:>30} "
+              f"{t['reached']:>5}/{args.seeds}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"args": vars(args), "table": table, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
