@@ -37,7 +37,7 @@ def run(p: Params, prepare: Path, cache_dir: Path, out: Path) -> dict[str, Any]:
     if p.profile.iq_method == "measured":
         i_q = priors.quant_sensitivity(model, modules, cache, whole, progress=True)
     else:
-        i_q = {n: v["fisher"] for n, v in fast.items()}
+        i_q = {n: v[p.profile.iq_method] for n, v in fast.items()}
     t_q = time.perf_counter() - start
     i_r = priors.grad_sensitivity(model, modules, answer)
     t_r = time.perf_counter() - start - t_q

@@ -137,10 +137,11 @@ class LoraParams:
 class ProfileParams:
     """Importance priors (the profile stage)."""
 
-    iq_method: str = spec("fisher", help="I_q estimator: 'fisher' (second-order estimate from one backward pass, "
-                          "seconds) or 'measured' (the loss with each linear quantized alone: one forward pass per "
-                          "linear, minutes)", choices=["fisher", "measured"])
-    samples: int = spec(32, help="calibration sequences used for I_q and I_r", min=1)
+    iq_method: str = spec("measured", help="I_q estimator: 'measured' (the loss with each linear quantized alone: "
+                          "one forward pass per linear, minutes), or from one backward pass in seconds: 'taylor' "
+                          "(first + second order) or 'fisher' (second order only); on the embedded model the fast "
+                          "ones rank less well (README)", choices=["measured", "taylor", "fisher"])
+    samples: int = spec(16, help="calibration sequences used for I_q and I_r", min=1)
     batch_size: int = spec(8, help="batch size of the profile passes", min=1)
     max_length: int = spec(256, help="tokens per profile sequence", min=8)
 
