@@ -1,0 +1,53 @@
+"""A worker on another host that stops beating is dead; record keys follow the code that computes them."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+from autoqra import fingerprint
+from autoqra.evaluate import VALUE_CODE
+from autoqra.search import samplers
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _running_trial(study: optuna.Study, beat: float | None) -> int:
+    trial = study.ask()
+    study._storage.set_trial_system_attr(trial._trial_id, samplers.JOB, {"config": "x", "fidelity": 1})
+    trial.set_user_attr("worker", "node-elsewhere-17:4242:123")  # another host: pid liveness says nothing
+    if beat is not None:
+        trial.set_user_attr("heartbeat", beat)
+    return trial.number
+
+
+def test_a_silent_worker_on_another_host_is_failed_and_a_beating_one_is_not(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+    silent = _running_trial(study, time.time() - samplers.STALE_S - 5)
+    beating = _running_trial(study, time.time())
+    assert samplers.fail_dead_trials(study) == 1
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[silent] == TrialState.FAIL and states[beating] == TrialState.RUNNING
+
+
+def test_code_fingerprint_follows_the_source(tmp_path, monkeypatch):
+    pkg = tmp_path / "fpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "scorer.py").write_text("def score(x):\n    return x\n")
+    (pkg / "plotter.py").write_text("def plot():\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    of_code = fingerprint.of_code.__wrapped__  # cached per process (the code of a running process is fixed)
+    before = of_code("fpkg.scorer")
+    (pkg / "plotter.py").write_text("def plot():\n    return 1\n")  # other code: same fingerprint
+    assert of_code("fpkg.scorer") == before
+    (pkg / "scorer.py").write_text("def score(x):\n    return 2 * x\n")
+    assert of_code("fpkg.scorer") != before
+
+
+def test_the_record_key_covers_the_code_that_determines_a_value_and_not_the_report():
+    assert {"autoqra.scoring", "autoqra.tasks", "autoqra.finetune", "autoqra.evaluate", "autoqra.quant",
+            "autoqra.models", "autoqra.backends"} <= set(VALUE_CODE)
+    assert not {"autoqra.report", "autoqra.final_report", "autoqra.final"} & set(VALUE_CODE)
