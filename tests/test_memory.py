@@ -99,3 +99,22 @@ def test_budget_kinds_and_infeasible_budget_is_one_line():
     with pytest.raises(BudgetError) as err:
         make_budget("relative", 0.2, "uniform4_r16", mm, space)
     assert "\n" not in str(err.value) and str(err.value).startswith("budget.value=0.2: infeasible")
+
+
+@pytest.mark.parametrize("arch", ["llama", "llama_bias", "llama_mlp_bias", "qwen2", "mistral"])
+@pytest.mark.parametrize("targets", [["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                     ["v_proj", "down_proj"]])
+def test_shapes_from_the_config_equal_the_meta_models(arch, targets):
+    """The preflight computes the Llama family's shapes from the config (no modeling import): they
+    must equal the model's own, biases and tied embeddings included."""
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=200)
+    config = {"llama": lambda: LlamaConfig(**common, tie_word_embeddings=True),
+              "llama_bias": lambda: LlamaConfig(**common, attention_bias=True),
+              "llama_mlp_bias": lambda: LlamaConfig(**common, mlp_bias=True, head_dim=32),
+              "qwen2": lambda: Qwen2Config(**common, tie_word_embeddings=False),
+              "mistral": lambda: MistralConfig(**common)}[arch]()
+    fast = ModelSpec._llama_family(config, targets)
+    assert fast is not None and fast == ModelSpec.from_meta(config, targets)

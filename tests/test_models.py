@@ -55,3 +55,17 @@ def test_local_folder_source_is_copied(tmp_path, tiny_dir):
     info = models.prepare_model(str(tiny_dir), tmp_path / "copy", None, [], 0)
     assert "copied" in info["origin"]
     assert (tmp_path / "copy" / "model.safetensors").read_bytes() == (tiny_dir / "model.safetensors").read_bytes()
+
+
+def test_a_gguf_config_read_from_the_cache_equals_the_files_own(tmp_path, monkeypatch):
+    from transformers import AutoConfig
+
+    monkeypatch.setenv("AUTOQRA_CACHE", str(tmp_path))
+    gguf = models.embedded_gguf()
+    direct = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name).to_diff_dict()
+    first, second = models.gguf_config(gguf), models.gguf_config(gguf)
+    assert list((tmp_path / "gguf-config").iterdir())  # written once, read the second time
+    for c in (first, second):
+        got = c.to_diff_dict()
+        assert {k: v for k, v in got.items() if k != "transformers_version"} == \
+               {k: v for k, v in direct.items() if k != "transformers_version"}

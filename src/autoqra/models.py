@@ -208,6 +208,34 @@ def source_tokenizer(source: str) -> Any:
     return tok
 
 
+def gguf_config(gguf: Path) -> Any:
+    """A GGUF file's transformers config. Reading it parses every header field (the whole vocabulary:
+    seconds), so it is kept as config.json in a per-user cache (`$AUTOQRA_CACHE`, default
+    ~/.cache/autoqra) keyed by the file's path, size and modification time."""
+    import hashlib
+    import os
+
+    from transformers import AutoConfig
+
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:24]
+    cached = Path(os.environ.get("AUTOQRA_CACHE", Path.home() / ".cache" / "autoqra")) / "gguf-config" / key
+    if (cached / "config.json").exists():
+        return AutoConfig.from_pretrained(cached)
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    import shutil
+
+    tmp = cached.with_name(f"{key}.tmp{os.getpid()}")
+    try:
+        config.save_pretrained(tmp)
+        os.replace(tmp, cached)  # atomic; a concurrent writer's identical copy may already be there
+    except OSError:
+        pass  # a read-only home, or the other writer won: same answer either way
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return config
+
+
 def source_config(source: str, tiny: TinyParams) -> Any:
     """The transformers config of `model.source` without preparing the model (for checks before any
     work): the tiny model's from its params, a GGUF file's from its header, a folder's config.json."""
@@ -217,8 +245,7 @@ def source_config(source: str, tiny: TinyParams) -> Any:
         return tiny_config(tiny, char_tokenizer())
     path = Path(source).expanduser()
     if source == "embedded" or path.suffix == ".gguf":
-        gguf = embedded_gguf() if source == "embedded" else path
-        return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        return gguf_config(embedded_gguf() if source == "embedded" else path)
     if path.exists():
         return AutoConfig.from_pretrained(path if path.is_dir() else path.parent)
     return AutoConfig.from_pretrained(source, local_files_only=True)
