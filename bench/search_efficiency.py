@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=0.1, help="sd of the evaluation noise")
     ap.add_argument("--stage1-steps", type=int, default=240)
     ap.add_argument("--refine", type=int, default=6, help="refine proposals (x 2 seeds x the top fidelity)")
+    ap.add_argument("--kernel", default="additive", help="refine's GP kernel ('auto' compares three: slower)")
     ap.add_argument("--json", default="data/bench/search_efficiency.json")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -91,7 +92,8 @@ def main() -> None:
             study, _ = evolve(obj, space, budget, i_q, i_r, st)
             results = history(study, space)
             if method not in ("no_refine", "random", "tpe"):
-                rs = RefineSettings(evaluations=args.refine, fidelity=fidelities[-1], seeds=top_seeds, seed=seed)
+                rs = RefineSettings(evaluations=args.refine, fidelity=fidelities[-1], seeds=top_seeds, seed=seed,
+                                    kernel=args.kernel)
                 study2, _ = refine(obj, space, budget, results, rs, i_q, i_r)
                 results = results + history(study2, space)
             c = curve(results, fidelities[-1], top_seeds, obj.true_value)
