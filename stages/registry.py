@@ -19,7 +19,7 @@ class Stage(NamedTuple):
     deps: tuple[str, ...] = ()     # data the stage reads (outputs of others)
     outs: tuple[str, ...] = ()
     foreach: str | None = None     # DVC's foreach expression (Snakemake: a wildcard)
-    metrics: tuple[str, ...] = ()  # metrics files outside `outs` (DVC: cache false)
+    metrics: tuple[str, ...] = ()  # metrics files outside `outs` (cached outputs too)
 
 
 # stage 1 reads every search key but stage 2's own
@@ -120,7 +120,7 @@ def dvc_yaml() -> dict[str, Any]:
         if st.outs:
             body["outs"] = list(st.outs)
         if st.metrics:
-            body["metrics"] = [{m: {"cache": False}} for m in st.metrics]
+            body["metrics"] = list(st.metrics)  # cached like any output: `dvc push` shares them
         stages[name] = {"foreach": st.foreach, "do": body} if st.foreach else body
     return {"stages": stages, "metrics": list(METRICS), "plots": list(PLOTS)}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from conftest import ROOT, copy_project, run_tool
@@ -151,3 +152,23 @@ def test_dvc_runs_the_whole_smoke_pipeline_and_then_has_nothing_to_do(tmp_path):
         plots.stdout + plots.stderr
     again = run_tool(["dvc", "repro"], cwd=root)
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
+    start = time.monotonic()
+    status = run_tool(["dvc", "status"], cwd=root)
+    print(f"dvc status after a complete run: {time.monotonic() - start:.1f} s")
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
+
+    # share through a local DVC remote: a fresh clone pulls and has nothing to run (so trains nothing)
+    remote = tmp_path / "remote"
+    assert run_tool(["dvc", "remote", "add", "-d", "shared", str(remote)], cwd=root).returncode == 0
+    pushed = run_tool(["dvc", "push"], cwd=root)
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    for cmd in (["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run"]):
+        assert run_tool(cmd, cwd=root).returncode == 0
+    clone = tmp_path / "clone"
+    assert run_tool(["git", "clone", "-q", str(root), str(clone)], cwd=tmp_path).returncode == 0
+    pulled = run_tool(["dvc", "pull"], cwd=clone)
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    assert (clone / "data/report/summary.md").exists() and (clone / "data/final/autoqra/export/model").is_dir()
+    repro = run_tool(["dvc", "repro"], cwd=clone)
+    assert repro.returncode == 0 and "Running stage" not in repro.stdout, repro.stdout
+    assert not (clone / "data/search/records").exists()  # nothing was trained in the clone
