@@ -142,3 +142,34 @@ def test_a_long_prompt_loses_its_start_never_the_answer(tiny_dir):
     assert int((batch["labels"] != -100).sum()) == len(scored) + 2  # scoring keeps every example's answer
     with pytest.raises(tasks.TooLong, match=r"task.max_length=8: example .* answer of 11 tokens"):
         tasks.encode(tok, {"prompt": "p", "answer": "ten chars!", "id": "val-00003"}, max_length=8)
+
+
+def test_exact_match_decodes_as_long_as_the_longest_reference_answer(tiny_dir):
+    """A model that answers perfectly scores 1.0 even when an answer is far longer than the 16 new
+    tokens the evaluation used to allow (the generation budget follows the split's longest answer)."""
+    import torch
+
+    from autoqra import models, scoring
+
+    tok = models.load_tokenizer(tiny_dir)
+    examples = [{"prompt": "spell it", "answer": "a long answer " * 8}, {"prompt": "short", "answer": "ok"}]
+    assert len(tok(examples[0]["answer"], add_special_tokens=False)["input_ids"]) > 16
+
+    class Oracle(torch.nn.Module):
+        """Generates the reference answer of the prompt it is given, then the end token."""
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def generate(self, input_ids, attention_mask, max_new_tokens, **kw):
+            rows = []
+            for ids, mask in zip(input_ids, attention_mask):
+                prompt = tok.decode(ids[mask.bool()], skip_special_tokens=True)
+                ex = next(e for e in examples if e["prompt"] in prompt)
+                new = tok(ex["answer"].strip(), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+                rows.append(ids.tolist() + (new + [tok.pad_token_id] * max_new_tokens)[:max_new_tokens])
+            return torch.tensor(rows)
+
+    out = scoring.exact_match(Oracle(), tok, examples, max_length=512, batch_size=2)
+    assert out["max_new_tokens"] > 16 and out["exact_match"] == 1.0
