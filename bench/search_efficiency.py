@@ -55,6 +55,51 @@ def curve(results: list[Result], top: int, seeds: tuple[int, ...], true) -> list
     return out
 
 
+def se(a: np.ndarray) -> float:
+    return float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else float("nan")
+
+
+def summarize(rows: list[dict], args: argparse.Namespace) -> list[dict]:
+    """Per method: the final true value (mean ± se), its paired difference to `none` (same seeds), and the
+    steps to reach random search's final incumbent value (median over seeds, and as a ratio to random's
+    own steps: median and mean; the mean is dominated by seeds where random found its best early)."""
+    import statistics
+
+    seeds = sorted({r["seed"] for r in rows})
+    get = {(r["method"], r["seed"]): r for r in rows}
+    table = []
+    for method in METHODS:
+        if not all((method, s) in get for s in seeds):
+            continue
+        final = np.array([get[(method, s)]["final"] for s in seeds])
+        diff = np.array([get[(method, s)]["final"] - get[("none", s)]["final"] for s in seeds])
+        steps, ratios = [], []
+        for s in seeds:
+            rnd = get[("random", s)]
+            own = next((x for x, v in get[(method, s)]["curve"] if v <= rnd["final"] + 1e-12), math.inf)
+            ref = next(x for x, v in rnd["curve"] if v <= rnd["final"] + 1e-12)
+            steps.append(own)
+            ratios.append(own / ref)
+        reached = [r for r in ratios if r < math.inf]
+        table.append({"method": method, "final_mean": float(final.mean()), "final_se": se(final),
+                      "minus_none": float(diff.mean()), "minus_none_se": se(diff),
+                      "steps": float(np.mean([get[(method, s)]["steps"] for s in seeds])),
+                      "median_steps_to_random_best": float(statistics.median(steps)),
+                      "median_ratio": float(statistics.median(ratios)),
+                      "mean_ratio": float(np.mean(reached)) if reached else None, "reached": len(reached)})
+    print(f"\nsynthetic objective: {args.units} units, noise sd {args.sigma}, {len(seeds)} seeds; stage 1 "
+          f"{args.stage1_steps} steps, refine {args.refine} proposals; true value of the final incumbent "
+          "(lower is better); steps to reach random search's final value (median over seeds; ratio to random's own)")
+    print(f"{'method':16} {'final (mean ± se)':>18} {'− none (paired)':>17} {'steps':>6} {'median steps':>12} "
+          f"{'median ratio':>12} {'mean ratio':>10} {'reached':>8}")
+    for t in table:
+        mean_ratio = "—" if t["mean_ratio"] is None else f"{t['mean_ratio']:.2f}"
+        print(f"{t['method']:16} {t['final_mean']:>10.3f} ± {t['final_se']:.3f} {t['minus_none']:>+9.3f} ± "
+              f"{t['minus_none_se']:.3f} {t['steps']:>6.0f} {t['median_steps_to_random_best']:>12.0f} "
+              f"{t['median_ratio']:>12.2f} {mean_ratio:>10} {t['reached']:>5}/{len(seeds)}")
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=10)
@@ -64,7 +109,12 @@ def main() -> None:
     ap.add_argument("--refine", type=int, default=6, help="refine proposals (x 2 seeds x the top fidelity)")
     ap.add_argument("--kernel", default="additive", help="refine's GP kernel ('auto' compares three: slower)")
     ap.add_argument("--json", default="data/bench/search_efficiency.json")
+    ap.add_argument("--summarize", action="store_true", help="print the table of an earlier run's --json")
     args = ap.parse_args()
+    if args.summarize:
+        saved = json.loads(Path(args.json).read_text())
+        summarize(saved["rows"], argparse.Namespace(**{**saved["args"], "json": args.json}))
+        return
     warnings.filterwarnings("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     u = args.units
@@ -101,34 +151,8 @@ def main() -> None:
                          "optimum": optimum, "seconds": time.perf_counter() - t0})
         print(f"seed {seed}: " + ", ".join(f"{r['method']} {r['final']:.3f}" for r in rows if r["seed"] == seed),
               flush=True)
-    table = []
-    for method in METHODS:
-        mine = [r for r in rows if r["method"] == method]
-        final = np.array([r["final"] for r in mine])
-        ratios, reached = [], 0
-        for r in mine:
-            rnd = next(x for x in rows if x["seed"] == r["seed"] and x["method"] == "random")
-            target = rnd["final"]
-            own = next((s for s, v in r["curve"] if v <= target + 1e-12), math.inf)
-            ref = next(s for s, v in rnd["curve"] if v <= target + 1e-12)
-            if own < math.inf:
-                reached += 1
-                ratios.append(own / ref)
-        se = float(final.std(ddof=1) / np.sqrt(len(final))) if len(final) > 1 else float("nan")
-        regret = [r["final"] - r["optimum"] for r in mine if r["optimum"] is not None]
-        table.append({"method": method, "final_mean": float(final.mean()), "final_se": se,
-                      "regret": float(np.mean(regret)) if regret else None,
-                      "steps": float(np.mean([r["steps"] for r in mine])),
-                      "ratio_to_random": float(np.mean(ratios)) if ratios else None, "reached": reached,
-                      "seconds": float(np.mean([r["seconds"] for r in mine]))})
-    print(f"\nsynthetic objective: {u} units, noise sd {args.sigma}, {args.seeds} seeds; stage 1 {args.stage1_steps} "
-          f"steps, refine {args.refine} proposals x {spr[-1]} seeds x {fidelities[-1]} steps ({refine_steps} steps); "
-          f"true value of the final incumbent (lower is better); total {time.perf_counter() - start:.0f} s")
-    print(f"{'method':16} {'final (mean ± se)':>18} {'steps':>6} {'steps to random best / random':>30} {'reached':>8}")
-    for t in table:
-        ratio = "—" if t["ratio_to_random"] is None else f"{t['ratio_to_random']:.2f}"
-        print(f"{t['method']:16} {t['final_mean']:>10.3f} ± {t['final_se']:.3f} {t['steps']:>6.0f} {ratio:>30} "
-              f"{t['reached']:>5}/{args.seeds}")
+    print(f"total {time.perf_counter() - start:.0f} s")
+    table = summarize(rows, args)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"args": vars(args), "table": table, "rows": rows}, indent=1))
 
