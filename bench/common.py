@@ -40,3 +40,16 @@ def search_setup(args, needs: str):
     dirs = {"prepare": args.prepare, "quantize": args.quantize, "profile": args.profile, "search": args.search}
     SearchSetup.check_inputs(p, dirs)
     return p, SearchSetup(p, dirs, progress=True), path
+
+
+def synthetic_problem(units: int):
+    """(space, budget) of the synthetic-objective benches: `units` blocks of one linear each, widths
+    64/128/192 in turn, bits {2, 3, 4, 8} x ranks {4, 8, 16}, budget = the memory of uniform 3-bit r8."""
+    from autoqra.memory import MemoryModel, ModelSpec, ModuleShape, Training, make_budget
+    from autoqra.space import Space
+
+    shapes = tuple(ModuleShape(f"model.layers.{i}.mlp.up_proj", 64 * (1 + i % 3), 128) for i in range(units))
+    spec = ModelSpec(shapes, other_params=100, hidden=64, intermediate=128, layers=units, heads=4, kv_heads=2,
+                     vocab=100)
+    space = Space.build([m.name for m in shapes], "block", [2, 3, 4, 8], [4, 8, 16])
+    return space, make_budget("relative", 1.0, "uniform3_r8", MemoryModel(spec, 64, Training(1, 4)), space)

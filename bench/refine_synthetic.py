@@ -20,14 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from common import synthetic_problem
 
-from autoqra.memory import MemoryModel, ModelSpec, ModuleShape, Training, make_budget
 from autoqra.search import RefineSettings, Settings, evolve, refine
 from autoqra.search import trust_region as tr
 from autoqra.search.repair import repair
 from autoqra.search.samplers import history
 from autoqra.search.synthetic import SyntheticObjective
-from autoqra.space import Space
 
 
 def main() -> None:
@@ -42,10 +41,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     u = args.units
-    shapes = tuple(ModuleShape(f"model.layers.{i}.mlp.up_proj", 64 * (1 + i % 3), 128) for i in range(u))
-    spec = ModelSpec(shapes, other_params=100, hidden=64, intermediate=128, layers=u, heads=4, kv_heads=2, vocab=100)
-    space = Space.build([m.name for m in shapes], "block", [2, 3, 4, 8], [4, 8, 16])
-    budget = make_budget("relative", 1.0, "uniform3_r8", MemoryModel(spec, 64, Training(1, 4)), space)
+    space, budget = synthetic_problem(u)
     rows = []
     print(f"{u} units, noise sd {args.sigma}, stage 1: {args.stage1_steps} steps, then {args.evaluations} "
           "evaluations x 2 seeds per method; true value of the incumbent (lower is better)")

@@ -24,13 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from common import synthetic_problem
 
-from autoqra.memory import MemoryModel, ModelSpec, ModuleShape, Training, make_budget
 from autoqra.search import RefineSettings, Settings, evolve, ranking, refine
 from autoqra.search.evolution import Result, seed_scores
 from autoqra.search.samplers import history
 from autoqra.search.synthetic import SyntheticObjective
-from autoqra.space import Space
 
 METHODS = ("none", "no_priors", "no_surrogate", "single_fidelity", "no_refine", "random", "tpe")
 
@@ -118,10 +117,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     u = args.units
-    shapes = tuple(ModuleShape(f"model.layers.{i}.mlp.up_proj", 64 * (1 + i % 3), 128) for i in range(u))
-    spec = ModelSpec(shapes, other_params=100, hidden=64, intermediate=128, layers=u, heads=4, kv_heads=2, vocab=100)
-    space = Space.build([m.name for m in shapes], "block", [2, 3, 4, 8], [4, 8, 16])
-    budget = make_budget("relative", 1.0, "uniform3_r8", MemoryModel(spec, 64, Training(1, 4)), space)
+    space, budget = synthetic_problem(u)
     fidelities, spr = (1, 3, 9), (1, 1, 2)
     refine_steps = args.refine * spr[-1] * fidelities[-1]
     rows = []

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from autoqra.memory import Budget
-from autoqra.search.evolution import DONE, WAIT, Job, Result, seed_scores
+from autoqra.search.evolution import DONE, Job, Result, proposal_in_flight, seed_scores
 from autoqra.search.repair import repair
 from autoqra.space import Config, Space
 
@@ -55,16 +55,9 @@ class _Baseline:
     def next(self, history: list[Result], slot: int = 0) -> Job | str:
         s = self.settings
         own = list(history)
-        taken = {(r.generation, r.seed) for r in own}
-        current = max((r.generation for r in own), default=-1)
-        if current >= 0:
-            config = next(r.config for r in own if r.generation == current)
-            free = [Job(config, s.fidelity, current, 0, sd) for sd in s.seeds if (current, sd) not in taken]
-            if free:
-                return free[min(slot, len(free) - 1)]
-            if any(not r.done for r in own if r.generation == current):
-                return WAIT
-        index = current + 1
+        index = proposal_in_flight(own, s.fidelity, s.seeds, slot)
+        if not isinstance(index, int):
+            return index
         if index >= self.evaluations:
             return DONE
         if index not in self._memo:

@@ -96,6 +96,21 @@ def seed_scores(history: list[Result]) -> dict[tuple[str, int], dict[int, float 
     return out
 
 
+def proposal_in_flight(own: list[Result], fidelity: int, seeds: tuple[int, ...], slot: int = 0) -> Job | str | int:
+    """For plans that evaluate one proposal at a time under every seed (its `generation` is its index):
+    a free seed of the latest proposal, WAIT while its seeds run elsewhere, else the next index."""
+    taken = {(r.generation, r.seed) for r in own}
+    current = max((r.generation for r in own), default=-1)
+    if current >= 0:
+        config = next(r.config for r in own if r.generation == current)
+        free = [Job(config, fidelity, current, 0, sd) for sd in seeds if (current, sd) not in taken]
+        if free:
+            return free[min(slot, len(free) - 1)]
+        if any(not r.done for r in own if r.generation == current):
+            return WAIT
+    return current + 1
+
+
 def best_evidence(history: list[Result]) -> dict[str, Evidence]:
     """Per configuration key: the highest fidelity at which every finished seed succeeded, with the
     mean and standard error over those seeds."""
