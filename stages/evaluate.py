@@ -15,14 +15,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from autoqra import final, tasks
+from autoqra import final, fingerprint, tasks
 from autoqra.config import Params
-from autoqra.evaluate import load_adapter
+from autoqra.evaluate import VALUE_CODE
 from stages import common
 from stages.registry import STAGES
 from stages.search_setup import SearchSetup
 
 PARAMS = STAGES["evaluate"].params
+
+
+def test_key(p: Params, train_key: str) -> str:
+    """The key of a test-split evaluation: the training record (model, task with its test split, caches,
+    configuration, steps, seed, training code) plus what the evaluation adds."""
+    return fingerprint.of_data({"train": train_key, "max_length": p.task.max_length, "split": "test",
+                                "evaluate": {"exact_match": p.evaluate.exact_match, "batch_size": p.evaluate.batch_size,
+                                             "lm_eval_tasks": list(p.evaluate.lm_eval_tasks)},
+                                "code": fingerprint.of_code("autoqra.final", *VALUE_CODE)})
 
 
 def run(p: Params, arm: str, dirs: dict[str, str], train: Path) -> dict[str, Any]:
@@ -32,22 +41,22 @@ def run(p: Params, arm: str, dirs: dict[str, str], train: Path) -> dict[str, Any
     runs = {r["seed"]: r for r in json.loads((train / "runs.json").read_text())["runs"]}
     config = space.parse(spec["config"])
     test = tasks.read_split(Path(dirs["prepare"]) / "task", "test")
-    seeds = []
-    for seed in p.finetune.seeds:
-        start = time.perf_counter()
-        row: dict[str, Any] = {"seed": seed, "status": runs[seed]["status"], "val_score": runs[seed]["score"],
-                               "train_s": runs[seed]["train_s"], "steps": runs[seed]["train_steps"],
-                               "peak_memory_bytes": runs[seed].get("peak_memory_bytes")}
-        if row["status"] == "ok":
-            with tempfile.TemporaryDirectory() as tmp:
-                model = load_adapter(ev.build(config, Path(tmp)), train / f"seed{seed}.safetensors")
-                row.update(final.test_scores(model, ev.tokenizer, test, p.task.max_length, p.evaluate.batch_size))
-                if p.evaluate.exact_match or p.evaluate.lm_eval_tasks:
-                    row.update(final.lm_eval(model, ev.tokenizer, test, Path(tmp) / "lm_eval", p.task.max_length,
-                                             p.evaluate.batch_size, p.evaluate.lm_eval_tasks))
-        row["eval_s"] = round(time.perf_counter() - start, 2)
-        common.log.info("%s seed %d: %s", arm, seed, {k: row.get(k) for k in ("answer_loss", "exact_match")})
-        seeds.append(row)
+    seeds, built = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in p.finetune.seeds:
+            start = time.perf_counter()
+            row: dict[str, Any] = {"seed": seed, "status": runs[seed]["status"], "val_score": runs[seed]["score"],
+                                   "train_s": runs[seed]["train_s"], "steps": runs[seed]["train_steps"],
+                                   "peak_memory_bytes": runs[seed].get("peak_memory_bytes")}
+            if row["status"] == "ok":
+                # a record of the shared store keyed by the training record: two arms that are one
+                # configuration (best_uniform is often the budget's reference uniform) are scored once
+                record, computed = ev.store.get(test_key(p, runs[seed]["key"]), lambda s=seed: final.score_seed(
+                    ev, config, train / f"seed{s}.safetensors", test, p.task.max_length, p.evaluate, Path(tmp), built))
+                row.update(record["scores"], test_record=record["key"], test_cached=not computed)
+            row["eval_s"] = round(time.perf_counter() - start, 2)
+            common.log.info("%s seed %d: %s", arm, seed, {k: row.get(k) for k in ("answer_loss", "exact_match")})
+            seeds.append(row)
     mem = spec["memory"]
     return {"arm": arm, "key": spec["key"], "summary": spec["summary"], "config": spec["config"],
             "steps": spec["steps"],

@@ -30,6 +30,17 @@ def test_every_arm_is_trained_and_scored_under_every_seed(finished):
         assert [r["seed"] for r in m["seeds"]] == p.finetune.seeds
         assert all(r["status"] == "ok" and r["answer_loss"] > 0 and 0 <= r["exact_match"] <= 1 for r in m["seeds"])
         assert m["memory"]["total"] > 0 and m["steps"] == p.finetune.steps
+    # a test evaluation is a record keyed by its training record: arms that share a training run (e.g.
+    # best_uniform and the reference uniform) share one evaluation, computed at most once
+    by_record: dict[str, list] = {}
+    for arm in p.finetune.arms:
+        runs = json.loads((finished / f"data/final/{arm}/train/runs.json").read_text())["runs"]
+        rows = json.loads((finished / f"data/final/{arm}/metrics.json").read_text())["seeds"]
+        for run, row in zip(runs, rows, strict=True):
+            by_record.setdefault(row["test_record"], []).append((run["key"], row))
+    for shared in by_record.values():
+        assert len({k for k, _ in shared}) == 1 and sum(not r["test_cached"] for _, r in shared) <= 1
+        assert len({(r["answer_loss"], r["exact_match"]) for _, r in shared}) == 1
     autoqra = json.loads((finished / "data/final/autoqra/metrics.json").read_text())
     assert autoqra["within_budget"]
     fp = json.loads((finished / "data/final/fp_lora/metrics.json").read_text())

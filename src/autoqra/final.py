@@ -43,6 +43,10 @@ def write_task(tokenizer: Any, examples: list[dict[str, Any]], folder: Path, max
     return folder
 
 
+def _contiguous_input(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (args[0].contiguous(), *args[1:])
+
+
 def lm_eval(model: Any, tokenizer: Any, examples: list[dict[str, Any]], folder: Path, max_length: int,
             batch_size: int, extra_tasks: list[str] = ()) -> dict[str, Any]:
     """Exact match on `examples` (and any extra harness tasks) for the model in memory."""
@@ -57,8 +61,16 @@ def lm_eval(model: Any, tokenizer: Any, examples: list[dict[str, Any]], folder: 
     model.eval()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
     manager = TaskManager(include_path=str(folder), include_defaults=bool(extra_tasks))
-    out = evaluator.simple_evaluate(model=lm, tasks=[TASK, *extra_tasks], task_manager=manager, log_samples=False,
-                                    bootstrap_iters=0, random_seed=0, numpy_random_seed=0, torch_random_seed=0)
+    # generate() hands the head the last position as a strided view (B, 1, H); on the CPU torch's matmul
+    # then broadcasts the (V, H) head weight to (B, H, V) and copies it: 3.6 GB and ~7 s per batch of 64 at
+    # V=49k, most of the harness's time. A contiguous input takes the plain mm path; results are identical.
+    hook = model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
+    try:
+        out = evaluator.simple_evaluate(model=lm, tasks=[TASK, *extra_tasks], task_manager=manager,
+                                        log_samples=False, bootstrap_iters=0, random_seed=0, numpy_random_seed=0,
+                                        torch_random_seed=0)
+    finally:
+        hook.remove()
     results = out["results"]
     p = float(results[TASK]["exact_match,none"])
     n = len(examples)
@@ -81,3 +93,23 @@ def test_scores(model: Any, tokenizer: Any, examples: list[dict[str, Any]], max_
     resid = sums - loss * counts
     se = float(np.sqrt((resid**2).sum() / (len(per) * max(len(per) - 1, 1))) / counts.mean())
     return {"answer_loss": loss, "answer_loss_se": se, "examples": len(per)}
+
+
+def score_seed(ev: Any, config: Any, adapters: Path, test: list[dict[str, Any]], max_length: int, params: Any,
+               workdir: Path, built: list[Any]) -> dict[str, Any]:
+    """The test scores of one seed's trained adapters, as a record body of the record store.
+
+    `ev` is the arm's `Evaluator`, `params` the `evaluate` section. The arm's model is built once, kept
+    in `built`: loading a seed's adapters overwrites every adapter weight of the previous seed."""
+    from autoqra.evaluate import load_adapter
+
+    if not built:
+        built.append(ev.build(config, workdir))
+    model = load_adapter(built[0], adapters)
+    scores = test_scores(model, ev.tokenizer, test, max_length, params.batch_size)
+    if params.exact_match or params.lm_eval_tasks:
+        scores.update(lm_eval(model, ev.tokenizer, test, workdir / f"lm_eval_{adapters.stem}", max_length,
+                              params.batch_size, params.lm_eval_tasks))
+    ok = math.isfinite(scores["answer_loss"])
+    return {"status": "ok" if ok else "failed", "score": scores["answer_loss"] if ok else None,
+            "reason": None if ok else "non-finite test answer loss", "scores": scores}
