@@ -26,7 +26,7 @@ import numpy as np
 import optuna
 from common import synthetic_problem
 
-from autoqra.search import RefineSettings, Settings, evolve, ranking, refine
+from autoqra.search import REFINE_OFF, RefineSettings, Settings, ablated, evolve, ranking, refine
 from autoqra.search.evolution import Result, seed_scores
 from autoqra.search.samplers import history
 from autoqra.search.synthetic import SyntheticObjective
@@ -129,15 +129,12 @@ def main() -> None:
         top_seeds = tuple(seed + i for i in range(spr[-1]))
         for method in METHODS:
             t0 = time.perf_counter()
-            fid, seeds = (fidelities[-1:], spr[-1:]) if method == "single_fidelity" else (fidelities, spr)
-            max_steps = args.stage1_steps + (refine_steps if method in ("random", "tpe") else 0)
-            st = Settings(population=12, offspring=6, candidates=60, generations=100, fidelities=fid, eta=3,
-                          max_steps=max_steps, seed=seed, seeds_per_rung=seeds, priors=method != "no_priors",
-                          surrogate=method != "no_surrogate",
-                          method=method if method in ("random", "tpe") else "evolution")
+            st = ablated(Settings(population=12, offspring=6, candidates=60, generations=100, fidelities=fidelities,
+                                  eta=3, max_steps=args.stage1_steps, seed=seed, seeds_per_rung=spr),
+                         method, refine_steps)
             study, _ = evolve(obj, space, budget, i_q, i_r, st)
             results = history(study, space)
-            if method not in ("no_refine", "random", "tpe"):
+            if method not in REFINE_OFF:
                 rs = RefineSettings(evaluations=args.refine, fidelity=fidelities[-1], seeds=top_seeds, seed=seed,
                                     kernel=args.kernel)
                 study2, _ = refine(obj, space, budget, results, rs, i_q, i_r)

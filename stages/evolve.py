@@ -15,29 +15,21 @@ from typing import Any
 
 from autoqra import report
 from autoqra.config import Params
-from autoqra.search import Settings, ranking
+from autoqra.search import Settings, ablated, ranking
 from stages import common
 from stages.registry import STAGES
-from stages.search_setup import SearchSetup, run_workers
+from stages.search_setup import SearchSetup, run_worker_job, run_workers
 
 PARAMS = STAGES["evolve"].params
 
 
 def settings(p: Params) -> Settings:
-    """Stage 1's settings, with `search.ablation` applied (random and tpe take stage 1's and refine's
-    steps: they replace both)."""
-    s, ablation = p.search, p.search.ablation
-    fidelities, seeds = tuple(s.fidelities), tuple(s.seeds_per_rung)
-    if ablation == "single_fidelity":
-        fidelities, seeds = fidelities[-1:], seeds[-1:]
-    max_steps = s.max_steps
-    if ablation in ("random", "tpe") and max_steps:
-        max_steps += s.refine.evaluations * s.seeds_per_rung[-1] * s.fidelities[-1]
-    return Settings(population=s.population, offspring=s.offspring, candidates=s.candidates,
-                    generations=s.generations, fidelities=fidelities, eta=s.eta, max_steps=max_steps,
-                    seed=p.seed, seeds_per_rung=seeds, priors=ablation != "no_priors",
-                    surrogate=ablation != "no_surrogate",
-                    method=ablation if ablation in ("random", "tpe") else "evolution")
+    """Stage 1's settings, with `search.ablation` applied."""
+    s = p.search
+    base = Settings(population=s.population, offspring=s.offspring, candidates=s.candidates,
+                    generations=s.generations, fidelities=tuple(s.fidelities), eta=s.eta, max_steps=s.max_steps,
+                    seed=p.seed, seeds_per_rung=tuple(s.seeds_per_rung))
+    return ablated(base, s.ablation, s.refine.evaluations * s.seeds_per_rung[-1] * s.fidelities[-1])
 
 
 def search(setup: SearchSetup) -> dict[str, int]:
@@ -56,10 +48,11 @@ def search(setup: SearchSetup) -> dict[str, int]:
     return {"trials": ran, "steps_trained": setup.evaluator.steps_trained, "records_computed": setup.evaluator.computed}
 
 
-def run(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: int) -> dict[str, Any]:
+def run(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: int,
+        gathered: list[str] = ()) -> dict[str, Any]:
     from autoqra.search.samplers import describe_failures
 
-    setup, mine, search_s = run_workers("evolve", p, params_path, dirs, threads)
+    setup, mine, search_s = run_workers("evolve", p, params_path, dirs, threads, gathered)
     study, sampler = setup.study("evolve", settings(p))
     trials = report.trials_frame(study, setup.space)
     hist = setup.history(study)
@@ -104,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = common.parser(__doc__.splitlines()[0])
     common.add_dirs(ap)
     ap.add_argument("--out", default="data/search/evolve")
+    common.add_worker_args(ap)
     args = ap.parse_args(argv)
     common.setup(args.threads)
     logging.getLogger("optuna").setLevel(logging.WARNING)
@@ -111,9 +105,13 @@ def main(argv: list[str] | None = None) -> None:
     dirs = common.dirs(args)
     checked_s = common.preflight(p, args.prepare, args.search)
     SearchSetup.check_inputs(p, dirs)
+    if args.worker_out:  # one of several worker jobs: search, write this worker's counts, no outputs
+        with common.user_errors():
+            run_worker_job("evolve", p, dirs, Path(args.worker_out))
+        return
     out = Path(args.out)
     with common.user_errors():
-        metrics = common.timed(lambda: run(p, args.params, dirs, out, args.threads))
+        metrics = common.timed(lambda: run(p, args.params, dirs, out, args.threads, args.gathered))
     common.write_json(out / "metrics.json", {**metrics, "preflight_s": checked_s})
 
 

@@ -16,19 +16,19 @@ from typing import Any
 
 from autoqra import report, stats
 from autoqra.config import Params
-from autoqra.search import RefineSettings
+from autoqra.search import REFINE_OFF, RefineSettings
 from autoqra.search.evolution import Evidence, seed_scores
 from stages import common
 from stages.evolve import settings as evolve_settings
 from stages.registry import STAGES
-from stages.search_setup import SearchSetup, run_workers
+from stages.search_setup import SearchSetup, run_worker_job, run_workers
 
 PARAMS = STAGES["refine"].params
 
 
 def settings(p: Params) -> RefineSettings:
     r, top = p.search.refine, evolve_settings(p)
-    off = p.search.ablation in ("no_refine", "random", "tpe")
+    off = p.search.ablation in REFINE_OFF
     return RefineSettings(evaluations=0 if off else r.evaluations, fidelity=top.fidelities[-1],
                           seeds=top.seeds(len(top.fidelities) - 1), seed=p.seed, candidates=r.candidates,
                           kernel=r.kernel, acquisition=r.acquisition, length_init=r.length_init,
@@ -46,8 +46,9 @@ def search(setup: SearchSetup) -> dict[str, int]:
     return {"steps_trained": setup.evaluator.steps_trained, "records_computed": setup.evaluator.computed}
 
 
-def run(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: int) -> dict[str, Any]:
-    setup, mine, search_s = run_workers("refine", p, params_path, dirs, threads)
+def run(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: int,
+        gathered: list[str] = ()) -> dict[str, Any]:
+    setup, mine, search_s = run_workers("refine", p, params_path, dirs, threads, gathered)
     rs = settings(p)
     study, sampler, prior = setup.refine_study(evolve_settings(p), rs)
     plan = sampler.plan
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     common.add_dirs(ap)
     ap.add_argument("--evolve", default="data/search/evolve", help="stage 1's outputs (must exist)")
     ap.add_argument("--out", default="data/search/refine")
+    common.add_worker_args(ap)
     args = ap.parse_args(argv)
     common.setup(args.threads)
     logging.getLogger("optuna").setLevel(logging.WARNING)
@@ -108,9 +110,13 @@ def main(argv: list[str] | None = None) -> None:
     SearchSetup.check_inputs(p, dirs)
     if not (Path(args.evolve) / "best.json").exists():
         raise SystemExit(f"error: --evolve {args.evolve}: no best.json (run the evolve stage)")
+    if args.worker_out:  # one of several worker jobs: search, write this worker's counts, no outputs
+        with common.user_errors():
+            run_worker_job("refine", p, dirs, Path(args.worker_out))
+        return
     out = Path(args.out)
     with common.user_errors():
-        metrics = common.timed(lambda: run(p, args.params, dirs, out, args.threads))
+        metrics = common.timed(lambda: run(p, args.params, dirs, out, args.threads, args.gathered))
     common.write_json(out / "metrics.json", {**metrics, "preflight_s": checked_s})
 
 

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from autoqra.memory import Budget
-from autoqra.search.evolution import DONE, WAIT, Evolution, Job, Result, Settings, ranking
+from autoqra.search.evolution import DONE, REFINE_OFF, WAIT, Evolution, Job, Result, Settings, ablated, ranking
 from autoqra.search.refinement import Refinement, RefineSettings
 from autoqra.space import Config, Space
 
-__all__ = ["DONE", "WAIT", "Evolution", "Job", "RefineSettings", "Refinement", "Result", "Settings", "evolve",
-           "make_plan", "ranking", "refine"]
+__all__ = ["DONE", "REFINE_OFF", "WAIT", "Evolution", "Job", "RefineSettings", "Refinement", "Result", "Settings",
+           "ablated", "evolve", "make_plan", "ranking", "refine"]
 
 
 def make_plan(space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray, settings: Settings) -> Any:

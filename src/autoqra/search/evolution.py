@@ -18,7 +18,7 @@ its history, and several workers can share one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -52,6 +52,21 @@ class Settings:
         """The training seeds of a rung: the same for every configuration, so scores are paired."""
         k = self.seeds_per_rung[rung] if self.seeds_per_rung else 1
         return tuple(self.seed + i for i in range(k))
+
+
+REFINE_OFF = ("no_refine", "random", "tpe")  # ablations without stage 2 (random and tpe replace both stages)
+
+
+def ablated(settings: Settings, ablation: str, refine_steps: int) -> Settings:
+    """Stage 1's settings with `search.ablation` applied, at the same step budget: `random` and `tpe`
+    replace both stages, so they get `refine_steps` (stage 2's) on top of stage 1's step cap."""
+    fidelities, seeds = settings.fidelities, settings.seeds_per_rung
+    if ablation == "single_fidelity":
+        fidelities, seeds = fidelities[-1:], seeds[-1:]
+    max_steps = settings.max_steps + (refine_steps if ablation in ("random", "tpe") and settings.max_steps else 0)
+    return replace(settings, fidelities=fidelities, seeds_per_rung=seeds, max_steps=max_steps,
+                   priors=ablation != "no_priors", surrogate=ablation != "no_surrogate",
+                   method=ablation if ablation in ("random", "tpe") else "evolution")
 
 
 @dataclass(frozen=True)
