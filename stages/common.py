@@ -43,6 +43,14 @@ def add_dirs(ap: argparse.ArgumentParser) -> None:
         ap.add_argument(f"--{name}", default=default, help=text)
 
 
+def add_worker_args(ap: argparse.ArgumentParser) -> None:
+    """A search stage as separate jobs: N `--worker-out` jobs on one study, then one `--gathered` job."""
+    ap.add_argument("--worker-out", help="run as one worker job of the search: write its counts to this file, "
+                    "no stage outputs")
+    ap.add_argument("--gathered", nargs="*", default=[], help="the files of the worker jobs that ran the search: "
+                    "write the stage's outputs (finishing anything they left)")
+
+
 def dirs(args: argparse.Namespace) -> dict[str, str]:
     return {name: getattr(args, name) for name in DIRS}
 

@@ -169,11 +169,33 @@ def _worker(stage: str, params_path: str, dirs: dict[str, str], threads: int) ->
     return importlib.import_module(f"stages.{stage}").search(SearchSetup(p, dirs))
 
 
-def run_workers(stage: str, p: Params, params_path: str, dirs: dict[str, str],
-                threads: int) -> tuple[SearchSetup, list[dict[str, int]], float]:
+def run_worker_job(stage: str, p: Params, dirs: dict[str, str], out: Path) -> None:
+    """One worker of a search run as separate jobs (Snakemake/SLURM: `search.workers` jobs on one
+    study and one record store): search until the stage's plan is done, write this worker's counts to
+    `out`. A killed worker job resubmitted anywhere resumes: trials and records are shared."""
+    import importlib
+    import time
+
+    from autoqra.process import worker_id
+    from autoqra.search.samplers import SearchFailed
+
+    start = time.perf_counter()
+    try:
+        counts = importlib.import_module(f"stages.{stage}").search(SearchSetup(p, dirs, progress=True))
+    except SearchFailed as exc:
+        raise SystemExit(f"error: {exc}") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**counts, "worker": worker_id(), "search_s": round(time.perf_counter() - start, 1)}))
+
+
+def run_workers(stage: str, p: Params, params_path: str, dirs: dict[str, str], threads: int,
+                gathered: list[str] = ()) -> tuple[SearchSetup, list[dict[str, int]], float]:
     """Run a search stage with `search.workers` worker processes sharing its study and the record store
     (one worker: in this process, with progress bars). Returns a setup for the outputs, each worker's
-    counts and the seconds spent; a search stopped by failures ends the stage with its one line."""
+    counts and the seconds spent; a search stopped by failures ends the stage with its one line.
+
+    With `gathered` (the files of worker jobs that already ran the search) the counts come from them,
+    and this process finishes whatever they left (normally nothing: it reads the finished study)."""
     import importlib
     import multiprocessing as mp
     import time
@@ -182,6 +204,11 @@ def run_workers(stage: str, p: Params, params_path: str, dirs: dict[str, str],
 
     start = time.perf_counter()
     try:
+        if gathered:
+            jobs = [json.loads(Path(f).read_text()) for f in gathered]
+            setup = SearchSetup(p, dirs, progress=True)
+            left = importlib.import_module(f"stages.{stage}").search(setup)
+            return setup, [*jobs, left], max(j.get("search_s", 0.0) for j in jobs) + time.perf_counter() - start
         if p.search.workers == 1:
             setup = SearchSetup(p, dirs, progress=True)
             return setup, [importlib.import_module(f"stages.{stage}").search(setup)], time.perf_counter() - start

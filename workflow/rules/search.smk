@@ -1,13 +1,57 @@
-rule evolve:
+# The search stages. With `search.workers: N > 1` each stage is N worker jobs on one study and one
+# record store (on SLURM: N jobs with a GPU each), then a gather job that writes the stage's outputs
+# (and finishes anything the workers left). DVC, which runs one stage at a time, runs the same stage
+# as one command with N worker processes.
+WORKERS = int(PARAMS["search"]["workers"])
+
+
+def worker_files(stage):
+    return expand(f"data/search/workers/{stage}/{{worker}}.json", worker=range(WORKERS)) if WORKERS > 1 else []
+
+
+def gathered(stage):
+    files = worker_files(stage)
+    return f"--gathered {' '.join(files)} " if files else ""
+
+
+def worker_threads(wildcards):
+    return max(1, min(8, (workflow.cores or 8) // max(WORKERS, 1)))
+
+
+rule evolve_worker:
     input:
         code=stage_code("evolve"),
         prepare=rules.prepare.output,
         quantize=expand("data/quantize/b{bits}", bits=BITS),
         profile=rules.profile.output,
     output:
+        "data/search/workers/evolve/{worker}.json",
+    wildcard_constraints:
+        worker="[0-9]+",
+    params:
+        values=stage_params("evolve"),
+    threads: worker_threads
+    resources:
+        mem_mb=16000,
+        runtime=1440,
+        gpu=1,
+    shell:
+        "python -m stages.evolve --params {PARAMS_FILE} --prepare {input.prepare} --quantize data/quantize "
+        "--profile {input.profile} --search data/search --worker-out {output} --threads {threads}"
+
+
+rule evolve:
+    input:
+        code=stage_code("evolve"),
+        prepare=rules.prepare.output,
+        quantize=expand("data/quantize/b{bits}", bits=BITS),
+        profile=rules.profile.output,
+        workers=worker_files("evolve"),
+    output:
         directory("data/search/evolve"),
     params:
         values=stage_params("evolve"),
+        gathered=gathered("evolve"),
     threads: 8
     resources:
         mem_mb=16000,
@@ -15,7 +59,31 @@ rule evolve:
         gpu=1,
     shell:
         "python -m stages.evolve --params {PARAMS_FILE} --prepare {input.prepare} --quantize data/quantize "
-        "--profile {input.profile} --search data/search --out {output} --threads {threads}"
+        "--profile {input.profile} --search data/search --out {output} {params.gathered}--threads {threads}"
+
+
+rule refine_worker:
+    input:
+        code=stage_code("refine"),
+        prepare=rules.prepare.output,
+        quantize=expand("data/quantize/b{bits}", bits=BITS),
+        profile=rules.profile.output,
+        evolve=rules.evolve.output,
+    output:
+        "data/search/workers/refine/{worker}.json",
+    wildcard_constraints:
+        worker="[0-9]+",
+    params:
+        values=stage_params("refine"),
+    threads: worker_threads
+    resources:
+        mem_mb=16000,
+        runtime=1440,
+        gpu=1,
+    shell:
+        "python -m stages.refine --params {PARAMS_FILE} --prepare {input.prepare} --quantize data/quantize "
+        "--profile {input.profile} --search data/search --evolve {input.evolve} --worker-out {output} "
+        "--threads {threads}"
 
 
 rule refine:
@@ -25,10 +93,12 @@ rule refine:
         quantize=expand("data/quantize/b{bits}", bits=BITS),
         profile=rules.profile.output,
         evolve=rules.evolve.output,
+        workers=worker_files("refine"),
     output:
         directory("data/search/refine"),
     params:
         values=stage_params("refine"),
+        gathered=gathered("refine"),
     threads: 8
     resources:
         mem_mb=16000,
@@ -37,4 +107,4 @@ rule refine:
     shell:
         "python -m stages.refine --params {PARAMS_FILE} --prepare {input.prepare} --quantize data/quantize "
         "--profile {input.profile} --search data/search --evolve {input.evolve} --out {output} "
-        "--threads {threads}"
+        "{params.gathered}--threads {threads}"
