@@ -36,6 +36,7 @@ include: "workflow/rules/prepare.smk"
 include: "workflow/rules/quantize.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/final.smk"
+include: "workflow/rules/sweep.smk"
 
 
 rule all:
@@ -49,3 +50,4 @@ rule all:
         expand("data/final/{arm}/metrics.json", arm=ARMS),
         "data/report",
         "data/final/autoqra/export" if "autoqra" in ARMS else [],
+        expand("data/sweep/{name}", name=SWEEP["name"]),

@@ -25,13 +25,13 @@ from stages.search_setup import SearchSetup
 PARAMS = STAGES["finetune"].params
 
 
-def resolve(arm: str, setup: SearchSetup, search: Path) -> Config:
-    """The configuration of an arm (on the search's units)."""
+def resolve(arm: str, setup: SearchSetup, refine: Path) -> Config:
+    """The configuration of an arm (on the search's units); `refine` is the refine stage's folder."""
     import json
 
     p, space = setup.p, setup.arm_space
     if arm == "autoqra":
-        best = search / "refine" / "best.json"
+        best = refine / "best.json"
         if not best.exists():
             raise SystemExit(f"error: {best}: missing (run the refine stage)")
         return space.parse(json.loads(best.read_text())["config"])
@@ -49,10 +49,10 @@ def resolve(arm: str, setup: SearchSetup, search: Path) -> Config:
     return Config(space.units, (bits,) * len(space), (rank,) * len(space))
 
 
-def run(p: Params, arm: str, dirs: dict[str, str], out: Path) -> dict[str, Any]:
+def run(p: Params, arm: str, dirs: dict[str, str], out: Path, refine: Path | None = None) -> dict[str, Any]:
     setup = SearchSetup(p, dirs, progress=True, arms=True)
     space = setup.arm_space
-    config = resolve(arm, setup, Path(dirs["search"]))
+    config = resolve(arm, setup, refine or Path(dirs["search"]) / "refine")
     space.check(config)
     top = list(p.search.fidelities)
     val = p.search.val_per_rung[-1] if p.search.val_per_rung else 0
@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = common.parser(__doc__.splitlines()[0])
     ap.add_argument("--arm", required=True, help="autoqra, fp_lora, best_uniform, sequential, uniform<b>_r<r>")
     common.add_dirs(ap)
+    ap.add_argument("--refine", help="the refine stage's folder, for the autoqra arm (default <search>/refine)")
     ap.add_argument("--out", help="output folder (default data/final/<arm>/train)")
     args = ap.parse_args(argv)
     common.setup(args.threads)
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     SearchSetup.check_inputs(p, dirs)
     out = Path(args.out or f"data/final/{args.arm}/train")
     with common.user_errors():
-        metrics = common.timed(lambda: run(p, args.arm, dirs, out))
+        metrics = common.timed(lambda: run(p, args.arm, dirs, out, Path(args.refine) if args.refine else None))
     common.write_json(out / "metrics.json", {**metrics, "preflight_s": checked_s})
 
 

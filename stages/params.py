@@ -17,7 +17,8 @@ from autoqra.config import ParamError, Params, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "params"
-GROUPS = ("model", "task", "quant", "lora", "profile", "search", "finetune", "evaluate", "budget", "experiment")
+GROUPS = ("model", "task", "quant", "lora", "profile", "search", "finetune", "evaluate", "budget", "sweep",
+          "experiment")
 
 
 def _format(value: Any) -> str:

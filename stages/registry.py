@@ -19,6 +19,7 @@ class Stage(NamedTuple):
     deps: tuple[str, ...] = ()     # data the stage reads (outputs of others)
     outs: tuple[str, ...] = ()
     foreach: str | None = None     # DVC's foreach expression (Snakemake: a wildcard)
+    matrix: dict[str, str] | None = None  # DVC's matrix (Snakemake: one wildcard per key, same order)
     metrics: tuple[str, ...] = ()  # metrics files outside `outs` (cached outputs too)
 
 
@@ -99,6 +100,24 @@ STAGES: dict[str, Stage] = {
                     outs=("data/final/autoqra/export",)),
 }
 
+# A sweep (params `sweep`): one job per cell (ablation x seed x budget) running the search and the sweep's
+# arms through the shared caches and records, and one summary. Both expand to nothing without a sweep.
+_CELL = "data/sweep/cells/${item.ablation}-s${item.seed}-b${item.budget}"
+_READ = {*STAGES["refine"].params, *STAGES["finetune"].params, *STAGES["evaluate"].params, "sweep.arms"}
+STAGES["sweep_cell"] = Stage(
+    params=tuple(sorted(k for k in _READ if not any(k.startswith(o + ".") for o in _READ))),
+    code=tuple(dict.fromkeys(("stages/sweep.py", *STAGES["evolve"].code, *STAGES["refine"].code,
+                              *STAGES["finetune"].code, *STAGES["evaluate"].code))),
+    cmd="python -m stages.sweep cell --params params.yaml --prepare data/prepare --quantize data/quantize "
+        "--profile data/profile --search data/search --ablation ${item.ablation} --seed ${item.seed} "
+        "--budget ${item.budget} --out " + _CELL,
+    deps=("data/prepare", "data/quantize", "data/profile"), outs=(_CELL,),
+    matrix={"ablation": "${sweep.ablations}", "seed": "${sweep.seeds}", "budget": "${sweep.budgets}"})
+STAGES["sweep_summary"] = Stage(
+    params=("sweep",), code=("stages/sweep.py",),
+    cmd="python -m stages.sweep summary --params params.yaml --cells data/sweep/cells --out data/sweep/${item}",
+    deps=("data/sweep/cells",), outs=("data/sweep/${item}",), foreach="${sweep.name}")
+
 # what `dvc metrics show` / `dvc plots show` list: one file per stage that is not a foreach (the report
 # gathers the per-bit-width and per-arm numbers, which DVC cannot list from the params)
 METRICS = ("data/prepare/metrics.json", "data/profile/metrics.json", "data/search/evolve/metrics.json",
@@ -121,7 +140,12 @@ def dvc_yaml() -> dict[str, Any]:
             body["outs"] = list(st.outs)
         if st.metrics:
             body["metrics"] = list(st.metrics)  # cached like any output: `dvc push` shares them
-        stages[name] = {"foreach": st.foreach, "do": body} if st.foreach else body
+        if st.foreach:
+            stages[name] = {"foreach": st.foreach, "do": body}
+        elif st.matrix:
+            stages[name] = {"matrix": dict(st.matrix), **body}
+        else:
+            stages[name] = body
     return {"stages": stages, "metrics": list(METRICS), "plots": list(PLOTS)}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -117,3 +118,37 @@ def smoke_project(tmp_path_factory):
 
     (root / "smoke.yaml").write_text(to_yaml(compose(["experiment=smoke"])))
     return root
+
+
+@pytest.fixture(scope="session")
+def searchable_project(smoke_project, tmp_path_factory):
+    """The smoke project up to the priors (prepared data, GPTQ caches, priors, Snakemake's metadata),
+    without any record, study or later output: copy it to search from scratch."""
+    root = tmp_path_factory.mktemp("searchable") / "project"
+    shutil.copytree(smoke_project, root, symlinks=True,
+                    ignore=lambda d, names: [n for n in names if d.endswith("/data") and n not in
+                                             ("prepare", "quantize", "profile")])
+    return root
+
+
+def snakemake_config(overrides: list[str]) -> list[str]:
+    """`--config` and its items for dotted overrides (Snakemake rejects dotted keys: nested YAML maps)."""
+    config: dict = {}
+    for o in overrides:
+        key, value = o.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value.strip("[]").split(",") if value.startswith("[") else value
+    return ["--config", *(f"{k}={v}" for k, v in config.items())]
+
+
+def trained_records(root: Path) -> dict[str, int]:
+    """{record key: steps} of every training record in a project's store."""
+    out = {}
+    for path in (root / "data/search/records").glob("??/*.json"):
+        r = json.loads(path.read_text())
+        if "train_steps" in r:
+            out[r["key"]] = r["train_steps"]
+    return out

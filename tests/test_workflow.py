@@ -28,7 +28,8 @@ def _nested(overrides):
 
 
 @pytest.mark.parametrize("overrides", [[], ["experiment=smoke", "quant.bits=[3,8,16]", "budget.reference=uniform8_r8",
-                                            "finetune.arms=[autoqra,fp_lora,uniform8_r4]"]])
+                                            "finetune.arms=[autoqra,fp_lora,uniform8_r4]"],
+                                       ["experiment=smoke", "sweep=budgets"]])
 def test_snakemake_and_dvc_define_the_same_stages(tmp_path, overrides):
     root = ROOT
     if overrides:  # DVC reads params.yaml: write the composition `dvc exp run -S` would write
@@ -36,6 +37,11 @@ def test_snakemake_and_dvc_define_the_same_stages(tmp_path, overrides):
         (root / "params.yaml").write_text(P.to_yaml(P.compose(overrides)))
     smk, dvc = snakemake_jobs(root, _nested(overrides)), dvc_stages(root)
     assert smk.keys() == dvc.keys()
+    cells = [n for n in smk if n.startswith("sweep_cell@")]
+    if "sweep=budgets" in overrides:  # 3 ablations x 2 seeds x 3 budgets, and one summary
+        assert len(cells) == 18 and "sweep_cell@tpe-1-1.1" in cells and "sweep_summary@budgets" in smk
+    else:
+        assert not cells and not any(n.startswith("sweep_summary") for n in smk)
     for name, job in smk.items():
         # DVC depends on a folder where Snakemake lists its per-bit-width subfolders (DVC cannot loop)
         job["deps"] = sorted({next((d for d in dvc[name]["deps"] if dep.startswith(d + "/")), dep)

@@ -24,7 +24,8 @@ def snakemake_jobs(root: Path, config: dict[str, Any] | None = None) -> dict[str
         for job in w.dag.jobs:
             if job.rule.name == "all":
                 continue
-            name = job.rule.name + "".join(f"@{v}" for v in job.wildcards_dict.values())
+            values = list(job.wildcards_dict.values())  # DVC names a matrix item by its values joined with "-"
+            name = job.rule.name + (f"@{'-'.join(values)}" if values else "")
             jobs[name] = {"cmd": normalise_cmd(job.shellcmd), "deps": sorted(job.input), "outs": sorted(job.output),
                           "params": sorted(job.params["values"])}
     return jobs

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 BIT_CHOICES = (2, 3, 4, 8, 16)  # what GPTQModel packs, and 16 = unquantized
+ABLATIONS = ("none", "no_priors", "no_surrogate", "single_fidelity", "no_refine", "random", "tpe")
 
 
 class ParamError(ValueError):
@@ -199,8 +200,7 @@ class SearchParams:
                          "drawn at random), single_fidelity (every evaluation at the top rung), no_refine (stage "
                          "1's pick is final), random (random feasible search), tpe (Optuna's TPE, the budget as "
                          "a constraint); random and tpe get stage 1's and refine's steps and replace both",
-                         choices=["none", "no_priors", "no_surrogate", "single_fidelity", "no_refine", "random",
-                                  "tpe"])
+                         choices=list(ABLATIONS))
     refine: RefineParams = field(default_factory=RefineParams, metadata={"help": "stage 2"})
     backend: str = spec("auto", help="weight backend of fidelity runs ('auto': packed on GPU, dequant on CPU)",
                         choices=["auto", "packed", "dequant"])
@@ -255,6 +255,41 @@ class BudgetParams:
 
 
 @dataclass
+class SweepParams:
+    """A grid of pipeline runs (cells): search ablations x search seeds x budgets, one table over them.
+
+    Each cell is the composed params with `search.ablation`, `seed` and `budget.value` set; it runs
+    evolve, refine and the final arms of `sweep.arms` into `data/sweep/cells/<ablation>-s<seed>-b<budget>/`
+    through the shared GPTQ caches, priors and record store (the keys of single runs: nothing two runs
+    share is computed twice). The summary goes to `data/sweep/<name>/`."""
+
+    name: list[str] = spec([], help="the sweep's name as a one-element list, [] for no sweep (DVC expands its "
+                           "summary stage over this list, so the stage exists only while a sweep is set)",
+                           items={"pattern": r"^[A-Za-z0-9_]+$"})
+    ablations: list[str] = spec([], help=f"values of search.ablation ({', '.join(ABLATIONS)})",
+                                items={"choices": list(ABLATIONS)}, unique=True)
+    seeds: list[int] = spec([], help="values of the top-level seed (the search's seed)", items={"min": 0},
+                            unique=True)
+    budgets: list[float] = spec([], help="values of budget.value (in budget.kind's unit)",
+                                items={"min": 0.0, "exclusive_min": True}, unique=True)
+    arms: list[str] = spec(["autoqra"], help="final arms trained (finetune.seeds) and tested in every cell",
+                           min_items=1, unique=True)
+
+    def __post_init__(self) -> None:
+        axes = {"ablations": self.ablations, "seeds": self.seeds, "budgets": self.budgets}
+        if len(self.name) > 1 or self.name == ["cells"]:
+            raise ParamError(f"sweep.name={self.name}: one name or none, not 'cells' (the cells' folder)")
+        if self.name:
+            empty = [k for k, v in axes.items() if not v]
+            if empty:
+                raise ParamError(f"sweep.{empty[0]}=[]: a sweep needs at least one value on every axis "
+                                 f"(ablations, seeds, budgets)")
+        elif any(axes.values()):
+            axis = next(k for k, v in axes.items() if v)
+            raise ParamError(f"sweep.name=[]: sweep.{axis} is set but the sweep has no name (e.g. sweep.name=[mine])")
+
+
+@dataclass
 class Params:
     """The whole composed `params.yaml`."""
 
@@ -268,6 +303,7 @@ class Params:
     finetune: FinetuneParams = field(default_factory=FinetuneParams, metadata={"help": "training"})
     budget: BudgetParams = field(default_factory=BudgetParams, metadata={"help": "memory budget"})
     evaluate: EvaluateParams = field(default_factory=EvaluateParams, metadata={"help": "final evaluation"})
+    sweep: SweepParams = field(default_factory=SweepParams, metadata={"help": "grid of runs (data/sweep/)"})
 
     def __post_init__(self) -> None:
         for key, n in (("quant.calib_samples", self.quant.calib_samples), ("profile.samples", self.profile.samples)):
@@ -280,6 +316,10 @@ class Params:
             raise ParamError(f"search.seeds_per_rung={self.search.seeds_per_rung}: needs one entry per rung of "
                              f"search.fidelities={self.search.fidelities}")
         check_arms(self.finetune.arms, self.quant.bits)
+        try:
+            check_arms(self.sweep.arms, self.quant.bits)
+        except ParamError as exc:
+            raise ParamError(str(exc).replace("finetune.arms", "sweep.arms", 1)) from None
         bits, rank = (int(x) for x in re.findall(r"\d+", self.budget.reference))
         if bits not in self.quant.bits or rank not in self.lora.ranks:
             raise ParamError(f"budget.reference={self.budget.reference!r}: bits and rank must be on the ladders "
