@@ -43,6 +43,18 @@ def add_dirs(ap: argparse.ArgumentParser) -> None:
         ap.add_argument(f"--{name}", default=default, help=text)
 
 
+def add_store_args(ap: argparse.ArgumentParser, default: str) -> None:
+    """--store (this stage's record store under <search>/records/, its DVC output) and --stage1-store."""
+    ap.add_argument("--store", default=default, help=f"this stage's record store and study journal, under "
+                    f"<search>/records/ (default {default}); every store there is read")
+    ap.add_argument("--stage1-store", default="evolve", help="the store holding stage 1's study (default evolve)")
+
+
+def store_dirs(args: argparse.Namespace, stage1_is_own: bool = False) -> dict[str, str]:
+    """`dirs` plus the stage's record store and the store holding stage 1's study."""
+    return {**dirs(args), "store": args.store, "stage1_store": args.store if stage1_is_own else args.stage1_store}
+
+
 def add_worker_args(ap: argparse.ArgumentParser) -> None:
     """A search stage as separate jobs: N `--worker-out` jobs on one study, then one `--gathered` job."""
     ap.add_argument("--worker-out", help="run as one worker job of the search: write its counts to this file, "

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--arm", required=True)
     common.add_dirs(ap)
     ap.add_argument("--train", help="the finetune stage's folder (default data/final/<arm>/train)")
+    ap.add_argument("--store", help="this stage's record store under <search>/records/ (default evaluate/<arm>)")
     ap.add_argument("--out", help="default data/final/<arm>/metrics.json")
     args = ap.parse_args(argv)
     common.setup(args.threads)
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     train = Path(args.train or f"data/final/{args.arm}/train")
     if not (train / "runs.json").exists():
         raise SystemExit(f"error: --train {train}: no runs.json (run the finetune stage for {args.arm})")
-    dirs = common.dirs(args)
+    dirs = {**common.dirs(args), "store": args.store or f"evaluate/{args.arm}"}
     with common.user_errors():
         metrics = common.timed(lambda: run(p, args.arm, dirs, train))
     common.write_json(Path(args.out or f"data/final/{args.arm}/metrics.json"), {**metrics, "preflight_s": checked_s})

@@ -1,8 +1,9 @@
 """evolve: stage 1 of the search, multi-fidelity evolution warm-started by the priors (Optuna).
 
-Trials live in an Optuna study (`search.storage`, default a journal file under data/search/) whose
+Trials live in an Optuna study (`search.storage`, default the journal of the stage's record store) whose
 name hashes everything that defines the search, so a killed run resumes it and a changed search
-starts a new one. Fidelity evaluations are records under data/search/records/, shared by every
+starts a new one. Fidelity evaluations are records in data/search/records/evolve/ (read by every other
+store there, and reading them), shared by every
 search: a repeated or extended search pays only for evaluations it has not made before.
 Writes `<out>/trials.parquet`, `front.parquet`, `best.json`, `trace.png` and `metrics.json`.
 """
@@ -97,12 +98,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = common.parser(__doc__.splitlines()[0])
     common.add_dirs(ap)
     ap.add_argument("--out", default="data/search/evolve")
+    common.add_store_args(ap, "evolve")
     common.add_worker_args(ap)
     args = ap.parse_args(argv)
     common.setup(args.threads)
     logging.getLogger("optuna").setLevel(logging.WARNING)
     p, _ = common.load(args.params, PARAMS)
-    dirs = common.dirs(args)
+    dirs = common.store_dirs(args, stage1_is_own=True)
     checked_s = common.preflight(p, args.prepare, args.search)
     SearchSetup.check_inputs(p, dirs)
     if args.worker_out:  # one of several worker jobs: search, write this worker's counts, no outputs

@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = common.parser(__doc__.splitlines()[0])
     ap.add_argument("--arm", required=True, help="autoqra, fp_lora, best_uniform, sequential, uniform<b>_r<r>")
     common.add_dirs(ap)
+    ap.add_argument("--store", help="this stage's record store under <search>/records/ (default finetune/<arm>)")
+    ap.add_argument("--stage1-store", default="evolve", help="the store holding stage 1's study (default evolve)")
     ap.add_argument("--refine", help="the refine stage's folder, for the autoqra arm (default <search>/refine)")
     ap.add_argument("--out", help="output folder (default data/final/<arm>/train)")
     args = ap.parse_args(argv)
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.arm not in p.finetune.arms:
         raise SystemExit(f"error: --arm {args.arm}: not in finetune.arms={p.finetune.arms}")
     checked_s = common.preflight(p, args.prepare, args.search)
-    dirs = common.dirs(args)
+    args.store = args.store or f"finetune/{args.arm}"
+    dirs = common.store_dirs(args)
     SearchSetup.check_inputs(p, dirs)
     out = Path(args.out or f"data/final/{args.arm}/train")
     with common.user_errors():

@@ -20,6 +20,9 @@ class Stage(NamedTuple):
     outs: tuple[str, ...] = ()
     foreach: str | None = None     # DVC's foreach expression (Snakemake: a wildcard)
     matrix: dict[str, str] | None = None  # DVC's matrix (Snakemake: one wildcard per key, same order)
+    # DVC outputs a re-run extends rather than replaces (`persist: true`): the stage's record store and
+    # study journal. Snakemake does not declare them (it would delete them before a re-run).
+    persist: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()  # metrics files outside `outs` (cached outputs too)
 
 
@@ -54,7 +57,8 @@ STAGES: dict[str, Stage] = {
                           "src/autoqra/search/surrogate.py"),
                     cmd="python -m stages.evolve --params params.yaml --prepare data/prepare --quantize data/quantize "
                         "--profile data/profile --search data/search --out data/search/evolve",
-                    deps=("data/prepare", "data/quantize", "data/profile"), outs=("data/search/evolve",)),
+                    deps=("data/prepare", "data/quantize", "data/profile"), outs=("data/search/evolve",),
+                    persist=("data/search/records/evolve",)),
     "refine": Stage(params=("seed", *SEARCH, "search.refine", "budget", "lora", "finetune", "task.max_length",
                             "quant.bits", "quant.group_size", "quant.targets"),
                     code=("stages/refine.py", "stages/search_setup.py", "src/autoqra/search/refinement.py",
@@ -64,7 +68,7 @@ STAGES: dict[str, Stage] = {
                         "--profile data/profile --search data/search --evolve data/search/evolve "
                         "--out data/search/refine",
                     deps=("data/prepare", "data/quantize", "data/profile", "data/search/evolve"),
-                    outs=("data/search/refine",)),
+                    outs=("data/search/refine",), persist=("data/search/records/refine",)),
     "finetune": Stage(params=("seed", *SEARCH, "search.refine", "budget", "lora", "finetune", "task.max_length",
                               "quant.bits", "quant.group_size", "quant.targets"),
                       code=("stages/finetune.py", "stages/search_setup.py", "src/autoqra/arms.py",
@@ -74,7 +78,8 @@ STAGES: dict[str, Stage] = {
                           "--out data/final/${item}/train",
                       deps=("data/prepare", "data/quantize", "data/profile", "data/search/evolve",
                             "data/search/refine"),
-                      outs=("data/final/${item}/train",), foreach="${finetune.arms}"),
+                      outs=("data/final/${item}/train",), foreach="${finetune.arms}",
+                      persist=("data/search/records/finetune/${item}",)),
     "evaluate": Stage(params=("evaluate", "finetune.seeds", "task.max_length", "quant.group_size", "quant.targets",
                               "lora", "finetune.dtype"),
                       code=("stages/evaluate.py", "src/autoqra/final.py", "src/autoqra/scoring.py"),
@@ -82,7 +87,8 @@ STAGES: dict[str, Stage] = {
                           "--quantize data/quantize --profile data/profile --search data/search "
                           "--train data/final/${item}/train --out data/final/${item}/metrics.json",
                       deps=("data/prepare", "data/quantize", "data/profile", "data/final/${item}/train"),
-                      metrics=("data/final/${item}/metrics.json",), foreach="${finetune.arms}"),
+                      metrics=("data/final/${item}/metrics.json",), foreach="${finetune.arms}",
+                      persist=("data/search/records/evaluate/${item}",)),
     "report": Stage(params=("finetune.arms", "finetune.seeds", "budget", "search.metric", "search.granularity",
                             "quant.bits", "quant.targets", "lora.ranks", "model.source"),
                     code=("stages/report.py", "src/autoqra/final_report.py"),
@@ -102,7 +108,8 @@ STAGES: dict[str, Stage] = {
 
 # A sweep (params `sweep`): one job per cell (ablation x seed x budget) running the search and the sweep's
 # arms through the shared caches and records, and one summary. Both expand to nothing without a sweep.
-_CELL = "data/sweep/cells/${item.ablation}-s${item.seed}-b${item.budget}"
+_ITEM = "${item.ablation}-s${item.seed}-b${item.budget}"
+_CELL = f"data/sweep/cells/{_ITEM}"
 _READ = {*STAGES["refine"].params, *STAGES["finetune"].params, *STAGES["evaluate"].params, "sweep.arms"}
 STAGES["sweep_cell"] = Stage(
     params=tuple(sorted(k for k in _READ if not any(k.startswith(o + ".") for o in _READ))),
@@ -112,6 +119,7 @@ STAGES["sweep_cell"] = Stage(
         "--profile data/profile --search data/search --ablation ${item.ablation} --seed ${item.seed} "
         "--budget ${item.budget} --out " + _CELL,
     deps=("data/prepare", "data/quantize", "data/profile"), outs=(_CELL,),
+    persist=(f"data/search/records/cells/{_ITEM}",),
     matrix={"ablation": "${sweep.ablations}", "seed": "${sweep.seeds}", "budget": "${sweep.budgets}"})
 STAGES["sweep_summary"] = Stage(
     params=("sweep",), code=("stages/sweep.py",),
@@ -136,8 +144,8 @@ def dvc_yaml() -> dict[str, Any]:
     stages: dict[str, Any] = {}
     for name, st in STAGES.items():
         body: dict[str, Any] = {"cmd": st.cmd, "deps": [*st.code, *st.deps], "params": list(st.params)}
-        if st.outs:
-            body["outs"] = list(st.outs)
+        if st.outs or st.persist:
+            body["outs"] = [*st.outs, *({path: {"persist": True}} for path in st.persist)]
         if st.metrics:
             body["metrics"] = list(st.metrics)  # cached like any output: `dvc push` shares them
         if st.foreach:

@@ -41,6 +41,12 @@ def prepared_fingerprints(prepare: Path) -> dict[str, str] | None:
     return {"model": m["model_fingerprint"], "task": m["task_fingerprint"]}
 
 
+def records_root(dirs: dict[str, str]) -> Path:
+    """The folder of record stores: `<search>/records/`, one store per stage (`evolve`, `refine`,
+    `finetune/<arm>`, `evaluate/<arm>`, `cells/<cell>`), each reading all the others."""
+    return Path(dirs["search"]) / "records"
+
+
 class SearchSetup:
     def __init__(self, p: Params, dirs: dict[str, str], progress: bool = False, arms: bool = False):
         """With `arms`, the evaluator's ladders are widened to the final arms' (16 bits, `arm_rank`)."""
@@ -57,7 +63,8 @@ class SearchSetup:
         self.evaluator = Evaluator(model_dir=prepare / "model", task_dir=prepare / "task", caches=caches,
                                    space=self.arm_space if arms else self.space, lora=p.lora, finetune=p.finetune,
                                    max_length=p.task.max_length,
-                                   records=Path(dirs["search"]) / "records", metric=p.search.metric,
+                                   records=records_root(dirs) / dirs.get("store", "evolve"),
+                                   shared_records=records_root(dirs), metric=p.search.metric,
                                    backend=p.search.backend, oom_attempts=p.search.oom_attempts,
                                    fingerprints=prepared_fingerprints(prepare), progress=progress)
 
@@ -78,14 +85,18 @@ class SearchSetup:
                 "priors": [np.round(self.i_q, 6).tolist(), np.round(self.i_r, 6).tolist()],
                 "evaluator": self.evaluator.key(self.space.minimum(), 0, self.p.seed)}
 
-    def open(self, name: str, sampler: Any) -> Any:
-        journal = str(Path(self.dirs["search"]) / "optuna.journal")
-        return open_study(name, self.p.search.storage, journal, sampler)
+    def open(self, name: str, sampler: Any, store: str) -> Any:
+        """A study in `search.storage`, by default the journal file of record store `store` (so the
+        studies travel with the records: both are the stage's DVC output)."""
+        journal = records_root(self.dirs) / store / "optuna.journal"
+        return open_study(name, self.p.search.storage, str(journal), sampler)
 
     def study(self, stage: str, settings: Settings) -> tuple[Any, PlanSampler]:
-        """Stage 1's Optuna study; its name hashes everything that defines the search."""
+        """Stage 1's Optuna study (in the stage-1 store's journal); its name hashes everything that
+        defines the search."""
         sampler = PlanSampler(make_plan(self.space, self.budget, self.i_q, self.i_r, settings))
-        return self.open(f"{stage}-{fingerprint.of_data(self.identity(settings))[:16]}", sampler), sampler
+        name = f"{stage}-{fingerprint.of_data(self.identity(settings))[:16]}"
+        return self.open(name, sampler, self.dirs.get("stage1_store", "evolve")), sampler
 
     def refine_study(self, settings: Settings, refine: RefineSettings) -> tuple[Any, PlanSampler, list[Result]]:
         """Stage 2's study, named after stage 1's search and its own settings, and stage 1's history."""
@@ -93,7 +104,7 @@ class SearchSetup:
         prior = self.history(stage1)
         sampler = PlanSampler(Refinement(self.space, self.budget, self.i_q, self.i_r, prior, refine))
         name = f"refine-{fingerprint.of_data([self.identity(settings), refine])[:16]}"
-        return self.open(name, sampler), sampler, prior
+        return self.open(name, sampler, self.dirs.get("store", "refine")), sampler, prior
 
     def objective(self, config: Config, fidelity: int, seed: int) -> dict[str, Any]:
         """A fidelity evaluation: at the top rung the adapters are kept (the final arms reuse them)."""

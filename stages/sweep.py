@@ -2,9 +2,10 @@
 
 `cell`: one cell, the composed params with `search.ablation`, `seed` and `budget.value` set, written to
 `<out>/params.yaml`. It runs the evolve, refine, finetune and evaluate stages (for each of `sweep.arms`)
-into `<out>/`, reading the shared GPTQ caches and priors and the shared record store and study journal
-under `--search`: a cell trains only what no single run and no other cell has trained (the record and
-study keys are those of single runs). `<out>/metrics.json` gathers what the summary needs.
+into `<out>/`, reading the shared GPTQ caches and priors; its records and studies go to its own store
+`<search>/records/cells/<cell>/`, which reads every other store: a cell trains only what no single run
+and no other cell has trained (the record keys are those of single runs). `<out>/metrics.json` gathers
+what the summary needs.
 
 `summary`: every cell of the sweep into `<out>/summary.csv` (one row per cell), `<out>/summary.md`
 (per method and budget: the test score mean ± SE over search seeds, the paired difference to the full
@@ -69,14 +70,18 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     params = out / "params.yaml"
     params.write_text(P.to_yaml(tree))
-    dirs = [f"--{k}={v}" for k, v in common.dirs(args).items()]
+    # the cell's record store and studies: one DVC output per cell, reading every other store
+    store = f"cells/{out.name}"
+    dirs = [f"--{k}={v}" for k, v in common.dirs(args).items()] + [f"--store={store}"]
+    stage1 = [f"--stage1-store={store}"]
     threads = [f"--threads={args.threads}"]
     _stage("evolve", f"--params={params}", *dirs, f"--out={out / 'evolve'}", *threads)
-    _stage("refine", f"--params={params}", *dirs, f"--evolve={out / 'evolve'}", f"--out={out / 'refine'}", *threads)
+    _stage("refine", f"--params={params}", *dirs, *stage1, f"--evolve={out / 'evolve'}", f"--out={out / 'refine'}",
+           *threads)
     arms = {}
     for arm in p.sweep.arms:
         train, metrics = out / "final" / arm / "train", out / "final" / arm / "metrics.json"
-        _stage("finetune", f"--params={params}", f"--arm={arm}", *dirs, f"--refine={out / 'refine'}",
+        _stage("finetune", f"--params={params}", f"--arm={arm}", *dirs, *stage1, f"--refine={out / 'refine'}",
                f"--out={train}", *threads)
         _stage("evaluate", f"--params={params}", f"--arm={arm}", *dirs, f"--train={train}", f"--out={metrics}",
                *threads)

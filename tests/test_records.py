@@ -96,3 +96,40 @@ def test_records_are_written_whole_and_read_back(tmp_path):
     assert json.loads(store.path(KEY).read_text()) == written
     assert not list(store.path(KEY).parent.glob("*.tmp"))
     assert store.keys() == [KEY]
+
+
+def test_stores_of_one_folder_read_each_other_share_locks_and_write_only_their_own(tmp_path):
+    shared = tmp_path / "records"
+    evolve, finetune = RecordStore(shared / "evolve", shared=shared), RecordStore(shared / "finetune/a", shared=shared)
+    body = {"status": "ok", "score": 1.0, "reason": None}
+    first, computed = evolve.get(KEY, lambda: body)
+    assert computed and (shared / "evolve/STORE").exists() and evolve.path(KEY).exists()
+    again, computed = finetune.get(KEY, lambda: pytest.fail("recomputed a record another store holds"))
+    assert not computed and again == first and not finetune.path(KEY).exists()
+    assert finetune.locks == evolve.locks == shared / "locks"
+    # contending stores compute a key once between them
+    other = "cd" + "1" * 62
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.2)
+        return body
+
+    threads = [threading.Thread(target=s.get, args=(other, slow)) for s in (evolve, finetune, evolve, finetune)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    # another store's damaged record is skipped, not moved: it is not this store's to change
+    damaged = "ef" + "2" * 62
+    evolve.path(damaged).parent.mkdir(parents=True, exist_ok=True)
+    evolve.path(damaged).write_text("{ truncated")
+    assert finetune.read(damaged) is None and evolve.path(damaged).exists()
+    record, computed = finetune.get(damaged, lambda: body)
+    assert computed and finetune.path(damaged).exists() and evolve.path(damaged).read_text() == "{ truncated"
+    # records written before stores were per stage (directly under the folder) are read too
+    legacy = RecordStore(shared)
+    legacy.write("aa" + "3" * 62, body)
+    assert finetune.read("aa" + "3" * 62)["score"] == 1.0

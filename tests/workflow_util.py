@@ -42,7 +42,9 @@ def dvc_stages(root: Path) -> dict[str, dict[str, Any]]:
             deps = [d for d in stage.deps if not isinstance(d, ParamsDependency)]
             params = [k for d in stage.deps if isinstance(d, ParamsDependency) for k in d.params]
             out[stage.name] = {"cmd": normalise_cmd(stage.cmd), "deps": sorted(d.def_path for d in deps),
-                               "outs": sorted(o.def_path for o in stage.outs), "params": sorted(params)}
+                               # persist outs (record stores) are DVC's alone: Snakemake must not delete them
+                               "outs": sorted(o.def_path for o in stage.outs if not o.persist),
+                               "params": sorted(params)}
     return out
 
 

@@ -44,10 +44,11 @@ class Evaluator:
     def __init__(self, *, model_dir: str | Path, task_dir: str | Path, caches: dict[int, quant.QuantCache],
                  space: Space, lora: LoraParams, finetune: FinetuneParams, records: str | Path, max_length: int,
                  metric: str = "answer_loss", backend: str = "auto", device: str | None = None,
-                 oom_attempts: int = 3, fingerprints: dict[str, str] | None = None, progress: bool = False):
+                 oom_attempts: int = 3, fingerprints: dict[str, str] | None = None, progress: bool = False,
+                 shared_records: str | Path | None = None):
         self.model_dir, self.space, self.lora, self.ft = Path(model_dir), space, lora, finetune
         self.caches, self.metric, self.progress, self.max_length = caches, metric, progress, max_length
-        self.store = RecordStore(records, max_attempts=oom_attempts)
+        self.store = RecordStore(records, max_attempts=oom_attempts, shared=shared_records)
         self.device = device or models.default_device()
         name = ("packed" if self.device.startswith("cuda") else "dequant") if backend == "auto" else backend
         self.dtype = models.compute_dtype(finetune.dtype, self.device)
@@ -91,7 +92,10 @@ class Evaluator:
         return self.store.read(self.key(config, fidelity, seed, horizon, val_samples))
 
     def adapter_path(self, key: str) -> Path:
-        return self.store.root / "adapters" / f"{key}.safetensors"
+        """Where the adapters kept with record `key` are: in this store or another one it reads, else
+        where this store would write them."""
+        relative = f"adapters/{key}.safetensors"
+        return self.store.find(relative) or self.store.root / relative
 
     # ------------------------------------------------------------------ evaluation
     def __call__(self, config: Config, fidelity: int, seed: int, horizon: int = 0, val_samples: int = 0,
@@ -106,8 +110,9 @@ class Evaluator:
             raise ValueError(f"horizon={horizon}: must be 0 or at least fidelity={fidelity}")
         key = self.key(config, fidelity, seed, horizon, val_samples)
         require = (lambda r: r["status"] != "ok" or self.adapter_path(key).exists()) if keep_adapter else None
+        own = self.store.root / "adapters" / f"{key}.safetensors"
         record, _ = self.store.get(key, lambda: self._run(config, fidelity, seed, horizon, val_samples,
-                                                          self.adapter_path(key) if keep_adapter else None),
+                                                          own if keep_adapter else None),
                                    require=require)
         return record
 

@@ -11,7 +11,9 @@ machine or many sharing a filesystem. Its promises:
   version or lacks a field is moved aside (`<key>.json.damaged-<n>`), reported and recomputed.
 - **Transient failures are retried.** A record marked `transient` (out of memory: perhaps a co-worker's
   fault) is recomputed up to `max_attempts` times; every attempt's reason is kept.
-- **No wait on the dead.** Locks are `flock` locks on `<root>/locks/<key>.lock`: the kernel releases
+- **One store per stage, one key space.** A store can read through every store of a shared folder
+  (each stage's its own DVC output) and they share one lock folder.
+- **No wait on the dead.** Locks are `flock` locks on `<locks>/<key>.lock`: the kernel releases
   them when their holder dies (SIGKILL included), and on NFS the server does when the holder's host
   stops renewing its lease. A lock file is unlinked by its holder only while held; a waiter that
   locked an unlinked file notices (its inode differs from the path's) and tries again.
@@ -65,10 +67,18 @@ def validate(record: Any, key: str) -> dict[str, Any]:
 
 
 class RecordStore:
-    """Records under `root/<key[:2]>/<key>.json`, locks under `root/locks/`."""
+    """Records under `root/<key[:2]>/<key>.json`, locks under `root/locks/`.
 
-    def __init__(self, root: str | Path, max_attempts: int = 3):
+    With `shared` (a folder of stores: `shared/<name>/` or `shared/<group>/<name>/`, each marked by a
+    `STORE` file, plus any records directly under `shared/`), a record is looked up in this store first
+    and then in every other store there, and locks live in `shared/locks/`, so stores written by
+    different stages (each its own DVC output) compute every key once between them. New records are
+    written to this store only; another store's files are never changed."""
+
+    def __init__(self, root: str | Path, max_attempts: int = 3, shared: str | Path | None = None):
         self.root, self.max_attempts = Path(root), max_attempts
+        self.shared = Path(shared) if shared is not None else None
+        self.locks = (self.shared or self.root) / "locks"
         self.computed = 0   # records this store computed (and wrote)
         self.damaged = 0    # damaged records found and moved aside
         self.retried = 0    # transient failures recomputed
@@ -76,10 +86,35 @@ class RecordStore:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
 
+    def others(self) -> list[Path]:
+        """The other stores under `shared` (rescanned at every call: a stage running beside this one
+        may have created one), and `shared` itself (records written before stores were per stage)."""
+        if self.shared is None:
+            return []
+        marked = [m.parent for pattern in ("*/STORE", "*/*/STORE") for m in self.shared.glob(pattern)]
+        return [r for r in sorted({self.shared, *marked}) if r.resolve() != self.root.resolve()]
+
+    def find(self, relative: str) -> Path | None:
+        """The first of this store's and the other stores' `relative` paths that exists."""
+        for root in (self.root, *self.others()):
+            if (root / relative).exists():
+                return root / relative
+        return None
+
     # ------------------------------------------------------------------ reading
     def read(self, key: str) -> dict[str, Any] | None:
-        """The valid record of `key`, or None (absent, or damaged and now moved aside)."""
-        path = self.path(key)
+        """The valid record of `key` in this store or another under `shared`, or None (absent, or
+        damaged: in this store it is moved aside, in another only skipped)."""
+        own = self._read(self.path(key), key, own=True)
+        if own is not None:
+            return own
+        for root in self.others():
+            record = self._read(root / key[:2] / f"{key}.json", key, own=False)
+            if record is not None:
+                return record
+        return None
+
+    def _read(self, path: Path, key: str, own: bool) -> dict[str, Any] | None:
         try:
             text = path.read_text()
         except FileNotFoundError:
@@ -87,7 +122,10 @@ class RecordStore:
         try:
             return validate(json.loads(text), key)
         except (json.JSONDecodeError, RecordError) as exc:
-            self._set_aside(path, str(exc))
+            if own:
+                self._set_aside(path, str(exc))
+            else:
+                log.warning("damaged record %s in another store (%s): not used", path, exc)
             return None
 
     def usable(self, record: dict[str, Any] | None) -> bool:
@@ -111,6 +149,8 @@ class RecordStore:
         record = validate({**record, "format": FORMAT, "key": key}, key)
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if self.shared is not None and not (self.root / "STORE").exists():
+            (self.root / "STORE").write_text(f"record store, format {FORMAT}\n")  # found by the other stores
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:8]}", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as fh:
@@ -128,7 +168,7 @@ class RecordStore:
     def lock(self, key: str, ready: Callable[[], bool] = lambda: False) -> Iterator[bool]:
         """Hold the lock of `key` for the block (yields True), or yield False without it as soon as
         `ready()` says the wait is over (the record appeared)."""
-        path = self.root / "locks" / f"{key}.lock"
+        path = self.locks / f"{key}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
