@@ -1,0 +1,71 @@
+"""SLURM for real: a one-node cluster (munge, slurmctld, slurmd from apt) started for the test and
+stopped after it; the smoke search's two workers run as two SLURM jobs through workflow/profiles/slurm.
+
+Needs root and apt (as CI has). A machine where Slurm cannot be installed fails here, loudly; set
+AUTOQRA_NO_SLURM=1 to switch this module off explicitly (reported as skipped)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+from conftest import ROOT, run_tool, snakemake_config, trained_records
+
+from stages import params as P
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["experiment=smoke", "search.population=4", "search.generations=2", "search.offspring=2"]
+SCRIPT = ROOT / "workflow/slurm/local-cluster.sh"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if os.environ.get("AUTOQRA_NO_SLURM") == "1":
+        pytest.skip("AUTOQRA_NO_SLURM=1: the SLURM test is switched off")
+    start = time.monotonic()
+    res = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"a one-node Slurm could not be installed or started:\n{res.stdout}\n{res.stderr}"
+    print(f"Slurm started in {time.monotonic() - start:.1f} s")
+    try:
+        yield
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, text=True, timeout=120)
+
+
+def test_two_search_workers_run_as_two_slurm_jobs_and_make_one_workers_evaluations(cluster, searchable_project,
+                                                                                   tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    for root in (one, two):
+        shutil.copytree(searchable_project, root, symlinks=True)
+    (one / "one.yaml").write_text(P.to_yaml(P.compose(SMALL)))
+    res = run_tool(["python", "-m", "stages.evolve", "--params", "one.yaml"], cwd=one, timeout=1200)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    start = time.monotonic()
+    res = run_tool(["snakemake", "data/search/evolve", "--workflow-profile", "workflow/profiles/slurm",
+                    "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
+                    "--slurm-no-account", "--set-threads", "evolve_worker=1", "evolve=2",
+                    *snakemake_config([*SMALL, "search.workers=2"])], cwd=two, timeout=1500)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-4000:]
+    print(f"two SLURM worker jobs and the gather job: {time.monotonic() - start:.1f} s")
+    slurm_ids = set(re.findall(r"SLURM (?:run )?ID:? ?(\d+)|jobid (\d+)", log, flags=re.IGNORECASE))
+    assert log.count("rule evolve_worker") == 2 and slurm_ids, log[-4000:]
+    jobs = [json.loads((two / f"data/search/workers/evolve/{w}.json").read_text()) for w in (0, 1)]
+    assert jobs[0]["worker"] != jobs[1]["worker"]
+
+    def evaluations(root):
+        t = pd.read_parquet(root / "data/search/evolve/trials.parquet")
+        return sorted(zip(t["config_key"], t["fidelity"], t["seed"], strict=True))
+
+    assert evaluations(two) == evaluations(one)
+    assert trained_records(two) == trained_records(one)  # no evaluation twice, none missing
+    metrics = json.loads((two / "data/search/evolve/metrics.json").read_text())
+    assert sum(j["records_computed"] for j in jobs) == metrics["records_computed_this_run"]
