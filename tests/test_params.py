@@ -70,6 +70,11 @@ def test_snakemake_config_is_flattened_to_hydra_overrides(config, expected):
     (["search.fidelities=[32,8]"], "search.fidelities"),
     (["lora.ranks=true"], "lora.ranks"),
     (["task.source=/no/such/file.jsonl"], "task.source"),
+    (["sweep.seeds=[1]"], "sweep.name"),
+    (["sweep=pair", "sweep.ablations=[none,fancy]"], "sweep.ablations[1]"),
+    (["sweep=pair", "sweep.budgets=[]"], "sweep.budgets"),
+    (["sweep=pair", "sweep.arms=[uniform5_r8]"], "sweep.arms"),
+    (["sweep=cells"], "sweep"),
 ])
 def test_bad_values_fail_in_one_line_naming_the_key(overrides, key):
     with pytest.raises(ParamError) as err:
