@@ -19,6 +19,7 @@ import argparse
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -123,19 +124,20 @@ def arm_summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def best_so_far(cell: Path, metric: str) -> list[list[float]]:
     """[(training steps spent so far, best top-fidelity mean validation score so far)] over the cell's
-    evolve then refine trials, at each trial that completes a top-fidelity evaluation."""
+    evolve then refine trials, at each top-fidelity evaluation: the best of the configurations' means
+    over the seeds evaluated so far."""
     frames = [pd.read_parquet(cell / stage / "trials.parquet") for stage in ("evolve", "refine")
               if (cell / stage / "trials.parquet").exists()]
     trials = pd.concat([f.sort_values("number") for f in frames], ignore_index=True)
     top = trials["fidelity"].max()
     sign = -1.0 if HIGHER_IS_BETTER[metric] else 1.0
-    steps, seen, best, out = 0, {}, np.inf, []
+    steps, seen, out = 0, {}, []
     for row in trials.itertuples():
         steps += int(row.fidelity)
         if row.fidelity == top and row.status == "ok" and np.isfinite(row.score):
             seen.setdefault(row.config_key, []).append(float(row.score))
-            best = min(best, sign * float(np.mean(seen[row.config_key])))
-            out.append([steps, sign * best])
+            # the best of the current means: a mean that a further seed moved is not kept at its old value
+            out.append([steps, sign * min(sign * float(np.mean(v)) for v in seen.values())])
     return out
 
 
@@ -237,9 +239,11 @@ def plots(p: Params, tree: dict[str, Any], table: pd.DataFrame, cells_dir: Path,
     grid = np.linspace(0, grid_max, 200)
     for ablation, runs in traces.items():
         curves = np.array([[next((v for s, v in reversed(tr) if s <= x), np.nan) for x in grid] for tr in runs])
-        ax.plot(grid, np.nanmean(curves, axis=0), label=ablation)
-        if len(runs) > 1:
-            ax.fill_between(grid, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0), alpha=0.15)
+        with warnings.catch_warnings():  # before a run's first top-fidelity result its curve is NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ax.plot(grid, np.nanmean(curves, axis=0), label=ablation)
+            if len(runs) > 1:
+                ax.fill_between(grid, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0), alpha=0.15)
     ax.set(xlabel="training steps spent by the search", ylabel=f"best top-fidelity {p.search.metric}",
            title=f"best so far (budget {first}; mean, range over seeds)")
     ax.legend(fontsize=7)
