@@ -54,8 +54,11 @@ def test_snakemake_runs_evolve_within_budget(smoke_project):
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
-def test_killed_evolve_resumes_without_recomputing_finished_evaluations(smoke_project):
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+def test_killed_evolve_resumes_on_another_host_without_recomputing_finished_evaluations(smoke_project):
+    # the killed worker ran on "node-a", the resumed one runs on "node-b" (as a SLURM job resubmitted to
+    # another node): the dead worker's pid means nothing there, its trial is judged by its heartbeat
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "AUTOQRA_HOSTNAME": "node-a",
+           "AUTOQRA_HEARTBEAT_S": "1"}
     search = smoke_project / "data/search_kill"
     proc = subprocess.Popen(_evolve_cmd("data/search_kill"), cwd=smoke_project, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -67,8 +70,11 @@ def test_killed_evolve_resumes_without_recomputing_finished_evaluations(smoke_pr
     before = _records(search)
     assert len(before) >= 8 and not (search / "evolve/metrics.json").exists()
 
-    res = run_tool(_evolve_cmd("data/search_kill"), cwd=smoke_project)
+    start = time.monotonic()
+    res = subprocess.run(_evolve_cmd("data/search_kill"), cwd=smoke_project, capture_output=True, text=True,
+                         timeout=900, env={**env, "AUTOQRA_HOSTNAME": "node-b", "AUTOQRA_STALE_S": "3"})
     assert res.returncode == 0, res.stderr[-3000:]
+    print(f"resumed on another host in {time.monotonic() - start:.1f} s")
     after = _records(search)
     assert all(after[p] == before[p] for p in before)  # no finished evaluation was redone or rewritten
     new = [json.loads(after[p][1]) for p in after if p not in before]

@@ -23,9 +23,15 @@ def _start(pid: int) -> str:
     return f"{boot}-{fields[19]}" if len(fields) > 19 else ""
 
 
+def hostname() -> str:
+    """This host's name: `AUTOQRA_HOSTNAME` when set (a test standing in for another node), else the
+    system's."""
+    return os.environ.get("AUTOQRA_HOSTNAME") or socket.gethostname()
+
+
 def worker_id() -> str:
     """`host:pid:start` of this process."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_start(os.getpid())}"
+    return f"{hostname()}:{os.getpid()}:{_start(os.getpid())}"
 
 
 def parse(worker: str) -> tuple[str, int, str] | None:
@@ -42,7 +48,7 @@ def is_dead(worker: str) -> bool:
     """True only when `worker` ran on this host and that process is gone (its pid is free or now
     belongs to a later process). Other hosts and unparseable ids: unknown, False."""
     parsed = parse(worker)
-    if parsed is None or parsed[0] != socket.gethostname():
+    if parsed is None or parsed[0] != hostname():
         return False
     _, pid, start = parsed
     try:
