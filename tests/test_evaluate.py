@@ -77,6 +77,10 @@ def test_records_are_cached_and_any_input_change_makes_a_new_one(tmp_path, tiny_
     keys.add(_evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space, max_length=48).key(config, 5, 0))
     keys.add(ev.key(space.uniform(4, 4), 5, 0))
     assert len(keys) == 9
+    # the final arms' list, seeds and rank do not change what a run computes: adding an arm keeps every record
+    for change in ({"arms": ["autoqra", "uniform4_r8"]}, {"seeds": [5, 6]}, {"arm_rank": 4}):
+        same = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space, finetune=dataclasses.replace(FT, **change))
+        assert same.key(config, 5, 0) == ev.key(config, 5, 0) and same.lookup(config, 5, 0) == first
 
 
 def test_only_the_caches_a_configuration_uses_enter_its_key(tmp_path, tiny_dir, task_dir, tiny_caches, space):

@@ -65,7 +65,10 @@ class Evaluator:
         fps = fingerprints or {"model": fingerprint.of_dir(self.model_dir), "task": fingerprint.of_dir(task_dir)}
         self._inputs = {"model": fps["model"], "task": fps["task"], "max_length": max_length,
                         "lora": {"alpha_ratio": lora.alpha_ratio, "dropout": lora.dropout},
-                        "finetune": {k: v for k, v in asdict(finetune).items() if k not in ("steps", "dtype")},
+                        # what a run's value depends on: not the arms' list, their seeds or rank (adding
+                        # an arm must not invalidate the search's records), nor the steps (in the key)
+                        "finetune": {k: v for k, v in asdict(finetune).items()
+                                     if k not in ("steps", "dtype", "seeds", "arms", "arm_rank")},
                         "metric": metric, "backend": name, "dtype": str(self.dtype),
                         "targets": sorted(m for ms in space.members.values() for m in ms),
                         "code": fingerprint.of_code(*VALUE_CODE)}
