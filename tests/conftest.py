@@ -152,3 +152,21 @@ def trained_records(root: Path) -> dict[str, int]:
         if "train_steps" in r:
             out[r["key"]] = r["train_steps"]
     return out
+
+
+# a smaller search than the smoke experiment's, for the tests that run several searches
+SMALL_SEARCH = ["experiment=smoke", "search.population=4", "search.generations=2", "search.offspring=2"]
+
+
+@pytest.fixture(scope="session")
+def one_worker_evolve(searchable_project, tmp_path_factory):
+    """The small smoke search run by one worker (the evolve stage command): the reference of the tests
+    that run the same search as several worker jobs."""
+    from stages.params import compose, to_yaml
+
+    root = tmp_path_factory.mktemp("one_worker") / "project"
+    shutil.copytree(searchable_project, root, symlinks=True)
+    (root / "one.yaml").write_text(to_yaml(compose(SMALL_SEARCH)))
+    res = run_tool(["python", "-m", "stages.evolve", "--params", "one.yaml"], cwd=root, timeout=1200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return root

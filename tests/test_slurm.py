@@ -15,13 +15,10 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import ROOT, run_tool, snakemake_config, trained_records
-
-from stages import params as P
+from conftest import ROOT, SMALL_SEARCH, run_tool, snakemake_config, trained_records
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["experiment=smoke", "search.population=4", "search.generations=2", "search.offspring=2"]
 SCRIPT = ROOT / "workflow/slurm/local-cluster.sh"
 
 
@@ -40,19 +37,15 @@ def cluster():
 
 
 def test_two_search_workers_run_as_two_slurm_jobs_and_make_one_workers_evaluations(cluster, searchable_project,
-                                                                                   tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    for root in (one, two):
-        shutil.copytree(searchable_project, root, symlinks=True)
-    (one / "one.yaml").write_text(P.to_yaml(P.compose(SMALL)))
-    res = run_tool(["python", "-m", "stages.evolve", "--params", "one.yaml"], cwd=one, timeout=1200)
-    assert res.returncode == 0, res.stderr[-3000:]
+                                                                                   one_worker_evolve, tmp_path):
+    one, two = one_worker_evolve, tmp_path / "two"
+    shutil.copytree(searchable_project, two, symlinks=True)
 
     start = time.monotonic()
     res = run_tool(["snakemake", "data/search/evolve", "--workflow-profile", "workflow/profiles/slurm",
                     "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
                     "--slurm-no-account", "--set-threads", "evolve_worker=1", "evolve=2",
-                    *snakemake_config([*SMALL, "search.workers=2"])], cwd=two, timeout=1500)
+                    *snakemake_config([*SMALL_SEARCH, "search.workers=2"])], cwd=two, timeout=1500)
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-4000:]
     print(f"two SLURM worker jobs and the gather job: {time.monotonic() - start:.1f} s")

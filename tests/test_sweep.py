@@ -9,7 +9,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import run_tool, snakemake_config
+from conftest import SMALL_SEARCH, run_tool, snakemake_config
 from conftest import trained_records as _trained
 
 from stages import params as P
@@ -17,8 +17,7 @@ from stages import params as P
 pytestmark = pytest.mark.slow
 
 # a smaller search than the smoke experiment's: the test runs it four times
-SMALL = ["experiment=smoke", "search.population=4", "search.generations=2", "search.offspring=2",
-         "finetune.seeds=[0,1]", "evaluate.exact_match=false"]
+SMALL = [*SMALL_SEARCH, "finetune.seeds=[0,1]", "evaluate.exact_match=false"]
 ABLATIONS = ("none", "no_surrogate")
 
 

@@ -8,24 +8,17 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import run_tool, snakemake_config, trained_records
-
-from stages import params as P
+from conftest import SMALL_SEARCH, run_tool, snakemake_config, trained_records
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["experiment=smoke", "search.population=4", "search.generations=2", "search.offspring=2"]
 
+def test_two_worker_jobs_make_the_evaluations_of_one_worker_once_each(searchable_project, one_worker_evolve,
+                                                                       tmp_path):
+    one, two = one_worker_evolve, tmp_path / "two"
+    shutil.copytree(searchable_project, two, symlinks=True)
 
-def test_two_worker_jobs_make_the_evaluations_of_one_worker_once_each(searchable_project, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    for root in (one, two):
-        shutil.copytree(searchable_project, root, symlinks=True)
-    (one / "one.yaml").write_text(P.to_yaml(P.compose(SMALL)))
-    res = run_tool(["python", "-m", "stages.evolve", "--params", "one.yaml"], cwd=one, timeout=1200)
-    assert res.returncode == 0, res.stderr[-3000:]
-
-    config = snakemake_config([*SMALL, "search.workers=2"])
+    config = snakemake_config([*SMALL_SEARCH, "search.workers=2"])
     res = run_tool(["snakemake", "--cores", "2", "data/search/evolve", *config], cwd=two, timeout=1200)
     assert res.returncode == 0, res.stderr[-3000:]
     log = res.stdout + res.stderr
