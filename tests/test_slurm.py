@@ -45,6 +45,8 @@ def test_two_search_workers_run_as_two_slurm_jobs_and_make_one_workers_evaluatio
     res = run_tool(["snakemake", "data/search/evolve", "--workflow-profile", "workflow/profiles/slurm",
                     "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
                     "--slurm-no-account", "--set-threads", "evolve_worker=1", "evolve=2",
+                    # small enough that both workers fit the node at once (the rules ask 16 GB for real runs)
+                    "--set-resources", "evolve_worker:mem_mb=3000", "evolve:mem_mb=3000",
                     *snakemake_config([*SMALL_SEARCH, "search.workers=2"])], cwd=two, timeout=1500)
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-4000:]
