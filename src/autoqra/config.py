@@ -273,7 +273,8 @@ class SweepParams:
                             unique=True)
     budgets: list[float] = spec([], help="values of budget.value (in budget.kind's unit)",
                                 items={"min": 0.0, "exclusive_min": True}, unique=True)
-    arms: list[str] = spec(["autoqra"], help="final arms trained (finetune.seeds) and tested in every cell",
+    arms: list[str] = spec(["autoqra"], help="final arms trained (finetune.seeds) and tested in every cell "
+                           "(each one of finetune.arms)",
                            min_items=1, unique=True)
 
     def __post_init__(self) -> None:
@@ -317,10 +318,10 @@ class Params:
             raise ParamError(f"search.seeds_per_rung={self.search.seeds_per_rung}: needs one entry per rung of "
                              f"search.fidelities={self.search.fidelities}")
         check_arms(self.finetune.arms, self.quant.bits)
-        try:
-            check_arms(self.sweep.arms, self.quant.bits)
-        except ParamError as exc:
-            raise ParamError(str(exc).replace("finetune.arms", "sweep.arms", 1)) from None
+        extra = [a for a in self.sweep.arms if a not in self.finetune.arms]
+        if extra:
+            raise ParamError(f"sweep.arms={self.sweep.arms}: {extra[0]!r} is not one of finetune.arms="
+                             f"{self.finetune.arms} (a cell is the pipeline of these params)")
         bits, rank = (int(x) for x in re.findall(r"\d+", self.budget.reference))
         if bits not in self.quant.bits or rank not in self.lora.ranks:
             raise ParamError(f"budget.reference={self.budget.reference!r}: bits and rank must be on the ladders "
