@@ -38,7 +38,7 @@ def resolve(arm: str, setup: SearchSetup, refine: Path) -> Config:
     if arm == "best_uniform":
         from stages.evolve import settings
 
-        study, _ = setup.study("evolve", settings(p))
+        study, _ = setup.study("evolve", settings(p), readonly=True)
         return setup.best_uniform(setup.history(study))
     if arm == "sequential":
         ranks = tuple(r for r in setup.space.ranks if r <= p.finetune.arm_rank) or setup.space.ranks[:1]

@@ -85,22 +85,22 @@ class SearchSetup:
                 "priors": [np.round(self.i_q, 6).tolist(), np.round(self.i_r, 6).tolist()],
                 "evaluator": self.evaluator.key(self.space.minimum(), 0, self.p.seed)}
 
-    def open(self, name: str, sampler: Any, store: str) -> Any:
+    def open(self, name: str, sampler: Any, store: str, readonly: bool = False) -> Any:
         """A study in `search.storage`, by default the journal file of record store `store` (so the
         studies travel with the records: both are the stage's DVC output)."""
         journal = records_root(self.dirs) / store / "optuna.journal"
-        return open_study(name, self.p.search.storage, str(journal), sampler)
+        return open_study(name, self.p.search.storage, str(journal), sampler, readonly=readonly)
 
-    def study(self, stage: str, settings: Settings) -> tuple[Any, PlanSampler]:
+    def study(self, stage: str, settings: Settings, readonly: bool = False) -> tuple[Any, PlanSampler]:
         """Stage 1's Optuna study (in the stage-1 store's journal); its name hashes everything that
-        defines the search."""
+        defines the search. The later stages read it `readonly`: it is the evolve stage's output."""
         sampler = PlanSampler(make_plan(self.space, self.budget, self.i_q, self.i_r, settings))
         name = f"{stage}-{fingerprint.of_data(self.identity(settings))[:16]}"
-        return self.open(name, sampler, self.dirs.get("stage1_store", "evolve")), sampler
+        return self.open(name, sampler, self.dirs.get("stage1_store", "evolve"), readonly), sampler
 
     def refine_study(self, settings: Settings, refine: RefineSettings) -> tuple[Any, PlanSampler, list[Result]]:
         """Stage 2's study, named after stage 1's search and its own settings, and stage 1's history."""
-        stage1, _ = self.study("evolve", settings)
+        stage1, _ = self.study("evolve", settings, readonly=True)
         prior = self.history(stage1)
         sampler = PlanSampler(Refinement(self.space, self.budget, self.i_q, self.i_r, prior, refine))
         name = f"refine-{fingerprint.of_data([self.identity(settings), refine])[:16]}"

@@ -51,8 +51,11 @@ def test_two_search_workers_run_as_two_slurm_jobs_and_make_one_workers_evaluatio
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-4000:]
     print(f"two SLURM worker jobs and the gather job: {time.monotonic() - start:.1f} s")
-    slurm_ids = set(re.findall(r"SLURM (?:run )?ID:? ?(\d+)|jobid (\d+)", log, flags=re.IGNORECASE))
-    assert log.count("rule evolve_worker") == 2 and slurm_ids, log[-4000:]
+    # "Job 7 has been submitted with SLURM jobid 1 (log: .../rule_evolve_worker/1/1.log)"
+    submitted = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/", log)
+    assert sorted(rule for _, rule in submitted) == ["evolve", "evolve_worker", "evolve_worker"], log[-4000:]
+    assert len({job for job, _ in submitted}) == 3  # three SLURM jobs
+    assert log.count("(Rule: evolve_worker)") == 2
     jobs = [json.loads((two / f"data/search/workers/evolve/{w}.json").read_text()) for w in (0, 1)]
     assert jobs[0]["worker"] != jobs[1]["worker"]
 

@@ -130,9 +130,12 @@ class PlanSampler(BaseSampler):
         raise RuntimeError(f"{param_name}: not part of the AutoQRA search space")
 
 
-def open_study(name: str, storage: str | None, journal: str | None, sampler: BaseSampler) -> optuna.Study:
+def open_study(name: str, storage: str | None, journal: str | None, sampler: BaseSampler,
+               readonly: bool = False) -> optuna.Study:
     """Create or load a study (direction: minimise). `storage` is an Optuna URL; without one a
-    journal file is used (several processes on one machine may share it)."""
+    journal file is used (several processes on one machine may share it). `readonly` loads an
+    existing study without writing to its storage (creating, even an existing study, appends to a
+    journal: another stage's journal, a DVC output of that stage, must not change when read)."""
     if storage is None:
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
@@ -149,6 +152,12 @@ def open_study(name: str, storage: str | None, journal: str | None, sampler: Bas
         storage_obj = optuna.storages.RDBStorage(storage, heartbeat_interval=60, grace_period=180)
     else:
         storage_obj = storage
+    if readonly:
+        try:
+            return optuna.load_study(study_name=name, storage=storage_obj, sampler=sampler)
+        except KeyError:
+            raise SearchFailed(f"study {name} not found in {journal or storage} (run the stage that "
+                               "creates it first)") from None
     return optuna.create_study(study_name=name, storage=storage_obj, sampler=sampler, direction="minimize",
                                load_if_exists=True)
 
