@@ -26,14 +26,18 @@ def main() -> None:
     ap = search_parser(__doc__.splitlines()[0], "nothing")
     ap.add_argument("--fidelity", type=int, default=0, help="training steps (default: the middle rung)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--max-configs", type=int, default=0, help="score only the greedy, the prior and the first "
+                    "uniform configurations, this many in all (0: every one)")
     ap.add_argument("--json", default="data/bench/dtype_check.json")
     args = ap.parse_args()
     p, setup, _ = search_setup(args, None)
     fids = p.search.fidelities
     fidelity = args.fidelity or fids[len(fids) // 2]
-    configs = {c.describe(): c for c in [*ops.feasible_uniforms(setup.space, setup.budget),
-                                         ops.greedy_config(setup.space, setup.budget, setup.i_q, setup.i_r),
-                                         ops.prior_config(setup.space, setup.budget, setup.i_q, setup.i_r)]}
+    configs = {c.describe(): c for c in [ops.greedy_config(setup.space, setup.budget, setup.i_q, setup.i_r),
+                                         ops.prior_config(setup.space, setup.budget, setup.i_q, setup.i_r),
+                                         *ops.feasible_uniforms(setup.space, setup.budget)]}
+    if args.max_configs:
+        configs = dict(list(configs.items())[:args.max_configs])
     scores: dict[str, dict[str, list[float]]] = {}
     for dtype in ("bf16", "fp32"):
         p2 = dataclasses.replace(p, finetune=dataclasses.replace(p.finetune, dtype=dtype))
