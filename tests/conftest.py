@@ -131,8 +131,8 @@ def searchable_project(smoke_project, tmp_path_factory):
     return root
 
 
-def snakemake_config(overrides: list[str]) -> list[str]:
-    """`--config` and its items for dotted overrides (Snakemake rejects dotted keys: nested YAML maps)."""
+def nested_config(overrides: list[str]) -> dict:
+    """Snakemake's nested --config form of dotted Hydra overrides (it rejects dotted keys)."""
     config: dict = {}
     for o in overrides:
         key, value = o.split("=", 1)
@@ -141,7 +141,12 @@ def snakemake_config(overrides: list[str]) -> list[str]:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value.strip("[]").split(",") if value.startswith("[") else value
-    return ["--config", *(f"{k}={v}" for k, v in config.items())]
+    return config
+
+
+def snakemake_config(overrides: list[str]) -> list[str]:
+    """`--config` and its items for dotted overrides (nested maps as YAML flow)."""
+    return ["--config", *(f"{k}={v}" for k, v in nested_config(overrides).items())]
 
 
 def trained_records(root: Path) -> dict[str, int]:

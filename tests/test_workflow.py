@@ -6,25 +6,12 @@ import json
 import time
 
 import pytest
-from conftest import ROOT, copy_project, run_tool
+from conftest import ROOT, copy_project, nested_config, run_tool
 from workflow_util import dvc_stages, snakemake_jobs
 
 from autoqra import fingerprint
 from stages import params as P
 from stages.registry import STAGES
-
-
-def _nested(overrides):
-    """Snakemake's --config form of Hydra overrides (nested maps; it rejects dotted keys)."""
-    config = {}
-    for o in overrides:
-        key, value = o.split("=", 1)
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value.strip("[]").split(",") if value.startswith("[") else value
-    return config
 
 
 @pytest.mark.parametrize("overrides", [[], ["experiment=smoke", "quant.bits=[3,8,16]", "budget.reference=uniform8_r8",
@@ -35,7 +22,7 @@ def test_snakemake_and_dvc_define_the_same_stages(tmp_path, overrides):
     if overrides:  # DVC reads params.yaml: write the composition `dvc exp run -S` would write
         root = copy_project(tmp_path, git_commit=True)
         (root / "params.yaml").write_text(P.to_yaml(P.compose(overrides)))
-    smk, dvc = snakemake_jobs(root, _nested(overrides)), dvc_stages(root)
+    smk, dvc = snakemake_jobs(root, nested_config(overrides)), dvc_stages(root)
     assert smk.keys() == dvc.keys()
     cells = [n for n in smk if n.startswith("sweep_cell@")]
     if "sweep=budgets" in overrides:  # 3 ablations x 2 seeds x 3 budgets, and one summary
