@@ -113,7 +113,7 @@ _CELL = f"data/sweep/cells/{_ITEM}"
 _READ = {*STAGES["refine"].params, *STAGES["finetune"].params, *STAGES["evaluate"].params, "sweep.arms"}
 STAGES["sweep_cell"] = Stage(
     params=tuple(sorted(k for k in _READ if not any(k.startswith(o + ".") for o in _READ))),
-    code=tuple(dict.fromkeys(("stages/sweep.py", *STAGES["evolve"].code, *STAGES["refine"].code,
+    code=tuple(dict.fromkeys(("stages/sweep.py", "src/autoqra/sweep.py", *STAGES["evolve"].code, *STAGES["refine"].code,
                               *STAGES["finetune"].code, *STAGES["evaluate"].code))),
     cmd="python -m stages.sweep cell --params params.yaml --prepare data/prepare --quantize data/quantize "
         "--profile data/profile --search data/search --ablation ${item.ablation} --seed ${item.seed} "
@@ -122,7 +122,7 @@ STAGES["sweep_cell"] = Stage(
     persist=(f"data/search/records/cells/{_ITEM}",),
     matrix={"ablation": "${sweep.ablations}", "seed": "${sweep.seeds}", "budget": "${sweep.budgets}"})
 STAGES["sweep_summary"] = Stage(
-    params=("sweep",), code=("stages/sweep.py",),
+    params=("sweep",), code=("stages/sweep.py", "src/autoqra/sweep.py"),
     cmd="python -m stages.sweep summary --params params.yaml --cells data/sweep/cells --out data/sweep/${item}",
     deps=("data/sweep/cells",), outs=("data/sweep/${item}",), foreach="${sweep.name}")
 

@@ -27,32 +27,12 @@ import numpy as np
 import pandas as pd
 
 from autoqra.config import ParamError, Params
+from autoqra.sweep import arm_summary, best_so_far, cell_name, cell_tree, cells, summarise
 from stages import common
 from stages import params as P
 
-HIGHER_IS_BETTER = {"answer_loss": False, "exact_match": True}
-
-
-def cell_name(ablation: Any, seed: Any, budget: Any) -> str:
-    """The cell's folder name, from the values as written in params.yaml (`1` and `1.0` stay apart):
-    Snakemake's wildcards and DVC's matrix items render them the same way."""
-    return f"{ablation}-s{seed}-b{budget}"
-
-
-def cells(tree: dict[str, Any]) -> list[dict[str, Any]]:
-    """The sweep's cells, from the composed params as a plain tree."""
-    sw = tree["sweep"]
-    return [{"ablation": a, "seed": s, "budget": b, "name": cell_name(a, s, b)}
-            for a in sw["ablations"] for s in sw["seeds"] for b in sw["budgets"]]
-
 
 # ---------------------------------------------------------------------------------------------- cell
-def cell_tree(tree: dict[str, Any], ablation: str, seed: int, budget: float) -> dict[str, Any]:
-    out = json.loads(json.dumps(tree))
-    out["search"]["ablation"], out["seed"], out["budget"]["value"] = ablation, seed, budget
-    return out
-
-
 def _stage(name: str, *args: str) -> None:
     cmd = [sys.executable, "-m", f"stages.{name}", *args]
     common.log.info("sweep cell: %s", " ".join(cmd[2:]))
@@ -107,104 +87,6 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
         "trace": trace,
         "arms": {a: arm_summary(m["test"]) for a, m in arms.items()},
     }
-
-
-def arm_summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Test scores over the training seeds: mean, standard error, and the per-seed values."""
-    rows = [r for r in metrics["seeds"] if r.get("status") == "ok"]
-    out: dict[str, Any] = {"summary": metrics["summary"], "memory_bytes": metrics["memory"]["total"],
-                           "within_budget": metrics["within_budget"], "seeds": [r["seed"] for r in rows]}
-    for key in ("answer_loss", "exact_match"):
-        values = [r[key] for r in rows if r.get(key) is not None]
-        out[key] = values
-        out[f"{key}_mean"] = float(np.mean(values)) if values else None
-        out[f"{key}_se"] = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
-    return out
-
-
-def best_so_far(cell: Path, metric: str) -> list[list[float]]:
-    """[(training steps spent so far, best top-fidelity mean validation score so far)] over the cell's
-    evolve then refine trials, at each top-fidelity evaluation: the best of the configurations' means
-    over the seeds evaluated so far."""
-    frames = [pd.read_parquet(cell / stage / "trials.parquet") for stage in ("evolve", "refine")
-              if (cell / stage / "trials.parquet").exists()]
-    trials = pd.concat([f.sort_values("number") for f in frames], ignore_index=True)
-    top = trials["fidelity"].max()
-    sign = -1.0 if HIGHER_IS_BETTER[metric] else 1.0
-    steps, seen, out = 0, {}, []
-    for row in trials.itertuples():
-        steps += int(row.fidelity)
-        if row.fidelity == top and row.status == "ok" and np.isfinite(row.score):
-            seen.setdefault(row.config_key, []).append(float(row.score))
-            # the best of the current means: a mean that a further seed moved is not kept at its old value
-            out.append([steps, sign * min(sign * float(np.mean(v)) for v in seen.values())])
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- summary
-def summarise(p: Params, tree: dict[str, Any], cells_dir: Path) -> tuple[pd.DataFrame, str]:
-    """(one row per cell and arm, the Markdown report)."""
-    rows = []
-    for c in cells(tree):
-        path = cells_dir / c["name"] / "metrics.json"
-        if not path.exists():
-            raise SystemExit(f"error: {path}: missing (run the sweep_cell stage of cell {c['name']})")
-        m = json.loads(path.read_text())
-        for arm, a in m["arms"].items():
-            rows.append({"cell": c["name"], "ablation": c["ablation"], "seed": c["seed"], "budget": c["budget"],
-                         "budget_value": float(c["budget"]), "arm": arm, "summary": a["summary"],
-                         "memory_bytes": a["memory_bytes"],
-                         "within_budget": a["within_budget"], "test_answer_loss": a["answer_loss_mean"],
-                         "test_answer_loss_se": a["answer_loss_se"], "test_exact_match": a["exact_match_mean"],
-                         "search_steps": m["search_steps"],
-                         "search_best_val": m["search_best"]["mean"],
-                         "steps_trained": int(sum(m["steps_trained"].values())),
-                         "records_computed": int(sum(m["records_computed"].values()))})
-    table = pd.DataFrame(rows)
-    return table, markdown(p, table)
-
-
-def _mean_se(values: pd.Series) -> str:
-    v = values.dropna().to_numpy(dtype=float)
-    if len(v) == 0:
-        return "–"
-    if len(v) == 1:
-        return f"{v[0]:.4f} (n=1)"
-    return f"{v.mean():.4f} ± {v.std(ddof=1) / np.sqrt(len(v)):.4f}"
-
-
-def markdown(p: Params, table: pd.DataFrame) -> str:
-    lines = [f"# Sweep `{p.sweep.name[0]}`: {len(table['cell'].unique())} cells",
-             "",
-             f"Each cell: the search (`search.ablation`) under one search seed and budget, then the arm(s) "
-             f"{', '.join(p.sweep.arms)} trained {p.finetune.steps} steps under seeds {p.finetune.seeds} and "
-             f"scored on the test split. Test loss: mean over the training seeds per cell, then mean ± SE over "
-             f"the search seeds. Paired difference: to the full method (`none`) at the same search seed and "
-             f"budget (negative = lower loss than the full method); `inconclusive` when |mean| < 2 SE.",
-             ""]
-    for arm in p.sweep.arms:
-        t = table[table["arm"] == arm]
-        lines += [f"## Arm `{arm}`", "",
-                  "| budget | method | test answer loss | paired diff. to `none` | best val. (search) | search steps "
-                  "| cells |", "|---|---|---|---|---|---|---|"]
-        for budget in sorted(t["budget_value"].unique()):
-            tb = t[t["budget_value"] == budget]
-            ref = tb[tb["ablation"] == "none"].set_index("seed")["test_answer_loss"]
-            for ablation in p.sweep.ablations:
-                ta = tb[tb["ablation"] == ablation].set_index("seed")
-                if ablation == "none" or ref.empty:
-                    diff = "–"
-                else:
-                    d = (ta["test_answer_loss"] - ref).dropna()
-                    diff = _mean_se(d)
-                    if len(d) > 1 and abs(d.mean()) < 2 * d.std(ddof=1) / np.sqrt(len(d)):
-                        diff += " (inconclusive)"
-                lines.append(f"| {budget} | {ablation} | {_mean_se(ta['test_answer_loss'])} | {diff} | "
-                             f"{_mean_se(ta['search_best_val'])} | {ta['search_steps'].mean():.0f} | {len(ta)} |")
-        lines.append("")
-    lines += [f"Steps trained by this sweep's cells (records not already in the store): "
-              f"{int(table.drop_duplicates('cell')['steps_trained'].sum())}.", ""]
-    return "\n".join(lines)
 
 
 def plots(p: Params, tree: dict[str, Any], table: pd.DataFrame, cells_dir: Path, out: Path) -> None:
