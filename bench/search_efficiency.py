@@ -1,14 +1,24 @@
-"""How much compute does the search save? Every ablation and alternative search on the synthetic objective.
+"""How much compute does the search save? Every ablation and alternative search at equal training steps.
 
     python bench/search_efficiency.py [--seeds 10] [--units 12] [--stage1-steps 240] [--refine 6]
+    python bench/search_efficiency.py --objective embedded [--seeds 2] [--params params.yaml]
+
+`--objective synthetic` (default): the synthetic objective, judged by its true (noise-free) value.
+`--objective embedded`: real fidelity evaluations (GPTQ caches, PEFT fine-tuning, validation scores) of
+the model in `--prepare` with the priors of `--profile`, through the pipeline's evaluator and record
+store (`data/search/records/bench-efficiency/`, reading every other store: an evaluation any run or
+method made is not repeated), at a small search size (`--population` ... `--refine`); an incumbent's
+value is its top-fidelity validation mean over the top rung's training seeds, and each method's final
+incumbent is scored again under `--fresh-seeds` unseen training seeds (the selected mean is biased
+low: it is the best of several noisy means).
 
 Methods (the values of `search.ablation`): `none` (AutoQRA: evolution + refine), `no_priors`,
 `no_surrogate`, `single_fidelity`, `no_refine`, `random`, `tpe`; random and tpe get stage 1's and
 refine's steps together, as in the pipeline. Per seed and method, the incumbent after every
 evaluation is the configuration with the lowest mean over the top rung's seeds among those fully
-evaluated there (before any is: the stage-1 ranking's first), judged by its true (noise-free)
-value. Prints per method the mean ± standard error of the final true value, the regret to the
-exhaustive constrained optimum, the steps spent, and the steps needed to reach random search's final
+evaluated there (synthetic, before any is: the stage-1 ranking's first), judged by its true value
+(synthetic) or that mean (embedded). Prints per method the mean ± standard error of the final value,
+its paired difference to `none`, the steps spent, and the steps needed to reach random search's final
 incumbent value (mean ratio to random's own, and in how many seeds it was reached at all). Writes
 JSON to `--json`.
 """
@@ -34,8 +44,9 @@ from autoqra.search.synthetic import SyntheticObjective
 METHODS = ("none", "no_priors", "no_surrogate", "single_fidelity", "no_refine", "random", "tpe")
 
 
-def curve(results: list[Result], top: int, seeds: tuple[int, ...], true) -> list[tuple[int, float]]:
-    """[(steps spent, true value of the incumbent)] after every evaluation, in order."""
+def curve(results: list[Result], top: int, seeds: tuple[int, ...], true=None) -> list[tuple[int, float]]:
+    """[(steps spent, value of the incumbent)] after every evaluation, in order: its `true` value, or
+    without one its mean over `seeds` at fidelity `top` (no point before a configuration has one)."""
     out, steps, done = [], 0, []
     for r in results:
         steps += r.fidelity
@@ -44,7 +55,12 @@ def curve(results: list[Result], top: int, seeds: tuple[int, ...], true) -> list
                  if f == top and set(v) >= set(seeds) and None not in v.values()}
         if means:
             key = min(means, key=lambda k: (means[k], k))
+            if true is None:
+                out.append((steps, float(means[key])))
+                continue
             config = next(x.config for x in done if x.config.key == key)
+        elif true is None:
+            continue
         else:
             ranked = ranking(done)
             if not ranked:
@@ -80,48 +96,108 @@ def summarize(rows: list[dict], args: argparse.Namespace) -> list[dict]:
             steps.append(own)
             ratios.append(own / ref)
         reached = [r for r in ratios if r < math.inf]
-        table.append({"method": method, "final_mean": float(final.mean()), "final_se": se(final),
-                      "minus_none": float(diff.mean()), "minus_none_se": se(diff),
-                      "steps": float(np.mean([get[(method, s)]["steps"] for s in seeds])),
-                      "median_steps_to_random_best": float(statistics.median(steps)),
-                      "median_ratio": float(statistics.median(ratios)),
-                      "mean_ratio": float(np.mean(reached)) if reached else None, "reached": len(reached)})
-    print(f"\nsynthetic objective: {args.units} units, noise sd {args.sigma}, {len(seeds)} seeds; stage 1 "
-          f"{args.stage1_steps} steps, refine {args.refine} proposals; true value of the final incumbent "
-          "(lower is better); steps to reach random search's final value (median over seeds; ratio to random's own)")
-    print(f"{'method':16} {'final (mean ± se)':>18} {'− none (paired)':>17} {'steps':>6} {'median steps':>12} "
-          f"{'median ratio':>12} {'mean ratio':>10} {'reached':>8}")
+        row = {"method": method, "final_mean": float(final.mean()), "final_se": se(final),
+               "minus_none": float(diff.mean()), "minus_none_se": se(diff),
+               "steps": float(np.mean([get[(method, s)]["steps"] for s in seeds])),
+               "median_steps_to_random_best": float(statistics.median(steps)),
+               "median_ratio": float(statistics.median(ratios)),
+               "mean_ratio": float(np.mean(reached)) if reached else None, "reached": len(reached)}
+        if all(get[(method, s)].get("fresh") is not None for s in seeds):
+            fresh = np.array([get[(method, s)]["fresh"] for s in seeds])
+            fdiff = fresh - np.array([get[("none", s)]["fresh"] for s in seeds])
+            row.update(fresh_mean=float(fresh.mean()), fresh_se=se(fresh), fresh_minus_none=float(fdiff.mean()),
+                       fresh_minus_none_se=se(fdiff))
+        table.append(row)
+    if getattr(args, "objective", "synthetic") == "embedded":
+        print(f"\nembedded model: {len(seeds)} search seeds; fidelities {args.fidelities}, population "
+              f"{args.population}, {args.generations} generations, stage 1 {args.max_steps} steps, refine "
+              f"{args.refine} proposals; final = the incumbent's top-fidelity validation mean over the top rung's "
+              f"seeds (selected: biased low), fresh = the same configuration under {args.fresh_seeds} unseen "
+              "training seeds (lower is better); steps to reach random search's final value (median over seeds; "
+              "ratio to random's own)")
+    else:
+        print(f"\nsynthetic objective: {args.units} units, noise sd {args.sigma}, {len(seeds)} seeds; stage 1 "
+              f"{args.stage1_steps} steps, refine {args.refine} proposals; true value of the final incumbent "
+              "(lower is better); steps to reach random search's final value (median over seeds; ratio to random's "
+              "own)")
+    fresh_cols = all("fresh_mean" in t for t in table)
+    print(f"{'method':16} {'final (mean ± se)':>18} {'− none (paired)':>17} "
+          + (f"{'fresh (mean ± se)':>18} {'− none (paired)':>17} " if fresh_cols else "")
+          + f"{'steps':>6} {'median steps':>12} {'median ratio':>12} {'mean ratio':>10} {'reached':>8}")
     for t in table:
         mean_ratio = "—" if t["mean_ratio"] is None else f"{t['mean_ratio']:.2f}"
-        print(f"{t['method']:16} {t['final_mean']:>10.3f} ± {t['final_se']:.3f} {t['minus_none']:>+9.3f} ± "
-              f"{t['minus_none_se']:.3f} {t['steps']:>6.0f} {t['median_steps_to_random_best']:>12.0f} "
+        fresh = (f"{t['fresh_mean']:>10.4f} ± {t['fresh_se']:.4f} {t['fresh_minus_none']:>+9.4f} ± "
+                 f"{t['fresh_minus_none_se']:.4f} ") if fresh_cols else ""
+        print(f"{t['method']:16} {t['final_mean']:>10.4f} ± {t['final_se']:.4f} {t['minus_none']:>+9.4f} ± "
+              f"{t['minus_none_se']:.4f} {fresh}{t['steps']:>6.0f} {t['median_steps_to_random_best']:>12.0f} "
               f"{t['median_ratio']:>12.2f} {mean_ratio:>10} {t['reached']:>5}/{len(seeds)}")
     return table
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--units", type=int, default=12)
-    ap.add_argument("--sigma", type=float, default=0.1, help="sd of the evaluation noise")
-    ap.add_argument("--stage1-steps", type=int, default=240)
-    ap.add_argument("--refine", type=int, default=6, help="refine proposals (x 2 seeds x the top fidelity)")
-    ap.add_argument("--kernel", default="additive", help="refine's GP kernel ('auto' compares three: slower)")
-    ap.add_argument("--json", default="data/bench/search_efficiency.json")
-    ap.add_argument("--summarize", action="store_true", help="print the table of an earlier run's --json")
-    args = ap.parse_args()
-    if args.summarize:
-        saved = json.loads(Path(args.json).read_text())
-        summarize(saved["rows"], argparse.Namespace(**{**saved["args"], "json": args.json}))
-        return
-    warnings.filterwarnings("ignore")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+def run_embedded(args: argparse.Namespace) -> list[dict]:
+    """Every method under each search seed on the real model, through the pipeline's evaluator."""
+    import dataclasses
+
+    from common import search_setup
+
+    from stages.evolve import settings as evolve_settings
+    from stages.refine import settings as refine_settings
+    from stages.search_setup import SearchSetup
+
+    p, _, _ = search_setup(argparse.Namespace(**{**vars(args), "out": None}), None)
+    spr = list(args.seeds_per_rung or p.search.seeds_per_rung)
+    if len(spr) != len(args.fidelities):
+        raise SystemExit(f"error: --seeds-per-rung {spr}: needs one value per fidelity ({args.fidelities})")
+    search = dataclasses.replace(p.search, population=args.population, generations=args.generations,
+                                 offspring=args.offspring, fidelities=list(args.fidelities), max_steps=args.max_steps,
+                                 seeds_per_rung=spr, val_per_rung=[], workers=1,
+                                 refine=dataclasses.replace(p.search.refine, evaluations=args.refine))
+    base = dataclasses.replace(p, search=search)
+    dirs = {"prepare": args.prepare, "quantize": args.quantize, "profile": args.profile, "search": args.search,
+            "store": "bench-efficiency"}
+    setup = SearchSetup(base, dirs, progress=True)
+    top = args.fidelities[-1]
+    rows = []
+    for seed in range(args.seeds):
+        for method in METHODS:
+            t0, steps0 = time.perf_counter(), setup.evaluator.steps_trained
+            pm = dataclasses.replace(base, seed=seed, search=dataclasses.replace(search, ablation=method))
+            st, rs = evolve_settings(pm), refine_settings(pm)
+            study, _ = evolve(setup.objective, setup.space, setup.budget, setup.i_q, setup.i_r, st,
+                              study_name=f"{method}-s{seed}")
+            results = history(study, setup.space)
+            if rs.evaluations:
+                study2, _ = refine(setup.objective, setup.space, setup.budget, results, rs, setup.i_q, setup.i_r,
+                                   study_name=f"{method}-s{seed}-refine")
+                results = results + history(study2, setup.space)
+            c = curve(results, top, rs.seeds)
+            if not c:
+                raise SystemExit(f"error: {method} (seed {seed}) scored no configuration at fidelity {top} under "
+                                 f"every seed {rs.seeds}: raise --max-steps")
+            means = {k: np.mean(list(v.values())) for (k, f), v in seed_scores(results).items()
+                     if f == top and set(v) >= set(rs.seeds) and None not in v.values()}
+            key = min(means, key=lambda k: (means[k], k))
+            pick = next(x.config for x in results if x.config.key == key)
+            fresh_seeds = [1000 + i for i in range(args.fresh_seeds)]
+            fresh = [setup.evaluator(pick, top, s)["score"] for s in fresh_seeds]
+            fresh = [f for f in fresh if f is not None]
+            rows.append({"seed": seed, "method": method, "curve": c, "final": c[-1][1], "steps": c[-1][0],
+                         "pick": pick.describe(), "pick_key": key,
+                         "fresh": float(np.mean(fresh)) if len(fresh) == args.fresh_seeds and fresh else None,
+                         "fresh_scores": fresh, "trained_steps": setup.evaluator.steps_trained - steps0,
+                         "seconds": round(time.perf_counter() - t0, 1)})
+            r = rows[-1]
+            print(f"seed {seed} {method}: final {r['final']:.4f} fresh {r['fresh']} after {r['steps']} steps "
+                  f"({r['trained_steps']} trained, {r['seconds']:.0f} s): {r['pick']}", flush=True)
+    return rows
+
+
+def run_synthetic(args: argparse.Namespace) -> list[dict]:
     u = args.units
     space, budget = synthetic_problem(u)
     fidelities, spr = (1, 3, 9), (1, 1, 2)
     refine_steps = args.refine * spr[-1] * fidelities[-1]
     rows = []
-    start = time.perf_counter()
     for seed in range(args.seeds):
         obj = SyntheticObjective(space, seed, sigma=args.sigma, shared=0.6)
         i_q, i_r = obj.priors()
@@ -144,6 +220,44 @@ def main() -> None:
                          "optimum": optimum, "seconds": time.perf_counter() - t0})
         print(f"seed {seed}: " + ", ".join(f"{r['method']} {r['final']:.3f}" for r in rows if r["seed"] == seed),
               flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--objective", choices=("synthetic", "embedded"), default="synthetic")
+    ap.add_argument("--seeds", type=int, default=0, help="search seeds (default: 10 synthetic, 2 embedded)")
+    ap.add_argument("--units", type=int, default=12, help="synthetic: units")
+    ap.add_argument("--sigma", type=float, default=0.1, help="synthetic: sd of the evaluation noise")
+    ap.add_argument("--stage1-steps", type=int, default=240, help="synthetic: stage 1's steps")
+    ap.add_argument("--refine", type=int, default=0, help="refine proposals, x the top rung's seeds x the top "
+                    "fidelity (default: 6 synthetic, 1 embedded)")
+    ap.add_argument("--kernel", default="additive", help="synthetic: refine's GP kernel ('auto' compares three)")
+    ap.add_argument("--params", default="params.yaml", help="embedded: the pipeline's params")
+    for d in ("prepare", "quantize", "profile", "search"):
+        ap.add_argument(f"--{d}", default=f"data/{d}", help=f"embedded: the {d} stage's folder")
+    ap.add_argument("--fidelities", type=int, nargs="+", default=[4, 8, 16], help="embedded: the rungs' steps")
+    ap.add_argument("--seeds-per-rung", type=int, nargs="+", default=[1, 1, 2], help="embedded")
+    ap.add_argument("--population", type=int, default=6, help="embedded")
+    ap.add_argument("--generations", type=int, default=2, help="embedded")
+    ap.add_argument("--offspring", type=int, default=3, help="embedded")
+    ap.add_argument("--max-steps", type=int, default=120, help="embedded: stage 1's steps")
+    ap.add_argument("--fresh-seeds", type=int, default=2, help="embedded: unseen training seeds for each pick")
+    ap.add_argument("--json", default="")
+    ap.add_argument("--summarize", action="store_true", help="print the table of an earlier run's --json")
+    args = ap.parse_args()
+    embedded = args.objective == "embedded"
+    args.seeds = args.seeds or (2 if embedded else 10)
+    args.refine = args.refine or (1 if embedded else 6)
+    args.json = args.json or f"data/bench/search_efficiency{'_embedded' if embedded else ''}.json"
+    if args.summarize:
+        saved = json.loads(Path(args.json).read_text())
+        summarize(saved["rows"], argparse.Namespace(**{**saved["args"], "json": args.json}))
+        return
+    warnings.filterwarnings("ignore")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    start = time.perf_counter()
+    rows = run_embedded(args) if embedded else run_synthetic(args)
     print(f"total {time.perf_counter() - start:.0f} s")
     table = summarize(rows, args)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
