@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from common import search_parser, search_setup  # sets the offline environment
 
+from autoqra import stats
 from autoqra.search import operators as ops
 from autoqra.search.surrogate import rank_correlation
 
@@ -58,8 +59,17 @@ def main() -> None:
     within = sum(abs(r["diff"]) <= r["seed_sd"] for r in rows)
     print(f"rank agreement of the two dtypes' means: Spearman {corr['spearman']:.3f}, Kendall {corr['kendall']:.3f} "
           f"(n={corr['n']}); |bf16 - fp32| <= seed sd for {within} of {len(rows)} configurations")
+    # the same seed in both dtypes: same data order and initial adapters, so the difference is paired
+    pairs = [b - f for s in scores.values() for b, f in zip(s["bf16"], s["fp32"])]
+    offset, offset_se = stats.mean_se(pairs)
+    median = float(np.median(pairs))
+    print(f"bf16 - fp32 over all {len(pairs)} (configuration, seed) pairs: mean {offset:+.4f} ± {offset_se:.4f} "
+          f"(median {median:+.4f}; bf16 higher in {sum(d > 0 for d in pairs)} of {len(pairs)})")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"fidelity": fidelity, "rows": rows, "rank": corr}, indent=1))
+    Path(args.json).write_text(json.dumps({"fidelity": fidelity, "seeds": args.seeds, "rows": rows, "rank": corr,
+                                           "scores": scores, "paired": {"mean": offset, "se": offset_se,
+                                                                        "median": median, "n": len(pairs)}},
+                                          indent=1))
 
 
 if __name__ == "__main__":
