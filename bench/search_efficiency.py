@@ -80,8 +80,9 @@ def summarize(rows: list[dict], args: argparse.Namespace) -> list[dict]:
     own steps: median and mean; the mean is dominated by seeds where random found its best early)."""
     import statistics
 
-    seeds = sorted({r["seed"] for r in rows})
     get = {(r["method"], r["seed"]): r for r in rows}
+    # the seeds every method finished (a run stopped part-way is summarised over those)
+    seeds = sorted(s for s in {r["seed"] for r in rows} if all((m, s) in get for m in METHODS))
     table = []
     for method in METHODS:
         if not all((method, s) in get for s in seeds):
@@ -132,6 +133,12 @@ def summarize(rows: list[dict], args: argparse.Namespace) -> list[dict]:
               f"{t['minus_none_se']:.4f} {fresh}{t['steps']:>6.0f} {t['median_steps_to_random_best']:>12.0f} "
               f"{t['median_ratio']:>12.2f} {mean_ratio:>10} {t['reached']:>5}/{len(seeds)}")
     return table
+
+
+def save(args: argparse.Namespace, rows: list[dict], table: list[dict] | None = None) -> None:
+    """The rows so far (a run stopped part-way keeps them: `--summarize` prints the finished seeds)."""
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"args": vars(args), "table": table, "rows": rows}, indent=1))
 
 
 def run_embedded(args: argparse.Namespace) -> list[dict]:
@@ -187,6 +194,7 @@ def run_embedded(args: argparse.Namespace) -> list[dict]:
                          "fresh_scores": fresh, "trained_steps": setup.evaluator.steps_trained - steps0,
                          "seconds": round(time.perf_counter() - t0, 1)})
             r = rows[-1]
+            save(args, rows)
             print(f"seed {seed} {method}: final {r['final']:.4f} fresh {r['fresh']} after {r['steps']} steps "
                   f"({r['trained_steps']} trained, {r['seconds']:.0f} s): {r['pick']}", flush=True)
     return rows
@@ -259,9 +267,7 @@ def main() -> None:
     start = time.perf_counter()
     rows = run_embedded(args) if embedded else run_synthetic(args)
     print(f"total {time.perf_counter() - start:.0f} s")
-    table = summarize(rows, args)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"args": vars(args), "table": table, "rows": rows}, indent=1))
+    save(args, rows, summarize(rows, args))
 
 
 if __name__ == "__main__":
