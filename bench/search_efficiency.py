@@ -44,6 +44,14 @@ from autoqra.search.synthetic import SyntheticObjective
 METHODS = ("none", "no_priors", "no_surrogate", "single_fidelity", "no_refine", "random", "tpe")
 
 
+def incumbent(done: list[Result], top: int, seeds: tuple[int, ...]) -> tuple[str, float] | None:
+    """(key, mean) of the configuration with the lowest mean over `seeds` at fidelity `top` among those
+    scored under all of them; None before any is."""
+    means = {k: float(np.mean(list(v.values()))) for (k, f), v in seed_scores(done).items()
+             if f == top and set(v) >= set(seeds) and None not in v.values()}
+    return min(means.items(), key=lambda kv: (kv[1], kv[0])) if means else None
+
+
 def curve(results: list[Result], top: int, seeds: tuple[int, ...], true=None) -> list[tuple[int, float]]:
     """[(steps spent, value of the incumbent)] after every evaluation, in order: its `true` value, or
     without one its mean over `seeds` at fidelity `top` (no point before a configuration has one)."""
@@ -51,16 +59,13 @@ def curve(results: list[Result], top: int, seeds: tuple[int, ...], true=None) ->
     for r in results:
         steps += r.fidelity
         done.append(r)
-        means = {k: np.mean(list(v.values())) for (k, f), v in seed_scores(done).items()
-                 if f == top and set(v) >= set(seeds) and None not in v.values()}
-        if means:
-            key = min(means, key=lambda k: (means[k], k))
-            if true is None:
-                out.append((steps, float(means[key])))
-                continue
-            config = next(x.config for x in done if x.config.key == key)
-        elif true is None:
+        best = incumbent(done, top, seeds)
+        if true is None:
+            if best is not None:
+                out.append((steps, best[1]))
             continue
+        if best is not None:
+            config = next(x.config for x in done if x.config.key == best[0])
         else:
             ranked = ranking(done)
             if not ranked:
@@ -181,9 +186,7 @@ def run_embedded(args: argparse.Namespace) -> list[dict]:
             if not c:
                 raise SystemExit(f"error: {method} (seed {seed}) scored no configuration at fidelity {top} under "
                                  f"every seed {rs.seeds}: raise --max-steps")
-            means = {k: np.mean(list(v.values())) for (k, f), v in seed_scores(results).items()
-                     if f == top and set(v) >= set(rs.seeds) and None not in v.values()}
-            key = min(means, key=lambda k: (means[k], k))
+            key = incumbent(results, top, rs.seeds)[0]
             pick = next(x.config for x in results if x.config.key == key)
             fresh_seeds = [1000 + i for i in range(args.fresh_seeds)]
             fresh = [setup.evaluator(pick, top, s)["score"] for s in fresh_seeds]
