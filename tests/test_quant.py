@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from conftest import TARGETS, calibration, quantize_one
+from conftest import TARGETS, calibration, quantize_one, smoke_params
 from safetensors import safe_open
 
 from autoqra import gptq, models, quant, scoring, tasks
@@ -47,14 +47,24 @@ def test_gptq_output_error_is_below_round_to_nearest(bits, tiny_dir, task_dir, t
     assert err_gptq < err_rtn
 
 
-def test_loss_grows_as_bits_fall_and_8_bit_is_near_lossless(tiny_dir, task_dir, tiny_caches):
+def test_output_error_falls_with_every_bit_2_bit_hurts_and_8_bit_is_near_lossless(tiny_dir, task_dir, tiny_caches):
+    """Fewer bits, a larger error of the logits against the unquantized model, by a factor the
+    measurement supports on every processor seen (2 -> 3 -> 4 -> 8 bits: 7x, 3x, 400x on the tiny model,
+    asserted at 2x). The loss itself orders 2 bits against the rest only: the tiny model's 3- and 4-bit
+    losses lie within 3e-4 of each other and of the unquantized one, so their order is rounding, and
+    which way it falls differs between processors (issue 20)."""
     tok = models.load_tokenizer(tiny_dir)
     val = scoring.batches(tok, tasks.read_split(task_dir, "val"), 128, 64, whole_sequence=True)
-    loss = {b: scoring.mean_nll(_uniform(tiny_dir, b, tiny_caches), val) for b in (2, 3, 4, 8)}
-    loss[16] = scoring.mean_nll(models.load_model(tiny_dir), val)
-    assert loss[2] > loss[3] > loss[4] > loss[8]
-    assert abs(loss[8] - loss[16]) < 0.002 * loss[16]
-    assert loss[2] > loss[16] + 0.01  # 2 bits hurts measurably
+    base = models.load_model(tiny_dir)
+    err, loss = {}, {16: scoring.mean_nll(base, val)}
+    for b in (2, 3, 4, 8):
+        model = _uniform(tiny_dir, b, tiny_caches)
+        with torch.no_grad():
+            err[b] = sum((model(**x).logits - base(**x).logits).pow(2).mean().item() for x in val) / len(val)
+        loss[b] = scoring.mean_nll(model, val)
+    assert err[2] > 2 * err[3] > 4 * err[4] > 8 * err[8] > 0, err
+    assert loss[2] > max(loss[3], loss[4], loss[8], loss[16]) + 0.01, loss  # 2 bits hurts measurably (0.03)
+    assert abs(loss[8] - loss[16]) < 0.002 * loss[16], loss
 
 
 def _mixed(tiny_dir):
@@ -158,3 +168,21 @@ def test_cache_fingerprint_ignores_logs_but_not_tensors(tmp_path, tiny_caches):
     (copy / "quant_log.csv").write_text("other timings\n")
     assert quant.cache_fingerprint(copy) == quant.cache_fingerprint(tiny_caches[4].path)
     assert quant.cache_fingerprint(tiny_caches[2].path) != quant.cache_fingerprint(tiny_caches[4].path)
+
+
+@pytest.mark.slow
+def test_quantize_stage_in_a_new_process_makes_a_cache_with_the_same_fingerprint(smoke_project, tmp_path):
+    """GPTQ caches are reproducible across processes on one machine: the quantize stage run again, in a
+    process of its own, gives the cache Snakemake's job made (the record keys rely on it)."""
+    import json
+
+    from conftest import run_tool
+
+    bits = smoke_params().quant.bits[0]
+    made = smoke_project / f"data/quantize/b{bits}"
+    res = run_tool(["python", "-m", "stages.quantize", "--params", "smoke.yaml", "--bits", str(bits), "--prepare",
+                    "data/prepare", "--out", str(tmp_path / "again"), "--threads", "2"], cwd=smoke_project)
+    assert res.returncode == 0, res.stderr[-3000:]
+    again = json.loads((tmp_path / "again/metrics.json").read_text())["cache_fingerprint"]
+    assert quant.cache_fingerprint(tmp_path / "again") == again == quant.cache_fingerprint(made)
+    assert json.loads((made / "metrics.json").read_text())["cache_fingerprint"] == again

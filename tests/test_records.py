@@ -106,6 +106,8 @@ def test_stores_of_one_folder_read_each_other_share_locks_and_write_only_their_o
     assert computed and (shared / "evolve/STORE").exists() and evolve.path(KEY).exists()
     again, computed = finetune.get(KEY, lambda: pytest.fail("recomputed a record another store holds"))
     assert not computed and again == first and not finetune.path(KEY).exists()
+    # a store is its stage's declared output: it exists even when every record came from elsewhere
+    assert (shared / "finetune/a/STORE").exists()
     assert finetune.locks == evolve.locks == shared / "locks"
     # contending stores compute a key once between them
     other = "cd" + "1" * 62

@@ -79,6 +79,13 @@ class RecordStore:
         self.root, self.max_attempts = Path(root), max_attempts
         self.shared = Path(shared) if shared is not None else None
         self.locks = (self.shared or self.root) / "locks"
+        if self.shared is not None:
+            # a stage's store is its declared output: it exists (marked, so the other stores find it)
+            # even when every record it needed was read from another store (issue 20)
+            self.root.mkdir(parents=True, exist_ok=True)
+            marker = self.root / "STORE"
+            if not marker.exists():
+                marker.write_text(f"record store, format {FORMAT}\n")
         self.computed = 0   # records this store computed (and wrote)
         self.damaged = 0    # damaged records found and moved aside
         self.retried = 0    # transient failures recomputed
@@ -149,8 +156,6 @@ class RecordStore:
         record = validate({**record, "format": FORMAT, "key": key}, key)
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if self.shared is not None and not (self.root / "STORE").exists():
-            (self.root / "STORE").write_text(f"record store, format {FORMAT}\n")  # found by the other stores
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:8]}", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as fh:
