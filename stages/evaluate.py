@@ -15,23 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from autoqra import final, fingerprint, tasks
+from autoqra import final, tasks
 from autoqra.config import Params
-from autoqra.evaluate import VALUE_CODE
 from stages import common
 from stages.registry import STAGES
 from stages.search_setup import SearchSetup
 
 PARAMS = STAGES["evaluate"].params
-
-
-def test_key(p: Params, train_key: str) -> str:
-    """The key of a test-split evaluation: the training record (model, task with its test split, caches,
-    configuration, steps, seed, training code) plus what the evaluation adds."""
-    return fingerprint.of_data({"train": train_key, "max_length": p.task.max_length, "split": "test",
-                                "evaluate": {"exact_match": p.evaluate.exact_match, "batch_size": p.evaluate.batch_size,
-                                             "lm_eval_tasks": list(p.evaluate.lm_eval_tasks)},
-                                "code": fingerprint.of_code("autoqra.final", *VALUE_CODE)})
 
 
 def run(p: Params, arm: str, dirs: dict[str, str], train: Path) -> dict[str, Any]:
@@ -51,7 +41,7 @@ def run(p: Params, arm: str, dirs: dict[str, str], train: Path) -> dict[str, Any
             if row["status"] == "ok":
                 # a record of the shared store keyed by the training record: two arms that are one
                 # configuration (best_uniform is often the budget's reference uniform) are scored once
-                record, computed = ev.store.get(test_key(p, runs[seed]["key"]), lambda s=seed: final.score_seed(
+                record, computed = ev.store.get(final.evaluation_key(runs[seed]["key"], p.task.max_length, p.evaluate), lambda s=seed: final.score_seed(
                     ev, config, train / f"seed{s}.safetensors", test, p.task.max_length, p.evaluate, Path(tmp), built))
                 row.update(record["scores"], test_record=record["key"], test_cached=not computed)
             row["eval_s"] = round(time.perf_counter() - start, 2)

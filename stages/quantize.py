@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from autoqra import fingerprint, gptq, models, quant, scoring, tasks
-from autoqra.config import BIT_CHOICES, Params
+from autoqra.config import Params
+from autoqra.space import BIT_CHOICES
 from stages import common
 from stages.registry import STAGES
 

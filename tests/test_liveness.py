@@ -8,7 +8,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autoqra import fingerprint
-from autoqra.evaluate import VALUE_CODE
+from autoqra.fingerprint import VALUE_CODE
 from autoqra.search import samplers
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -45,6 +45,79 @@ def test_code_fingerprint_follows_the_source(tmp_path, monkeypatch):
     assert of_code("fpkg.scorer") == before
     (pkg / "scorer.py").write_text("def score(x):\n    return 2 * x\n")
     assert of_code("fpkg.scorer") != before
+
+
+ORIGINAL = {"value.py": '''"""Scores."""
+import math
+
+from other import helper
+
+SCALE = 2.0
+
+
+def score(x):
+    """Twice the log."""
+    from other import offset  # a local import
+    return SCALE * math.log(x) + helper(x) + offset
+
+
+class Scorer:
+    def __call__(self, x):
+        return score(x)
+''', "train.py": '''import torch
+
+
+def step(model):
+    return model.loss()
+'''}
+# the same definitions moved into other files under other names, with other imports, comments and
+# docstrings: a layout change (issue 21)
+MOVED = {"train/scoring.py": '''"""The scores, now in a package of their own."""
+import math
+
+from elsewhere.helpers import helper
+
+# the factor
+SCALE = 2.0
+
+
+class Scorer:
+    """Calls score."""
+
+    def __call__(self, x):
+        return score(x)  # same body
+''', "train/loop.py": '''import torch
+
+from elsewhere.helpers import offset
+from train.scoring import SCALE
+
+
+def step(model):
+    return model.loss()
+
+
+def score(x):
+    from elsewhere import offset
+    return SCALE * math.log(x) + helper(x) + offset
+'''}
+
+
+def _write(root, files):
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return [root / name for name in files]
+
+
+def test_moving_code_between_files_keeps_the_code_fingerprint_and_changing_a_definition_does_not(tmp_path):
+    before = fingerprint.of_sources(*_write(tmp_path / "a", ORIGINAL))
+    assert fingerprint.of_sources(*_write(tmp_path / "b", MOVED)) == before
+    changed = {**MOVED, "train/loop.py": MOVED["train/loop.py"].replace("SCALE * math", "SCALE / math")}
+    assert fingerprint.of_sources(*_write(tmp_path / "c", changed)) != before
+    renamed = {**MOVED, "train/scoring.py": MOVED["train/scoring.py"].replace("SCALE = 2.0", "SCALE = 3.0")}
+    assert fingerprint.of_sources(*_write(tmp_path / "d", renamed)) != before
+    dropped = {"value.py": ORIGINAL["value.py"]}  # a definition leaves the value code
+    assert fingerprint.of_sources(*_write(tmp_path / "e", dropped)) != before
 
 
 def test_the_record_key_covers_the_code_that_determines_a_value_and_not_the_report():

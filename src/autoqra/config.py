@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BIT_CHOICES = (2, 3, 4, 8, 16)  # what GPTQModel packs, and 16 = unquantized
+from autoqra.space import BIT_CHOICES
+
 ABLATIONS = ("none", "no_priors", "no_surrogate", "single_fidelity", "no_refine", "random", "tpe")
 
 

@@ -25,13 +25,10 @@ import torch
 from autoqra import backends, fingerprint, models, quant, scoring
 from autoqra.config import FinetuneParams, LoraParams
 from autoqra.finetune import attach_lora, train
+from autoqra.fingerprint import VALUE_CODE
 from autoqra.records import RecordStore
 from autoqra.space import Config, Space
 from autoqra.tasks import encode, read_split
-
-# The modules whose code determines a record's value: a change to any of them makes new keys.
-VALUE_CODE = ("autoqra.evaluate", "autoqra.finetune", "autoqra.scoring", "autoqra.tasks", "autoqra.quant",
-              "autoqra.backends", "autoqra.models", "autoqra.space")
 
 
 def is_oom(exc: BaseException) -> bool:

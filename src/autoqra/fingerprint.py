@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import json
@@ -32,14 +33,67 @@ def of_dir(path: str | Path, skip: tuple[str, ...] = ("metrics.json", ".snakemak
     return h.hexdigest()
 
 
+# The modules whose code determines a record's value (a fidelity run's, a test evaluation's): a change to
+# any definition in them makes new record keys; where a definition lives among them does not matter.
+VALUE_CODE = ("autoqra.evaluate", "autoqra.finetune", "autoqra.scoring", "autoqra.tasks", "autoqra.quant",
+              "autoqra.backends", "autoqra.models", "autoqra.space")
+TEST_CODE = ("autoqra.final",)  # what a test-split evaluation adds
+
+
+class _Bare(ast.NodeTransformer):
+    """Drops what does not compute anything: imports (they say where a name comes from, not what it
+    does) and docstrings."""
+
+    def visit_Import(self, node: ast.AST) -> None:
+        return None
+
+    visit_ImportFrom = visit_Import
+
+    def generic_visit(self, node: ast.AST) -> ast.AST:
+        super().generic_visit(node)
+        body = getattr(node, "body", None)
+        if isinstance(body, list):
+            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                body = body[1:]
+            node.body = body or [ast.Pass()]
+        return node
+
+
+def _definitions(path: str | Path) -> list[tuple[str, str]]:
+    """(name, normalised code) of every top-level statement of a Python file but imports and docstrings."""
+    tree = _Bare().visit(ast.parse(Path(path).read_text()))
+    out = []
+    for node in tree.body:
+        if isinstance(node, ast.Pass):
+            continue
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            name = node.name
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            name = ",".join(ast.unparse(t) for t in targets)
+        else:
+            name = ""
+        out.append((name, ast.dump(node)))
+    return out
+
+
+def of_sources(*paths: str | Path) -> str:
+    """sha256 over the definitions of Python files, as a sorted set: the same definitions give the same
+    hash however they are spread over files, whatever the files are called and however they import each
+    other; comments, docstrings and formatting do not count. A change to any definition's code does."""
+    return of_data(sorted(d for path in paths for d in _definitions(path)))
+
+
 @cache
 def of_code(*modules: str) -> str:
-    """sha256 over the source files of the named Python modules (`autoqra.scoring`, ...): a record
-    computed by other code than today's gets another key, so no stale result is ever reused."""
-    parts = []
-    for name in sorted(modules):
+    """`of_sources` of the named Python modules (`autoqra.scoring`, ...): a record computed by other code
+    than today's gets another key, so no stale result is ever reused, while moving or renaming code
+    (a layout change) keeps every key."""
+    paths = []
+    for name in modules:
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None:
             raise ModuleNotFoundError(name)
-        parts.append([name, of_file(spec.origin)])
-    return of_data(parts)
+        paths.append(spec.origin)
+    return of_sources(*paths)

@@ -24,9 +24,9 @@ from torch import nn
 
 from autoqra import fingerprint
 from autoqra.config import ParamError
+from autoqra.space import UNQUANTIZED
 
 TENSORS = ("qweight", "qzeros", "scales", "g_idx")
-UNQUANTIZED = 16
 _BASE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json", "chat_template.jinja", "tokenizer.model")
 
