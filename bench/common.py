@@ -1,10 +1,13 @@
 """What the benchmarks share: offline environment and the default target linears."""
 
-import os
+import sys
+from pathlib import Path
 
-for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(_var, "1")
-os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the stages' helpers, for the params
+
+from autoqra.store.process import environment  # noqa: E402
+
+environment()
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -25,21 +28,28 @@ def search_parser(description: str, needs: str):
 
 def search_setup(args, needs: str):
     """(params, the evolve stage's SearchSetup, path of `needs` in --out), with one-line errors first."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from stages import common as stage_common
-    from stages.evolve import PARAMS
-    from stages.search_setup import SearchSetup
+    from autoqra.search.setup import SearchSetup, check_inputs
 
     path = Path(args.out) / needs if needs else None
     if path is not None and not path.exists():
         raise SystemExit(f"error: --out {args.out}: no {needs} (run the evolve stage)")
-    p, _ = stage_common.load(args.params, PARAMS)
+    p = load(args.params)
     dirs = {"prepare": args.prepare, "quantize": args.quantize, "profile": args.profile, "search": args.search}
-    SearchSetup.check_inputs(p, dirs)
+    try:
+        check_inputs(p, dirs)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     return p, SearchSetup(p, dirs, progress=True), path
+
+
+def load(path: str):
+    """A composed params file, validated, or a one-line error."""
+    from autoqra.params import ParamError, load_file
+
+    try:
+        return load_file(path)
+    except ParamError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def synthetic_problem(units: int):

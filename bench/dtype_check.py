@@ -42,7 +42,7 @@ def main() -> None:
     scores: dict[str, dict[str, list[float]]] = {}
     for dtype in ("bf16", "fp32"):
         p2 = dataclasses.replace(p, finetune=dataclasses.replace(p.finetune, dtype=dtype))
-        from stages.search_setup import SearchSetup
+        from autoqra.search.setup import SearchSetup
 
         ev = SearchSetup(p2, setup.dirs).evaluator
         for name, config in configs.items():

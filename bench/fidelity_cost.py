@@ -23,12 +23,12 @@ import torch
 from common import TARGETS  # sets the offline environment (read when transformers is first imported)
 
 from autoqra import models, quant
-from autoqra.config import FinetuneParams, LoraParams
-from autoqra.evaluate import Evaluator
-from autoqra.finetune import batch_order
+from autoqra.data import collate
 from autoqra.memory import ModelSpec
+from autoqra.params import FinetuneParams, LoraParams
 from autoqra.space import Space
-from autoqra.tasks import collate
+from autoqra.train.fidelity import Evaluator
+from autoqra.train.loop import batch_order
 
 
 def plain_loop(model, encoded, pad_id, steps, batch_size, lr, seed) -> float:

@@ -17,9 +17,9 @@ import torch
 from common import TARGETS  # sets the offline environment (read when transformers is first imported)
 
 from autoqra import quant
-from autoqra.finetune import attach_lora
 from autoqra.memory import MemoryModel, ModelSpec, Training, measured_bytes
 from autoqra.space import Space
+from autoqra.train.lora import attach_lora
 
 
 def main() -> None:

@@ -34,12 +34,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autoqra import backends, fingerprint, models, quant, scoring, tasks  # noqa: E402
-from autoqra.finetune import attach_lora, train  # noqa: E402
-from autoqra.memory import parse_reference  # noqa: E402
-from autoqra.records import RecordStore  # noqa: E402
-from stages import common as stage_common  # noqa: E402
-from stages.search_setup import _base  # noqa: E402
+from common import load  # noqa: E402
+
+from autoqra import arms, data, models, quant  # noqa: E402
+from autoqra.memory import ModelSpec, from_params  # noqa: E402
+from autoqra.quant import backends  # noqa: E402
+from autoqra.store import fingerprint  # noqa: E402
+from autoqra.store.records import RecordStore  # noqa: E402
+from autoqra.train import scoring  # noqa: E402
+from autoqra.train.loop import train  # noqa: E402
+from autoqra.train.lora import attach_lora  # noqa: E402
 
 
 def main() -> None:
@@ -58,17 +62,18 @@ def main() -> None:
     ap.add_argument("--schedule", default="linear", help="the alternative schedule of the `schedule` row")
     ap.add_argument("--batch", type=int, default=16, help="the larger batch of the `batch` row")
     args = ap.parse_args()
-    p, _ = stage_common.load(args.params, ())
+    p = load(args.params)
     steps = args.steps or p.search.fidelities[-1]
     prepare = Path(args.prepare)
-    spec, space, memory = _base(p, {"prepare": args.prepare})
+    spec = ModelSpec.from_pretrained(Path(args.prepare) / "model", p.quant.targets)
+    space, memory, _ = from_params(p, spec)
     device = models.default_device()
     dtype = models.compute_dtype(p.finetune.dtype, device)
     caches = {b: quant.QuantCache(Path(args.quantize) / f"b{b}") for b in p.quant.bits if b != quant.UNQUANTIZED}
     backend = backends.make("dequant" if device == "cpu" else "packed", prepare / "model", caches, device, dtype)
     tok = models.load_tokenizer(prepare / "model")
-    train_data = [tasks.encode(tok, ex, p.task.max_length) for ex in tasks.read_split(prepare / "task", "train")]
-    val = tasks.read_split(prepare / "task", "val")
+    train_data = [data.encode(tok, ex, p.task.max_length) for ex in data.read_split(prepare / "task", "train")]
+    val = data.read_split(prepare / "task", "val")
     names = pick_configs(args, p, space)
     store = RecordStore(args.store)
     inputs = {"model": fingerprint.of_dir(prepare / "model"), "caches": {b: c.fingerprint for b, c in caches.items()},
@@ -126,7 +131,7 @@ def pick_configs(args, p, space):
     if args.configs:
         wanted = args.configs
     else:
-        bits, rank = parse_reference(p.budget.reference)
+        bits, rank = arms.parse_uniform(p.budget.reference)
         lower = [r for r in p.lora.ranks if r < rank]
         wanted = [p.budget.reference, f"uniform4_r{lower[-1] if lower else rank}"]
     out = {}
@@ -134,7 +139,7 @@ def pick_configs(args, p, space):
         if name == "pick":
             out[name] = space.parse(json.loads((Path(args.evolve) / "best.json").read_text())["config"])
         elif name.startswith("uniform"):
-            out[name] = space.uniform(*parse_reference(name))
+            out[name] = space.uniform(*arms.parse_uniform(name))
         else:
             raise SystemExit(f"error: --configs {name}: use uniform<bits>_r<rank> or pick")
         space.check(out[name])

@@ -25,10 +25,12 @@ from common import TARGETS  # sets the offline environment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autoqra import models, priors, quant, scoring, tasks  # noqa: E402
+from common import load  # noqa: E402
+
+from autoqra import data, models, priors, quant  # noqa: E402
 from autoqra.search.surrogate import rank_correlation  # noqa: E402
 from autoqra.space import block_of  # noqa: E402
-from stages import common as stage_common  # noqa: E402
+from autoqra.train import scoring  # noqa: E402
 
 
 def agreement(a: dict[str, float], b: dict[str, float], top: int = 10) -> dict[str, float]:
@@ -53,24 +55,24 @@ def main() -> None:
     ap.add_argument("--quantize", default="data/quantize")
     ap.add_argument("--json", default="data/bench/priors_agreement.json")
     args = ap.parse_args()
-    p, _ = stage_common.load(args.params, ())
+    p = load(args.params)
     prepare = Path(args.prepare)
     device, dtype = models.device_and_dtype()
     cache = quant.QuantCache(Path(args.quantize) / f"b{p.quant.bits[0]}")
     tok = models.load_tokenizer(prepare / "model")
     model = models.load_model(prepare / "model", dtype, device)
     modules = {n: m for n, m in model.named_modules() if n in set(cache.modules) and n.rsplit(".", 1)[-1] in TARGETS}
-    examples = tasks.read_split(prepare / "task", "calib")[: p.profile.samples]
+    examples = data.read_split(prepare / "task", "calib")[: p.profile.samples]
 
-    def data(rows):
+    def batches(rows):
         return scoring.batches(tok, rows, p.profile.max_length, p.profile.batch_size, whole_sequence=True)
 
     times = {}
     start = time.perf_counter()
-    fast = priors.fisher_sensitivity(model, modules, cache, data(examples))
+    fast = priors.fisher_sensitivity(model, modules, cache, batches(examples))
     times["fisher"] = time.perf_counter() - start
     start = time.perf_counter()
-    measured = priors.quant_sensitivity(model, modules, cache, data(examples), progress=True)
+    measured = priors.quant_sensitivity(model, modules, cache, batches(examples), progress=True)
     times["measured"] = time.perf_counter() - start
     half = len(examples) // 2
     halves = [priors.quant_sensitivity(model, modules, cache, data(rows)) for rows in (examples[:half],

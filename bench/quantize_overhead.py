@@ -25,12 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DIRECT = """
 import sys, json, torch
 from gptqmodel import GPTQModel, QuantizeConfig
-from autoqra import models, tasks
+from autoqra import models, data
 from autoqra.quant import target_modules, _regex
 from torch import nn
 p = json.loads(sys.argv[1])
 tok = models.load_tokenizer(p["model"])
-calib = [tasks.encode(tok, ex, p["max_length"])[0] for ex in tasks.read_split(p["task"], "calib")[: p["n"]]]
+calib = [data.encode(tok, ex, p["max_length"])[0] for ex in data.read_split(p["task"], "calib")[: p["n"]]]
 meta = models.meta_model(p["model"])
 chosen = target_modules(meta, p["targets"])
 skip = [n for n, m in meta.named_modules() if isinstance(m, nn.Linear) and ".layers." in n and n not in chosen]
@@ -55,7 +55,7 @@ def timed(cmd: list[str]) -> float:
 
 def main() -> None:
     sys.path.insert(0, str(ROOT))
-    from stages import common as stage_common
+    from common import load
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--json", default="data/bench/quantize_overhead.json")
     args = ap.parse_args()
-    p, _ = stage_common.load(args.params, ())
+    p = load(args.params)
     q = p.quant
     with tempfile.TemporaryDirectory() as tmp:
         spec = {"model": str(Path(args.prepare, "model").resolve()), "task": str(Path(args.prepare, "task").resolve()),

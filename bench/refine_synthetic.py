@@ -24,8 +24,8 @@ from common import synthetic_problem
 
 from autoqra.search import RefineSettings, Settings, evolve, refine
 from autoqra.search import trust_region as tr
+from autoqra.search.optuna import history
 from autoqra.search.repair import repair
-from autoqra.search.samplers import history
 from autoqra.search.synthetic import SyntheticObjective
 
 

@@ -37,8 +37,8 @@ import optuna
 from common import synthetic_problem
 
 from autoqra.search import REFINE_OFF, RefineSettings, Settings, ablated, evolve, ranking, refine
-from autoqra.search.evolution import Result, seed_scores
-from autoqra.search.samplers import history
+from autoqra.search.history import Result, seed_scores
+from autoqra.search.optuna import history
 from autoqra.search.synthetic import SyntheticObjective
 
 METHODS = ("none", "no_priors", "no_surrogate", "single_fidelity", "no_refine", "random", "tpe")
@@ -152,9 +152,7 @@ def run_embedded(args: argparse.Namespace) -> list[dict]:
 
     from common import search_setup
 
-    from stages.evolve import settings as evolve_settings
-    from stages.refine import settings as refine_settings
-    from stages.search_setup import SearchSetup
+    from autoqra.search.setup import SearchSetup, evolve_settings, refine_settings
 
     p, _, _ = search_setup(argparse.Namespace(**{**vars(args), "out": None}), None)
     spr = list(args.seeds_per_rung or p.search.seeds_per_rung)

@@ -17,8 +17,8 @@ import optuna
 
 from autoqra.memory import MemoryModel, ModelSpec, ModuleShape, Training, make_budget
 from autoqra.search import Settings, evolve, ranking
+from autoqra.search.optuna import history
 from autoqra.search.repair import repair
-from autoqra.search.samplers import history
 from autoqra.search.synthetic import SyntheticObjective
 from autoqra.space import Space
 

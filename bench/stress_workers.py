@@ -44,11 +44,11 @@ def settings(seed: int):
 def worker(root: str, seed: int, worker_index: int) -> None:
     import optuna
 
-    from autoqra import fingerprint
-    from autoqra.records import RecordStore
     from autoqra.search.evolution import Evolution
-    from autoqra.search.samplers import PlanSampler, drive, open_study
+    from autoqra.search.optuna import PlanSampler, drive, open_study
     from autoqra.search.synthetic import SyntheticObjective
+    from autoqra.store import fingerprint
+    from autoqra.store.records import RecordStore
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space, budget = space_and_budget()
@@ -75,7 +75,7 @@ def worker(root: str, seed: int, worker_index: int) -> None:
 def one_repeat(seed: int, workers: int, threads: bool) -> dict:
     import optuna
 
-    from autoqra.search.samplers import history, open_study
+    from autoqra.search.optuna import history, open_study
 
     with tempfile.TemporaryDirectory() as root:
         if threads:

@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from autoqra.config import ParamError, params_schema
+from autoqra.params import ParamError, params_schema
 from stages import params as P
 
 

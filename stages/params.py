@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from autoqra import fingerprint as fp
-from autoqra.config import ParamError, Params, load_params
+from autoqra.params import ParamError, Params, load_params
+from autoqra.store import fingerprint as fp
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "params"

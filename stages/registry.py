@@ -1,21 +1,26 @@
 """Each stage's declared interface: the params keys it reads, the code it depends on, its command.
 
-The single home of what a stage depends on. The Snakemake rules read it; `dvc.yaml` is generated
-from it (`autoqra dvc --write dvc.yaml`, kept equal by a test), and a test keeps the two orchestrators'
-jobs equal. Code dependencies are the stage's own entry point and the library modules holding its
-algorithm (not shared plumbing such as the config module, so that adding a parameter does not
-invalidate hours of GPTQ).
+The single home of what a stage depends on and how it is run. The Snakemake rules take their params,
+code inputs and shell command from it (`snakemake_shell`); `dvc.yaml` is generated from it (`autoqra
+dvc --write dvc.yaml`, kept equal by a test), and a test keeps the two orchestrators' jobs equal. Code
+dependencies are the stage's own entry point, the library modules holding its algorithm and, for every
+stage that trains or scores, the value code the record keys hash (`VALUE_CODE`, one list for both), so
+a change to the scoring code re-runs the stages whose results it changes (not shared plumbing such as
+the params module, so that adding a parameter does not invalidate hours of GPTQ).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, NamedTuple
+
+from autoqra.store.fingerprint import TEST_CODE, VALUE_CODE
 
 
 class Stage(NamedTuple):
     params: tuple[str, ...]
     code: tuple[str, ...]
-    cmd: str = ""                  # DVC's command (`${item}` inside a foreach)
+    cmd: str = ""                  # the command, DVC's syntax (`${item}` inside a foreach, `${key}` a param)
     deps: tuple[str, ...] = ()     # data the stage reads (outputs of others)
     outs: tuple[str, ...] = ()
     foreach: str | None = None     # DVC's foreach expression (Snakemake: a wildcard)
@@ -26,55 +31,66 @@ class Stage(NamedTuple):
     metrics: tuple[str, ...] = ()  # metrics files outside `outs` (cached outputs too)
 
 
+def files(*modules: str) -> tuple[str, ...]:
+    """Source files of library modules (`autoqra.train.scoring` -> `src/autoqra/train/scoring.py`)."""
+    return tuple(f"src/{m.replace('.', '/')}.py" for m in modules)
+
+
+VALUE = files(*VALUE_CODE)  # what a training or scoring stage's records depend on
+SEARCH_CODE = files("autoqra.search.setup", "autoqra.search.runs", "autoqra.search.workers", "autoqra.memory.model",
+                    "autoqra.memory.budget", "autoqra.search.evolution", "autoqra.search.history",
+                    "autoqra.search.ablations", "autoqra.search.operators", "autoqra.search.repair",
+                    "autoqra.search.surrogate", "autoqra.search.baselines", "autoqra.search.optuna.sampler",
+                    "autoqra.search.optuna.driver", "autoqra.search.optuna.liveness", "autoqra.search.optuna.storage")
+REFINE_CODE = files("autoqra.search.refinement", "autoqra.search.trust_region", "autoqra.search.gp")
+ARMS_CODE = (*SEARCH_CODE, *files("autoqra.arms"))
+
+
+def _code(stage: str, *more: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((f"stages/{stage}.py", *more)))
+
+
 # stage 1 reads every search key but stage 2's own
 SEARCH = tuple(f"search.{k}" for k in ("granularity", "population", "generations", "offspring", "candidates",
                                        "fidelities", "eta", "max_steps", "metric", "storage", "workers", "backend",
                                        "seeds_per_rung", "val_per_rung", "max_failures",
                                        "oom_attempts", "ablation"))
+DIRS = "--prepare data/prepare --quantize data/quantize --profile data/profile --search data/search"
+SEARCH_PARAMS = ("seed", *SEARCH, "budget", "lora", "finetune", "task.max_length", "quant.bits", "quant.group_size",
+                 "quant.targets")
 
 STAGES: dict[str, Stage] = {
     "prepare": Stage(params=("model", "task"),
-                     code=("stages/prepare.py", "src/autoqra/models.py", "src/autoqra/tasks.py"),
+                     code=_code("prepare", *files("autoqra.prepare", "autoqra.models", "autoqra.data.generator",
+                                                  "autoqra.data.sources", "autoqra.data.encoding")),
                      cmd="python -m stages.prepare --params params.yaml --out data/prepare",
                      outs=("data/prepare",)),
     "quantize": Stage(params=("quant.group_size", "quant.sym", "quant.desc_act", "quant.damp", "quant.calib_samples",
                               "quant.max_length", "quant.targets"),
-                      code=("stages/quantize.py", "src/autoqra/gptq.py"),
+                      code=_code("quantize", *files("autoqra.quant.gptq")),
                       cmd="python -m stages.quantize --params params.yaml --bits ${item} --prepare data/prepare "
                           "--out data/quantize/b${item}",
                       deps=("data/prepare",), outs=("data/quantize/b${item}",), foreach="${quant.bits}"),
     "profile": Stage(params=("profile",),
-                     code=("stages/profile.py", "src/autoqra/priors.py"),
+                     code=_code("profile", *files("autoqra.priors", "autoqra.train.scoring", "autoqra.quant.cache",
+                                                  "autoqra.data.encoding")),
                      cmd="python -m stages.profile --params params.yaml --prepare data/prepare "
                          "--cache data/quantize/b${quant.bits[0]} --out data/profile",
                      deps=("data/prepare", "data/quantize/b${quant.bits[0]}"), outs=("data/profile",)),
-    "evolve": Stage(params=("seed", *SEARCH, "budget", "lora", "finetune", "task.max_length", "quant.bits",
-                            "quant.group_size", "quant.targets"),
-                    code=("stages/evolve.py", "stages/search_setup.py", "src/autoqra/evaluate.py",
-                          "src/autoqra/finetune.py", "src/autoqra/memory.py", "src/autoqra/space.py",
-                          "src/autoqra/search/evolution.py", "src/autoqra/search/operators.py",
-                          "src/autoqra/search/repair.py", "src/autoqra/search/samplers.py",
-                          "src/autoqra/search/surrogate.py"),
-                    cmd="python -m stages.evolve --params params.yaml --prepare data/prepare --quantize data/quantize "
-                        "--profile data/profile --search data/search --out data/search/evolve",
+    "evolve": Stage(params=SEARCH_PARAMS,
+                    code=_code("evolve", *SEARCH_CODE, *VALUE),
+                    cmd=f"python -m stages.evolve --params params.yaml {DIRS} --out data/search/evolve",
                     deps=("data/prepare", "data/quantize", "data/profile"), outs=("data/search/evolve",),
                     persist=("data/search/records/evolve",)),
-    "refine": Stage(params=("seed", *SEARCH, "search.refine", "budget", "lora", "finetune", "task.max_length",
-                            "quant.bits", "quant.group_size", "quant.targets"),
-                    code=("stages/refine.py", "stages/search_setup.py", "src/autoqra/search/refinement.py",
-                          "src/autoqra/search/trust_region.py", "src/autoqra/search/gp.py",
-                          "src/autoqra/search/samplers.py"),
-                    cmd="python -m stages.refine --params params.yaml --prepare data/prepare --quantize data/quantize "
-                        "--profile data/profile --search data/search --evolve data/search/evolve "
+    "refine": Stage(params=(*SEARCH_PARAMS[:len(SEARCH) + 1], "search.refine", *SEARCH_PARAMS[len(SEARCH) + 1:]),
+                    code=_code("refine", *SEARCH_CODE, *REFINE_CODE, *VALUE),
+                    cmd=f"python -m stages.refine --params params.yaml {DIRS} --evolve data/search/evolve "
                         "--out data/search/refine",
                     deps=("data/prepare", "data/quantize", "data/profile", "data/search/evolve"),
                     outs=("data/search/refine",), persist=("data/search/records/refine",)),
-    "finetune": Stage(params=("seed", *SEARCH, "search.refine", "budget", "lora", "finetune", "task.max_length",
-                              "quant.bits", "quant.group_size", "quant.targets"),
-                      code=("stages/finetune.py", "stages/search_setup.py", "src/autoqra/arms.py",
-                            "src/autoqra/evaluate.py", "src/autoqra/finetune.py", "src/autoqra/memory.py"),
-                      cmd="python -m stages.finetune --params params.yaml --arm ${item} --prepare data/prepare "
-                          "--quantize data/quantize --profile data/profile --search data/search "
+    "finetune": Stage(params=(*SEARCH_PARAMS[:len(SEARCH) + 1], "search.refine", *SEARCH_PARAMS[len(SEARCH) + 1:]),
+                      code=_code("finetune", *ARMS_CODE, *VALUE),
+                      cmd=f"python -m stages.finetune --params params.yaml --arm ${{item}} {DIRS} "
                           "--out data/final/${item}/train",
                       deps=("data/prepare", "data/quantize", "data/profile", "data/search/evolve",
                             "data/search/refine"),
@@ -82,24 +98,23 @@ STAGES: dict[str, Stage] = {
                       persist=("data/search/records/finetune/${item}",)),
     "evaluate": Stage(params=("evaluate", "finetune.seeds", "task.max_length", "quant.group_size", "quant.targets",
                               "lora", "finetune.dtype"),
-                      code=("stages/evaluate.py", "src/autoqra/final.py", "src/autoqra/scoring.py"),
-                      cmd="python -m stages.evaluate --params params.yaml --arm ${item} --prepare data/prepare "
-                          "--quantize data/quantize --profile data/profile --search data/search "
+                      code=_code("evaluate", *ARMS_CODE, *files(*TEST_CODE), *VALUE),
+                      cmd=f"python -m stages.evaluate --params params.yaml --arm ${{item}} {DIRS} "
                           "--train data/final/${item}/train --out data/final/${item}/metrics.json",
                       deps=("data/prepare", "data/quantize", "data/profile", "data/final/${item}/train"),
                       metrics=("data/final/${item}/metrics.json",), foreach="${finetune.arms}",
                       persist=("data/search/records/evaluate/${item}",)),
     "report": Stage(params=("finetune.arms", "finetune.seeds", "budget", "search.metric", "search.granularity",
                             "quant.bits", "quant.targets", "lora.ranks", "model.source"),
-                    code=("stages/report.py", "src/autoqra/final_report.py"),
-                    cmd="python -m stages.report --params params.yaml --prepare data/prepare --quantize data/quantize "
-                        "--profile data/profile --search data/search --final data/final --out data/report",
+                    code=_code("report", *files("autoqra.report.run", "autoqra.report.arms", "autoqra.report.plots",
+                                                "autoqra.report.search")),
+                    cmd=f"python -m stages.report --params params.yaml {DIRS} --final data/final --out data/report",
                     deps=("data/prepare", "data/profile", "data/search/evolve", "data/search/refine", "data/final"),
                     outs=("data/report",)),
     "export": Stage(params=("finetune.seeds", "lora", "task.max_length", "evaluate.batch_size", "quant.targets"),
-                    code=("stages/export.py", "src/autoqra/quant.py"),
-                    cmd="python -m stages.export --params params.yaml --prepare data/prepare --quantize data/quantize "
-                        "--profile data/profile --search data/search --train data/final/autoqra/train "
+                    code=_code("export", *files("autoqra.export", "autoqra.quant.packed", "autoqra.train.lora",
+                                                *TEST_CODE)),
+                    cmd=f"python -m stages.export --params params.yaml {DIRS} --train data/final/autoqra/train "
                         "--arm-metrics data/final/autoqra/metrics.json --out data/final/autoqra/export",
                     deps=("data/prepare", "data/quantize", "data/profile", "data/final/autoqra/train",
                           "data/final/autoqra/metrics.json"),
@@ -113,16 +128,15 @@ _CELL = f"data/sweep/cells/{_ITEM}"
 _READ = {*STAGES["refine"].params, *STAGES["finetune"].params, *STAGES["evaluate"].params, "sweep.arms"}
 STAGES["sweep_cell"] = Stage(
     params=tuple(sorted(k for k in _READ if not any(k.startswith(o + ".") for o in _READ))),
-    code=tuple(dict.fromkeys(("stages/sweep.py", "src/autoqra/sweep.py", *STAGES["evolve"].code, *STAGES["refine"].code,
-                              *STAGES["finetune"].code, *STAGES["evaluate"].code))),
-    cmd="python -m stages.sweep cell --params params.yaml --prepare data/prepare --quantize data/quantize "
-        "--profile data/profile --search data/search --ablation ${item.ablation} --seed ${item.seed} "
-        "--budget ${item.budget} --out " + _CELL,
+    code=_code("sweep", *files("autoqra.sweep", "autoqra.report.sweep"), *STAGES["evolve"].code,
+               *STAGES["refine"].code, *STAGES["finetune"].code, *STAGES["evaluate"].code),
+    cmd=f"python -m stages.sweep cell --params params.yaml {DIRS} --ablation ${{item.ablation}} "
+        "--seed ${item.seed} --budget ${item.budget} --out " + _CELL,
     deps=("data/prepare", "data/quantize", "data/profile"), outs=(_CELL,),
     persist=(f"data/search/records/cells/{_ITEM}",),
     matrix={"ablation": "${sweep.ablations}", "seed": "${sweep.seeds}", "budget": "${sweep.budgets}"})
 STAGES["sweep_summary"] = Stage(
-    params=("sweep",), code=("stages/sweep.py", "src/autoqra/sweep.py"),
+    params=("sweep",), code=_code("sweep", *files("autoqra.sweep", "autoqra.report.sweep", "autoqra.report.plots")),
     cmd="python -m stages.sweep summary --params params.yaml --cells data/sweep/cells --out data/sweep/${item}",
     deps=("data/sweep/cells",), outs=("data/sweep/${item}",), foreach="${sweep.name}")
 
@@ -161,3 +175,27 @@ def dvc_text() -> str:
     import yaml
 
     return HEADER + yaml.safe_dump(dvc_yaml(), sort_keys=False, width=1000)
+
+
+def _lookup(tree: dict[str, Any], expr: str) -> Any:
+    """`quant.bits[0]` in a params tree."""
+    node: Any = tree
+    for part in re.findall(r"[^.\[\]]+", expr):
+        node = node[int(part)] if part.isdigit() else node[part]
+    return node
+
+
+def snakemake_shell(name: str, params: dict[str, Any], wildcards: tuple[str, ...] = (), extra: str = "",
+                    worker: bool = False) -> str:
+    """The stage's command as a Snakemake rule's `shell:` (the same command DVC runs): the composed params
+    file, `${item}` (or a matrix item's fields, in order) as the rule's `wildcards`, params values
+    interpolated as DVC does, Snakemake's thread count; `worker`: one worker job of a search stage,
+    writing its counts to `{output}` instead of the stage's outputs."""
+    cmd = STAGES[name].cmd.replace("--params params.yaml", "--params {PARAMS_FILE}")
+    items = list(STAGES[name].matrix or {})
+    for i, wc in enumerate(wildcards):
+        cmd = cmd.replace("${item." + items[i] + "}" if items else "${item}", "{wildcards." + wc + "}")
+    cmd = re.sub(r"\$\{([\w.\[\]]+)\}", lambda m: str(_lookup(params, m[1])), cmd)
+    if worker:
+        cmd = re.sub(r" --out \S+", "", cmd) + " --worker-out {output}"
+    return f"{cmd} {extra}--threads {{threads}}"

@@ -21,7 +21,7 @@ BIN = Path(sys.executable).parent
 
 
 def smoke_params():
-    from autoqra.config import load_params
+    from autoqra.params import load_params
     from stages.params import compose
 
     return load_params(compose(["experiment=smoke"]))
@@ -34,21 +34,21 @@ def smoke():
 
 @pytest.fixture(scope="session")
 def task_dir(tmp_path_factory, smoke):
-    from autoqra import tasks
+    from autoqra import data
 
     out = tmp_path_factory.mktemp("task")
-    sizes = {s: getattr(smoke.task, s) for s in tasks.SPLITS}
-    tasks.write_splits(tasks.generate(smoke.task.families, sizes, smoke.task.seed), out)
+    sizes = {s: getattr(smoke.task, s) for s in data.SPLITS}
+    data.write_splits(data.generate(smoke.task.families, sizes, smoke.task.seed), out)
     return out
 
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory, smoke, task_dir):
     """The prepared tiny model (char tokenizer, pre-trained on the smoke train split)."""
-    from autoqra import models, tasks
+    from autoqra import data, models
 
     out = tmp_path_factory.mktemp("tiny") / "model"
-    models.prepare_model("tiny", out, smoke.model.tiny, tasks.read_split(task_dir, "train"), smoke.model.tiny.seed)
+    models.prepare_model("tiny", out, smoke.model.tiny, data.read_split(task_dir, "train"), smoke.model.tiny.seed)
     return out
 
 
@@ -80,14 +80,14 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 def calibration(model_dir, task_dir, n=32, max_length=256):
-    from autoqra import models, tasks
+    from autoqra import data, models
 
     tok = models.load_tokenizer(model_dir)
-    return [tasks.encode(tok, ex, max_length)[0] for ex in tasks.read_split(task_dir, "calib")[:n]]
+    return [data.encode(tok, ex, max_length)[0] for ex in data.read_split(task_dir, "calib")[:n]]
 
 
 def quantize_one(model_dir, task_dir, out, bits, group_size=64):
-    from autoqra import gptq
+    from autoqra.quant import gptq
 
     gptq.gptq_quantize(model_dir, calibration(model_dir, task_dir), bits, group_size, True, False, 0.01, TARGETS, out)
     return out

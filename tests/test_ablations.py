@@ -7,12 +7,12 @@ import optuna
 import pytest
 from test_search import BUDGET, SPACE, _settings
 
-from autoqra.config import ParamError
+from autoqra.params import ParamError
 from autoqra.search import evolve, make_plan
 from autoqra.search import operators as ops
 from autoqra.search.baselines import BaselineSettings, RandomSearch, TPESearch
 from autoqra.search.evolution import Evolution
-from autoqra.search.samplers import history
+from autoqra.search.optuna import history
 from autoqra.search.synthetic import SyntheticObjective
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -74,7 +74,7 @@ def test_alternative_searches_spend_the_step_budget_on_new_feasible_configs_at_t
 def test_tpe_proposals_follow_the_scores_it_was_told():
     """After its random start-up trials, TPE's proposal depends on the observed scores (the same
     configurations with the scores reversed lead elsewhere): it uses the history."""
-    from autoqra.search.evolution import Result
+    from autoqra.search.history import Result
 
     obj = SyntheticObjective(SPACE, 0)
     plan = TPESearch(SPACE, BUDGET, BaselineSettings(fidelity=9, seeds=(0,), max_steps=9 * 40, seed=0))

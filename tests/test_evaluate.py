@@ -11,13 +11,14 @@ import torch
 from conftest import TARGETS
 
 from autoqra import models, quant
-from autoqra.config import FinetuneParams, LoraParams
-from autoqra.evaluate import Evaluator
-from autoqra.finetune import AdapterError, attach_lora, train
+from autoqra.data import collate
 from autoqra.memory import ModelSpec
-from autoqra.scoring import mean_nll
+from autoqra.params import FinetuneParams, LoraParams
 from autoqra.space import Space
-from autoqra.tasks import collate
+from autoqra.train.fidelity import Evaluator
+from autoqra.train.loop import train
+from autoqra.train.lora import AdapterError, attach_lora
+from autoqra.train.scoring import mean_nll
 
 FT = FinetuneParams(batch_size=8, lr=3e-3, eval_batch_size=64, dtype="fp32")
 
@@ -159,7 +160,7 @@ def test_a_damaged_record_is_set_aside_and_recomputed(tmp_path, tiny_dir, task_d
 
 def test_same_seed_same_adapter_start_and_data_order_for_any_configuration(tmp_path, tiny_dir, task_dir, tiny_caches,
                                                                             space, monkeypatch):
-    from autoqra import finetune
+    from autoqra.train import loop
 
     ev = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space)
     a, b = space.make([4, 2, 8, 4], [8, 4, 8, 4]), space.make([8, 8, 2, 3], [8, 8, 4, 4])
@@ -174,10 +175,10 @@ def test_same_seed_same_adapter_start_and_data_order_for_any_configuration(tmp_p
     assert starts["a"][differs].shape != starts["b"][differs].shape
 
     seen = {}
-    real = finetune.collate
+    real = loop.collate
     for name, config in (("a", a), ("b", b)):
         batches = seen.setdefault(name, [])
-        monkeypatch.setattr(finetune, "collate", lambda rows, pad, out=batches: out.append(rows) or real(rows, pad))
+        monkeypatch.setattr(loop, "collate", lambda rows, pad, out=batches: out.append(rows) or real(rows, pad))
         ev(config, 3, 0)
     assert seen["a"] == seen["b"] and len(seen["a"]) == 3
 

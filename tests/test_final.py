@@ -80,13 +80,15 @@ def test_the_exported_model_reloads_in_a_fresh_process_and_reproduces_the_test_l
         from gptqmodel import BACKEND, GPTQModel
         from peft import PeftModel
         from transformers import AutoTokenizer
-        from autoqra import final, tasks
+        from autoqra import data
+        from autoqra.train import evaluation
         base = GPTQModel.load({str(export / 'model')!r}, backend=BACKEND.TORCH, dtype=torch.bfloat16, device="cpu")
         base.model.set_attn_implementation("eager")
         model = PeftModel.from_pretrained(base.model, {str(export / 'adapter')!r}).eval()
         tok = AutoTokenizer.from_pretrained({str(export / 'model')!r})
-        test = tasks.read_split({str(finished / 'data/prepare/task')!r}, "test")
-        print("LOSS", final.test_scores(model, tok, test, {p.task.max_length}, {p.evaluate.batch_size})["answer_loss"])
+        test = data.read_split({str(finished / 'data/prepare/task')!r}, "test")
+        scores = evaluation.test_scores(model, tok, test, {p.task.max_length}, {p.evaluate.batch_size})
+        print("LOSS", scores["answer_loss"])
     """)
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     loss = float(next(line for line in res.stdout.splitlines() if line.startswith("LOSS")).split()[1])

@@ -7,16 +7,17 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from autoqra import fingerprint
-from autoqra.fingerprint import VALUE_CODE
-from autoqra.search import samplers
+from autoqra.search.optuna import JOB, fail_dead_trials, liveness
+from autoqra.store import fingerprint
+from autoqra.store.fingerprint import VALUE_CODE
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _running_trial(study: optuna.Study, beat: float | None) -> int:
+def _running_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, beat: float | None) -> int:
     trial = study.ask()
-    study._storage.set_trial_system_attr(trial._trial_id, samplers.JOB, {"config": "x", "fidelity": 1})
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("s"), trial.number)
+    storage.set_trial_system_attr(trial_id, JOB, {"config": "x", "fidelity": 1})
     trial.set_user_attr("worker", "node-elsewhere-17:4242:123")  # another host: pid liveness says nothing
     if beat is not None:
         trial.set_user_attr("heartbeat", beat)
@@ -24,10 +25,11 @@ def _running_trial(study: optuna.Study, beat: float | None) -> int:
 
 
 def test_a_silent_worker_on_another_host_is_failed_and_a_beating_one_is_not(tmp_path):
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
-    silent = _running_trial(study, time.time() - samplers.STALE_S - 5)
-    beating = _running_trial(study, time.time())
-    assert samplers.fail_dead_trials(study) == 1
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=storage, study_name="s")
+    silent = _running_trial(study, storage, time.time() - liveness.STALE_S - 5)
+    beating = _running_trial(study, storage, time.time())
+    assert fail_dead_trials(study, JOB) == 1
     states = {t.number: t.state for t in study.get_trials()}
     assert states[silent] == TrialState.FAIL and states[beating] == TrialState.RUNNING
 
@@ -121,6 +123,9 @@ def test_moving_code_between_files_keeps_the_code_fingerprint_and_changing_a_def
 
 
 def test_the_record_key_covers_the_code_that_determines_a_value_and_not_the_report():
-    assert {"autoqra.scoring", "autoqra.tasks", "autoqra.finetune", "autoqra.evaluate", "autoqra.quant",
-            "autoqra.models", "autoqra.backends"} <= set(VALUE_CODE)
-    assert not {"autoqra.report", "autoqra.final_report", "autoqra.final"} & set(VALUE_CODE)
+    assert {"autoqra.train.scoring", "autoqra.data.encoding", "autoqra.train.loop", "autoqra.train.lora",
+            "autoqra.train.fidelity", "autoqra.quant.cache", "autoqra.quant.backends",
+            "autoqra.models"} <= set(VALUE_CODE)
+    assert not {"autoqra.report.search", "autoqra.report.arms", "autoqra.train.evaluation"} & set(VALUE_CODE)
+    for module in VALUE_CODE:  # every name resolves: a module moved without updating the list fails here
+        assert fingerprint.of_code(module)

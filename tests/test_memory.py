@@ -7,8 +7,7 @@ import pytest
 import torch
 from conftest import TARGETS
 
-from autoqra import quant
-from autoqra.finetune import attach_lora
+from autoqra import arms, quant
 from autoqra.memory import (
     BudgetError,
     MemoryModel,
@@ -17,9 +16,9 @@ from autoqra.memory import (
     Training,
     make_budget,
     measured_bytes,
-    parse_reference,
 )
 from autoqra.space import Space
+from autoqra.train.lora import attach_lora
 
 SHAPE = ModuleShape("model.layers.0.mlp.down_proj", in_features=1536, out_features=576)
 SPEC = ModelSpec(modules=(SHAPE,), other_params=1000, hidden=576, intermediate=1536, layers=30, heads=9,
@@ -86,7 +85,7 @@ def test_budget_kinds_and_infeasible_budget_is_one_line():
                      other_params=100, hidden=64, intermediate=128, layers=4, heads=4, kv_heads=2, vocab=100)
     space = Space.build([m.name for m in spec.modules], "block", [2, 4, 8], [4, 8])
     mm = MemoryModel(spec, 64, Training(batch_size=1, seq_len=8))
-    assert parse_reference("uniform4_r16") == (4, 16)
+    assert arms.parse_uniform("uniform4_r16") == (4, 16) and arms.parse_uniform("uniform4") is None
     rel = make_budget("relative", 1.0, "uniform4_r8", mm, space)
     assert rel.cost(space.uniform(4, 8)) == pytest.approx(rel.limit)
     assert rel.cost(space.uniform(4, 8)) == pytest.approx(mm.total(space, space.uniform(4, 8)))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from autoqra import models, tasks
+from autoqra import data, models
 
 
 @pytest.mark.slow
@@ -23,7 +23,7 @@ def test_embedded_model_completes_paris(tmp_path):
 
 
 def test_tiny_model_is_deterministic_and_pretrained(tmp_path, tiny_dir, smoke, task_dir):
-    train = tasks.read_split(task_dir, "train")
+    train = data.read_split(task_dir, "train")
     models.prepare_model("tiny", tmp_path / "again", smoke.model.tiny, train, smoke.model.tiny.seed)
     a = load_file(tiny_dir / "model.safetensors")
     b = load_file(tmp_path / "again" / "model.safetensors")
@@ -31,8 +31,8 @@ def test_tiny_model_is_deterministic_and_pretrained(tmp_path, tiny_dir, smoke, t
 
     tok = models.load_tokenizer(tiny_dir)
     model = models.load_model(tiny_dir)
-    val = tasks.read_split(task_dir, "val")
-    batch = tasks.collate([tasks.encode(tok, ex, 96) for ex in val], tok.pad_token_id)
+    val = data.read_split(task_dir, "val")
+    batch = data.collate([data.encode(tok, ex, 96) for ex in val], tok.pad_token_id)
     fresh = type(model)(model.config).eval()
     with torch.no_grad():
         trained_loss, fresh_loss = model(**batch).loss.item(), fresh(**batch).loss.item()
@@ -40,7 +40,7 @@ def test_tiny_model_is_deterministic_and_pretrained(tmp_path, tiny_dir, smoke, t
 
 
 def test_missing_local_model_is_rejected_before_work(tmp_path):
-    from autoqra.config import ParamError, check_model_source
+    from autoqra.params import ParamError, check_model_source
 
     with pytest.raises(ParamError, match="model.source"):
         check_model_source(str(tmp_path / "nope"))

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import ROOT, run_tool
 
-from autoqra.config import ParamError, load_params, params_schema
+from autoqra.params import ParamError, load_params, params_schema
 from stages import params as P
 
 
@@ -29,7 +29,7 @@ def test_dvc_yaml_is_generated_from_the_registry():
 def test_stage_one_declares_every_search_key_but_stage_twos():
     import dataclasses
 
-    from autoqra.config import SearchParams
+    from autoqra.params import SearchParams
     from stages.registry import SEARCH
 
     assert set(SEARCH) | {"search.refine"} == {f"search.{f.name}" for f in dataclasses.fields(SearchParams)}
@@ -37,7 +37,7 @@ def test_stage_one_declares_every_search_key_but_stage_twos():
 
 def test_default_composition_validates_and_round_trips():
     tree = P.compose([])
-    from autoqra.config import to_dict
+    from autoqra.params import to_dict
 
     assert to_dict(load_params(tree)) == tree
 

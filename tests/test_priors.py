@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import TARGETS, quantize_all
 
-from autoqra import models, priors, quant, scoring, tasks
+from autoqra import data, models, priors, quant
+from autoqra.train import scoring
 
 FRAGILE = "model.layers.2.mlp.up_proj"
 
@@ -35,7 +36,7 @@ def _profile(model_dir, cache, task_dir):
     tok = models.load_tokenizer(model_dir)
     model = models.load_model(model_dir)
     modules = quant.target_modules(model, TARGETS)
-    calib = tasks.read_split(task_dir, "calib")[:16]
+    calib = data.read_split(task_dir, "calib")[:16]
     i_q = priors.quant_sensitivity(model, modules, cache, scoring.batches(tok, calib, 128, 8, whole_sequence=True))
     i_r = priors.grad_sensitivity(model, modules, scoring.batches(tok, calib, 128, 8))
     return priors.table(modules, i_q, i_r)
@@ -60,9 +61,9 @@ def test_fisher_estimate_finds_the_fragile_linear_and_ranks_like_the_measured_lo
     tok = models.load_tokenizer(model_dir)
     model = models.load_model(model_dir)
     modules = quant.target_modules(model, TARGETS)
-    data = scoring.batches(tok, tasks.read_split(task_dir, "calib")[:16], 128, 8, whole_sequence=True)
+    calib = scoring.batches(tok, data.read_split(task_dir, "calib")[:16], 128, 8, whole_sequence=True)
     flags = [p.requires_grad for p in model.parameters()]
-    fast = priors.fisher_sensitivity(model, modules, cache, data)
+    fast = priors.fisher_sensitivity(model, modules, cache, calib)
     assert max(fast, key=lambda n: fast[n]["fisher"]) == FRAGILE
     assert all(v["fisher"] >= 0 for v in fast.values())
     assert [p.requires_grad for p in model.parameters()] == flags  # the model is left as it was
@@ -70,8 +71,8 @@ def test_fisher_estimate_finds_the_fragile_linear_and_ranks_like_the_measured_lo
     # on the plain tiny model (no planted outlier): the estimate orders the measured loss increases
     model = models.load_model(tiny_dir)
     modules = quant.target_modules(model, TARGETS)
-    measured = priors.quant_sensitivity(model, modules, tiny_caches[2], data)
-    fast = priors.fisher_sensitivity(model, modules, tiny_caches[2], data)
+    measured = priors.quant_sensitivity(model, modules, tiny_caches[2], calib)
+    fast = priors.fisher_sensitivity(model, modules, tiny_caches[2], calib)
     rho = spearmanr([measured[n] for n in modules], [fast[n]["taylor"] for n in modules]).statistic
     assert rho > 0.6
 
@@ -92,13 +93,13 @@ def test_grad_sensitivity_matches_autograd_on_one_module(tiny_dir, task_dir):
     model = models.load_model(tiny_dir)
     name = "model.layers.1.self_attn.o_proj"
     lin = dict(model.named_modules())[name]
-    data = scoring.batches(tok, tasks.read_split(task_dir, "calib")[:8], 128, 4)
+    batches = scoring.batches(tok, data.read_split(task_dir, "calib")[:8], 128, 4)
     flags = [p.requires_grad for p in model.parameters()]
-    got = priors.grad_sensitivity(model, {name: lin}, data)[name]
+    got = priors.grad_sensitivity(model, {name: lin}, batches)[name]
     assert [p.requires_grad for p in model.parameters()] == flags  # restored
     assert all(p.grad is None for p in model.parameters())
-    calib = tasks.read_split(task_dir, "calib")[:8]
-    big = tasks.collate([tasks.encode(tok, ex, 128) for ex in calib], tok.pad_token_id)
+    calib = data.read_split(task_dir, "calib")[:8]
+    big = data.collate([data.encode(tok, ex, 128) for ex in calib], tok.pad_token_id)
     w = lin.weight.detach().clone().requires_grad_(True)
     lin.weight = torch.nn.Parameter(w)
     model(**big).loss.backward()  # HF's loss: the token-mean over the same answer tokens

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from autoqra.process import is_dead, parse, worker_id
+from autoqra.store.process import is_dead, parse, worker_id
 
 
 def _finished_pid() -> int:

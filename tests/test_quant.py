@@ -9,7 +9,9 @@ import torch
 from conftest import TARGETS, calibration, quantize_one, smoke_params
 from safetensors import safe_open
 
-from autoqra import gptq, models, quant, scoring, tasks
+from autoqra import data, models, quant
+from autoqra.quant import gptq
+from autoqra.train import scoring
 
 
 def _uniform(model_dir, bits, caches):
@@ -20,7 +22,7 @@ def _uniform(model_dir, bits, caches):
 
 def _calib_batch(tiny_dir, task_dir):
     tok = models.load_tokenizer(tiny_dir)
-    return tasks.collate([(x, x) for x in calibration(tiny_dir, task_dir)], tok.pad_token_id)
+    return data.collate([(x, x) for x in calibration(tiny_dir, task_dir)], tok.pad_token_id)
 
 
 def test_rtn_is_on_the_gptq_grid():
@@ -54,7 +56,7 @@ def test_output_error_falls_with_every_bit_2_bit_hurts_and_8_bit_is_near_lossles
     losses lie within 3e-4 of each other and of the unquantized one, so their order is rounding, and
     which way it falls differs between processors (issue 20)."""
     tok = models.load_tokenizer(tiny_dir)
-    val = scoring.batches(tok, tasks.read_split(task_dir, "val"), 128, 64, whole_sequence=True)
+    val = scoring.batches(tok, data.read_split(task_dir, "val"), 128, 64, whole_sequence=True)
     base = models.load_model(tiny_dir)
     err, loss = {}, {16: scoring.mean_nll(base, val)}
     for b in (2, 3, 4, 8):
@@ -100,7 +102,7 @@ def test_packed_and_dequant_agree_and_packed_tensors_are_the_cached_bytes(tmp_pa
 
     dequant = quant.apply_dequant(models.load_model(tiny_dir), mix, tiny_caches)
     tok = models.load_tokenizer(tiny_dir)
-    batch = scoring.batches(tok, tasks.read_split(task_dir, "val"), 128, 64)[0]
+    batch = scoring.batches(tok, data.read_split(task_dir, "val"), 128, 64)[0]
     with torch.no_grad():
         a, b = packed(**batch).logits.float(), dequant(**batch).logits
     assert (a - b).norm() / b.norm() < 5e-3
@@ -139,7 +141,7 @@ def test_biased_projections_survive_packed_assembly(tmp_path, smoke, task_dir):
 
     biased = tmp_path / "biased"
     tiny = dataclasses.replace(smoke.model.tiny, attention_bias=True, pretrain_steps=30)
-    models.prepare_model("tiny", biased, tiny, tasks.read_split(task_dir, "train"), 0)
+    models.prepare_model("tiny", biased, tiny, data.read_split(task_dir, "train"), 0)
     base = models.load_model(biased)
     assert base.model.layers[0].self_attn.q_proj.bias is not None
     with torch.no_grad():  # biases far from zero, so a lost one shows
@@ -154,7 +156,7 @@ def test_biased_projections_survive_packed_assembly(tmp_path, smoke, task_dir):
         assert "model.layers.0.self_attn.q_proj.bias" in fh.keys()
     packed = quant.load_packed(path, dtype=torch.float16)
     dequant = quant.apply_dequant(models.load_model(biased), mix, caches)
-    batch = scoring.batches(models.load_tokenizer(biased), tasks.read_split(task_dir, "val"), 128, 64)[0]
+    batch = scoring.batches(models.load_tokenizer(biased), data.read_split(task_dir, "val"), 128, 64)[0]
     with torch.no_grad():
         a, b = packed(**batch).logits.float(), dequant(**batch).logits
     assert (a - b).norm() / b.norm() < 5e-3

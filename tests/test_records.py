@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from autoqra.records import FORMAT, RecordError, RecordStore, validate
+from autoqra.store.records import FORMAT, RecordError, RecordStore, validate
 
 KEY = "ab" + "0" * 62
 
@@ -56,7 +56,7 @@ def test_contending_workers_compute_a_record_once_and_never_at_the_same_time(tmp
 def test_a_lock_held_by_a_killed_worker_is_free_at_once(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
-        from autoqra.records import RecordStore
+        from autoqra.store.records import RecordStore
         with RecordStore({str(tmp_path)!r}).lock({KEY!r}):
             print("held", flush=True)
             time.sleep(600)

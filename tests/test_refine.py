@@ -11,8 +11,8 @@ from test_search import BUDGET, SPACE, _settings
 
 from autoqra.search import RefineSettings, evolve, refine
 from autoqra.search import trust_region as tr
+from autoqra.search.optuna import PlanSampler, drive, history, open_study
 from autoqra.search.refinement import Refinement
-from autoqra.search.samplers import PlanSampler, drive, history, open_study
 from autoqra.search.synthetic import SyntheticObjective
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

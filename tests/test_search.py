@@ -11,13 +11,14 @@ import optuna
 import pandas as pd
 import pytest
 
-from autoqra import report
 from autoqra.memory import MemoryModel, ModelSpec, ModuleShape, Training, make_budget
+from autoqra.report import search as report
 from autoqra.search import Settings, evolve, ranking
 from autoqra.search import operators as ops
-from autoqra.search.evolution import Evolution, Job, Result
+from autoqra.search.evolution import Evolution
+from autoqra.search.history import Job, Result
+from autoqra.search.optuna import PlanSampler, SearchFailed, drive, failure_counts, history, open_study
 from autoqra.search.repair import repair
-from autoqra.search.samplers import EvolutionSampler, SearchFailed, drive, failure_counts, history, open_study
 from autoqra.search.synthetic import SyntheticObjective
 from autoqra.space import Space
 
@@ -106,15 +107,16 @@ def test_resume_after_a_dead_worker_repeats_only_the_unfinished_evaluation(tmp_p
 
     journal = str(tmp_path / "study.journal")
     evo = Evolution(SPACE, BUDGET, *obj.priors(), settings)
-    study = open_study("s", None, journal, EvolutionSampler(evo))
+    first = PlanSampler(evo)
+    study = open_study("s", None, journal, first)
     with pytest.raises(KeyboardInterrupt):
-        drive(study, EvolutionSampler(evo), dies_after_20)
+        drive(study, first, dies_after_20)
     running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     assert len(running) == 1
     study.tell(running[0].number, state=optuna.trial.TrialState.FAIL)  # what a restart does for a dead pid
 
     resumed = []
-    sampler = EvolutionSampler(Evolution(SPACE, BUDGET, *obj.priors(), settings))
+    sampler = PlanSampler(Evolution(SPACE, BUDGET, *obj.priors(), settings))
     study = open_study("s", None, journal, sampler)
     drive(study, sampler, lambda c, f, s: resumed.append((c.key, f, s)) or obj(c, f, s))
     reference = []
@@ -138,7 +140,7 @@ def test_two_workers_share_one_study_without_duplicates(tmp_path):
         return obj(config, fidelity, seed)
 
     def work():
-        sampler = EvolutionSampler(Evolution(SPACE, BUDGET, *obj.priors(), settings))
+        sampler = PlanSampler(Evolution(SPACE, BUDGET, *obj.priors(), settings))
         drive(open_study("shared", None, journal, sampler), sampler, objective, poll_s=0.05)
 
     threads = [threading.Thread(target=work) for _ in range(2)]
@@ -215,7 +217,7 @@ def test_consecutive_failures_stop_the_search_naming_the_reasons(tmp_path):
         return {"score": None, "status": "failed", "reason": f"non-finite training loss (nan) at step {len(calls)}"}
 
     settings = _settings(5, max_steps=0)
-    sampler = EvolutionSampler(Evolution(SPACE, BUDGET, *obj.priors(), settings))
+    sampler = PlanSampler(Evolution(SPACE, BUDGET, *obj.priors(), settings))
     study = open_study("f", None, str(tmp_path / "f.journal"), sampler)
     with pytest.raises(SearchFailed, match=r"search.max_failures=4: 4 evaluations failed in a row \(failures so far: "
                                            r"4 × non-finite training loss\)"):
@@ -239,7 +241,7 @@ def test_ranking_uses_the_mean_over_seeds_and_its_standard_error():
 
 
 def test_seeds_of_a_rung_are_separate_records_and_more_seeds_compute_only_the_new_ones(tmp_path):
-    from autoqra.records import RecordStore
+    from autoqra.store.records import RecordStore
 
     obj = SyntheticObjective(SPACE, 6, shared=0.6)
     store = RecordStore(tmp_path / "records")

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 
 from autoqra import sweep
+from autoqra.report import sweep as summary
 from stages import params as P
-from stages import sweep as sweep_stage
 
 
 def _trials(rows):
@@ -22,12 +22,12 @@ def test_best_so_far_counts_every_step_and_takes_the_mean_over_seeds_at_the_top_
     _trials([(4, 0.1, "a"), (12, 2.0, "a"), (12, 1.0, "a"), (12, 1.2, "b")]).to_parquet(
         tmp_path / "evolve/trials.parquet")
     _trials([(12, 1.6, "c"), (12, 0.2, "c")]).to_parquet(tmp_path / "refine/trials.parquet")
-    trace = sweep.best_so_far(tmp_path, "answer_loss")
+    trace = summary.best_so_far(tmp_path, "answer_loss")
     # the low-fidelity 0.1 never counts; "a" is the mean of its seeds (1.5), then "b" 1.2, then "c" 0.9
     assert trace == [[16, 2.0], [28, 1.5], [40, 1.2], [52, 1.2], [64, 0.9]]
     # higher is better: "a" led at 2.0 until its second seed brought its mean to 1.5; "c" led at 1.6
     # until its second seed brought it to 0.9
-    assert [v for _, v in sweep.best_so_far(tmp_path, "exact_match")] == [2.0, 1.5, 1.5, 1.6, 1.5]
+    assert [v for _, v in summary.best_so_far(tmp_path, "exact_match")] == [2.0, 1.5, 1.5, 1.6, 1.5]
 
 
 def test_summary_gives_paired_differences_to_the_full_method_over_search_seeds(tmp_path):
@@ -44,10 +44,11 @@ def test_summary_gives_paired_differences_to_the_full_method_over_search_seeds(t
         (folder / "metrics.json").write_text(json.dumps({
             "arms": {"autoqra": arm}, "search_steps": 100, "search_best": {"mean": loss - 0.1},
             "steps_trained": {"evolve": 10}, "records_computed": {"evolve": 1}, "trace": [[10, loss]]}))
-    table, text = sweep.summarise(p, tree, tmp_path)
+    table, text = summary.summarise(p, tree, tmp_path)
     assert len(table) == 6 and set(table["cell"]) == {c["name"] for c in sweep.cells(tree)}
     row = next(line for line in text.splitlines() if "| no_surrogate |" in line)
     # paired differences 0.30, 0.25, 0.32: mean 0.29, se 0.0208: beyond two standard errors
     assert "0.2900 ± 0.0208 (worse)" in row
-    sweep_stage.plots(p, tree, table, tmp_path, tmp_path)
-    assert (tmp_path / "best_so_far.png").stat().st_size > 0 and (tmp_path / "score_vs_budget.png").exists()
+    summary.write(p, tree, tmp_path, tmp_path / "out")
+    assert (tmp_path / "out/summary.md").read_text() == text
+    assert (tmp_path / "out/best_so_far.png").stat().st_size > 0 and (tmp_path / "out/score_vs_budget.png").exists()

@@ -8,7 +8,7 @@ import re
 import pandas as pd
 import pytest
 
-from autoqra import tasks
+from autoqra import data
 
 SIZES = {"train": 400, "val": 60, "test": 60, "calib": 40}
 FAMILIES = ["arithmetic", "strings", "lists", "units"]
@@ -44,15 +44,15 @@ def rederive(prompt: str) -> str:
 
 
 def test_same_seed_same_splits_other_seed_other_splits():
-    a = tasks.generate(FAMILIES, SIZES, seed=3)
-    assert a == tasks.generate(FAMILIES, SIZES, seed=3)
-    b = tasks.generate(FAMILIES, SIZES, seed=4)
-    for split in tasks.SPLITS:
+    a = data.generate(FAMILIES, SIZES, seed=3)
+    assert a == data.generate(FAMILIES, SIZES, seed=3)
+    b = data.generate(FAMILIES, SIZES, seed=4)
+    for split in data.SPLITS:
         assert [r["prompt"] for r in a[split]] != [r["prompt"] for r in b[split]]
 
 
 def test_every_answer_is_rederivable_for_every_family():
-    splits = tasks.generate(FAMILIES, SIZES, seed=0)
+    splits = data.generate(FAMILIES, SIZES, seed=0)
     kinds = set()
     for rows in splits.values():
         for r in rows:
@@ -64,7 +64,7 @@ def test_every_answer_is_rederivable_for_every_family():
 
 
 def test_splits_are_disjoint_sized_and_balanced():
-    splits = tasks.generate(FAMILIES, SIZES, seed=0)
+    splits = data.generate(FAMILIES, SIZES, seed=0)
     prompts = [r["prompt"] for rows in splits.values() for r in rows]
     assert len(prompts) == len(set(prompts)) == sum(SIZES.values())
     counts = pd.Series([r["family"] for r in splits["train"]]).value_counts()
@@ -72,10 +72,10 @@ def test_splits_are_disjoint_sized_and_balanced():
 
 
 def test_written_splits_round_trip(tmp_path):
-    splits = tasks.generate(["lists"], {"train": 5, "val": 2, "test": 2, "calib": 2}, seed=1)
-    tasks.write_splits(splits, tmp_path)
-    assert {p.name for p in tmp_path.iterdir()} == {f"{s}.jsonl" for s in tasks.SPLITS}
-    assert tasks.read_split(tmp_path, "val") == splits["val"]
+    splits = data.generate(["lists"], {"train": 5, "val": 2, "test": 2, "calib": 2}, seed=1)
+    data.write_splits(splits, tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {f"{s}.jsonl" for s in data.SPLITS}
+    assert data.read_split(tmp_path, "val") == splits["val"]
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
@@ -89,11 +89,11 @@ def test_user_tables_with_custom_columns(tmp_path, suffix):
     else:
         pd.DataFrame(rows).to_parquet(path)
     sizes = {"train": 100, "val": 5, "test": 5, "calib": 4}
-    splits = tasks.build(str(path), [], sizes, seed=0, prompt_column="q", answer_column="a")
-    assert [len(splits[s]) for s in tasks.SPLITS] == [20, 5, 5, 4]
+    splits = data.build(str(path), [], sizes, seed=0, prompt_column="q", answer_column="a")
+    assert [len(splits[s]) for s in data.SPLITS] == [20, 5, 5, 4]
     assert {r["prompt"] for r in splits["val"]}.isdisjoint(r["prompt"] for r in splits["train"])
     assert all(r["answer"] == r["prompt"].replace("question", "answer") for s in splits.values() for r in s)
-    assert splits == tasks.build(str(path), [], sizes, seed=0, prompt_column="q", answer_column="a")
+    assert splits == data.build(str(path), [], sizes, seed=0, prompt_column="q", answer_column="a")
 
 
 def test_user_split_column_is_respected(tmp_path):
@@ -101,7 +101,7 @@ def test_user_split_column_is_respected(tmp_path):
             for i in range(12)]
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    splits = tasks.build(str(path), [], {"train": 100, "val": 100, "test": 100, "calib": 3}, seed=0)
+    splits = data.build(str(path), [], {"train": 100, "val": 100, "test": 100, "calib": 3}, seed=0)
     assert [r["prompt"] for r in splits["val"]] == ["p8", "p9"]
     assert len(splits["calib"]) == 3
 
@@ -110,9 +110,9 @@ def test_missing_column_and_empty_split_are_clear_errors(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"question": "a", "answer": "b"}\n')
     with pytest.raises(ValueError, match=r"task.prompt_column='prompt': no such column .*question"):
-        tasks.build(str(path), [], {"train": 1, "val": 1, "test": 1, "calib": 1}, seed=0)
+        data.build(str(path), [], {"train": 1, "val": 1, "test": 1, "calib": 1}, seed=0)
     with pytest.raises(ValueError, match="split is empty"):
-        tasks.build(str(path), [], {"train": 1, "val": 1, "test": 1, "calib": 1}, seed=0, prompt_column="question")
+        data.build(str(path), [], {"train": 1, "val": 1, "test": 1, "calib": 1}, seed=0, prompt_column="question")
 
 
 def test_encoding_scores_only_answer_tokens(tiny_dir):
@@ -120,28 +120,28 @@ def test_encoding_scores_only_answer_tokens(tiny_dir):
 
     tok = load_tokenizer(tiny_dir)
     ex = {"prompt": "What is 2 + 2?", "answer": "4"}
-    ids, labels = tasks.encode(tok, ex, max_length=64)
+    ids, labels = data.encode(tok, ex, max_length=64)
     scored = [t for t in labels if t != -100]
     assert tok.decode(scored) == "4</s>" and len(ids) == len(labels)
-    assert tasks.prompt_ids(tok, ex) == ids[: len(ids) - len(scored)]
+    assert data.prompt_ids(tok, ex) == ids[: len(ids) - len(scored)]
 
 
 def test_a_long_prompt_loses_its_start_never_the_answer(tiny_dir):
     from autoqra.models import load_tokenizer
-    from autoqra.scoring import batches
+    from autoqra.train.scoring import batches
 
     tok = load_tokenizer(tiny_dir)
     long = {"prompt": "Reverse this: " + "x" * 200, "answer": "done"}
-    ids, labels = tasks.encode(tok, long, max_length=64)
+    ids, labels = data.encode(tok, long, max_length=64)
     scored = [t for t in labels if t != -100]
     assert tok.decode(scored) == "done</s>" and len(ids) == len(labels) == 64  # every answer token kept
     assert ids[-len(scored):] == scored and tok.decode(ids[: 64 - len(scored)]).endswith("x<|assistant|>")
     short = {"prompt": "What is 2 + 2?", "answer": "4"}
-    assert tasks.truncated(tok, [long, short, long], 64) == 2
+    assert data.truncated(tok, [long, short, long], 64) == 2
     batch = batches(tok, [long, short], 64, 2)[0]
     assert int((batch["labels"] != -100).sum()) == len(scored) + 2  # scoring keeps every example's answer
-    with pytest.raises(tasks.TooLong, match=r"task.max_length=8: example .* answer of 11 tokens"):
-        tasks.encode(tok, {"prompt": "p", "answer": "ten chars!", "id": "val-00003"}, max_length=8)
+    with pytest.raises(data.TooLong, match=r"task.max_length=8: example .* answer of 11 tokens"):
+        data.encode(tok, {"prompt": "p", "answer": "ten chars!", "id": "val-00003"}, max_length=8)
 
 
 def test_exact_match_decodes_as_long_as_the_longest_reference_answer(tiny_dir):
@@ -149,7 +149,8 @@ def test_exact_match_decodes_as_long_as_the_longest_reference_answer(tiny_dir):
     tokens the evaluation used to allow (the generation budget follows the split's longest answer)."""
     import torch
 
-    from autoqra import models, scoring
+    from autoqra import models
+    from autoqra.train import scoring
 
     tok = models.load_tokenizer(tiny_dir)
     examples = [{"prompt": "spell it", "answer": "a long answer " * 8}, {"prompt": "short", "answer": "ok"}]

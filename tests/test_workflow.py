@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, copy_project, nested_config, run_tool
 from workflow_util import dvc_stages, snakemake_jobs
 
-from autoqra import fingerprint
+from autoqra.store import fingerprint
 from stages import params as P
 from stages.registry import STAGES
 

@@ -7,33 +7,75 @@
   byte, bits only) at one uniform rank, the largest at which they fit;
 - `uniform{b}_r{r}`: any uniform configuration (`uniform3_r16`, the default budget's reference;
   `uniform4_r16`, the classic QLoRA setting).
+
+The vocabulary (`ARMS`, `parse_uniform`, `check_arms`) imports nothing heavy: the parameters use it.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import json
+import logging
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from autoqra.config import ARMS, UNIFORM_ARM, ParamError, check_arms
-from autoqra.memory import Budget
-from autoqra.search.repair import repair
-from autoqra.space import Config, Space
+from autoqra.space import UNQUANTIZED
+from autoqra.store.files import write_json
 
-__all__ = ["ARMS", "arm_space", "check_arms", "sequential", "uniform_of"]
+if TYPE_CHECKING:
+    import numpy as np
+
+    from autoqra.memory import Budget
+    from autoqra.search.setup import SearchSetup
+    from autoqra.space import Config, Space
+
+log = logging.getLogger("autoqra")
+
+ARMS = ("autoqra", "fp_lora", "best_uniform", "sequential")
+_UNIFORM = re.compile(r"^uniform(\d+)_r(\d+)$")
+
+
+def parse_uniform(arm: str) -> tuple[int, int] | None:
+    """`uniform4_r16` -> (4, 16); None for any other name."""
+    m = _UNIFORM.match(arm)
+    return (int(m[1]), int(m[2])) if m else None
+
+
+def check_arms(arms: list[str], bits: list[int]) -> None:
+    """One line for an unknown final arm, or a uniform arm whose bit-width has no GPTQ cache."""
+    from autoqra.params.fields import ParamError
+
+    for arm in arms:
+        if arm in ARMS:
+            continue
+        uniform = parse_uniform(arm)
+        if uniform is None:
+            raise ParamError(f"finetune.arms: unknown arm {arm!r} (allowed: {', '.join(ARMS)}, "
+                             "uniform<bits>_r<rank>)")
+        b, r = uniform
+        if b != UNQUANTIZED and b not in bits or r < 1:
+            raise ParamError(f"finetune.arms: {arm!r} needs bits in quant.bits={bits} or {UNQUANTIZED}, "
+                             "and a rank >= 1")
 
 
 def arm_space(space: Space, ranks: list[int]) -> Space:
-    """The search space's units with ladders widened to every arm: 16 bits, and the arms' ranks."""
-    return Space(space.members, tuple(sorted({*space.bits, 16})), tuple(sorted({*space.ranks, *ranks})),
+    """The search space's units with ladders widened to every arm: unquantized, and the arms' ranks."""
+    from autoqra.space import Space
+
+    return Space(space.members, tuple(sorted({*space.bits, UNQUANTIZED})), tuple(sorted({*space.ranks, *ranks})),
                  space.granularity)
-
-
-def uniform_of(arm: str) -> tuple[int, int] | None:
-    m = UNIFORM_ARM.match(arm)
-    return (int(m[1]), int(m[2])) if m else None
 
 
 def sequential(budget: Budget, i_q: np.ndarray, ranks: tuple[int, ...]) -> Config:
     """Bits from I_q alone under the budget at the largest uniform rank where that fits."""
+    import numpy as np
+
+    from autoqra.params.fields import ParamError
+    from autoqra.search.repair import repair
+
     space = budget.space
     for rank in sorted(ranks, reverse=True):
         # rank steps made prohibitively important: repair takes bit downgrades only
@@ -41,3 +83,95 @@ def sequential(budget: Budget, i_q: np.ndarray, ranks: tuple[int, ...]) -> Confi
         if set(c.ranks) == {rank} and budget.feasible(c):
             return c
     raise ParamError("finetune.arms: sequential: no uniform rank admits a bit allocation within the budget")
+
+
+def resolve(arm: str, setup: SearchSetup, refine: Path) -> Config:
+    """The configuration of an arm, on the arms' ladders; `refine` is the refine stage's folder."""
+    p, space = setup.p, setup.arm_space
+    if arm == "autoqra":
+        best = refine / "best.json"
+        if not best.exists():
+            from autoqra.params.fields import ParamError
+
+            raise ParamError(f"{best}: missing (run the refine stage)")
+        return space.parse(json.loads(best.read_text())["config"])
+    if arm == "best_uniform":
+        from autoqra.search.optuna import history
+
+        study, _ = setup.study(readonly=True)
+        return setup.best_uniform(history(study, setup.space))
+    if arm == "sequential":
+        ranks = tuple(r for r in setup.space.ranks if r <= p.finetune.arm_rank) or setup.space.ranks[:1]
+        return sequential(setup.budget, setup.i_q, ranks)
+    if arm == "fp_lora":
+        return space.uniform(UNQUANTIZED, p.finetune.arm_rank)
+    return space.uniform(*parse_uniform(arm))
+
+
+def finetune(setup: SearchSetup, arm: str, out: Path, refine: Path) -> dict[str, Any]:
+    """Train an arm `finetune.steps` steps under every seed of `finetune.seeds` (records of the shared
+    store: a run the search already made is read), keeping each seed's adapters in `out`, with
+    `arm.json` (configuration, memory, budget) and `runs.json` (per seed: record, validation score,
+    time). Returns the stage's metrics."""
+    p, space = setup.p, setup.arm_space
+    config = resolve(arm, setup, refine)
+    space.check(config)
+    top = list(p.search.fidelities)
+    val = p.search.val_per_rung[-1] if p.search.val_per_rung else 0
+    val = val if p.finetune.steps == top[-1] else 0  # the top rung's runs are these very runs
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for seed in p.finetune.seeds:
+        record = setup.evaluator(config, p.finetune.steps, seed, val_samples=val, keep_adapter=True)
+        if record["status"] == "ok":
+            shutil.copyfile(setup.evaluator.adapter_path(record["key"]), out / f"seed{seed}.safetensors")
+        runs.append({k: record.get(k) for k in ("seed", "key", "status", "reason", "score", "train_steps", "train_s",
+                                                  "wall_s", "peak_memory_bytes")})
+        log.info("%s seed %d: %s %s", arm, seed, record["status"], record.get("score"))
+    mem = setup.memory.breakdown(space, config)
+    # in the budget's unit: bytes, or bits of weights, metadata and LoRA at 16 bits (`bits_per_param`)
+    bits_per_param = setup.budget.kind == "bits_per_param"
+    cost = mem["avg_bits_with_lora"] * setup.spec.target_params if bits_per_param else mem["total"]
+    write_json(out / "arm.json", {
+        "arm": arm, "config": config.to_dict(), "key": config.key, "summary": config.describe(), "memory": mem,
+        "budget_limit": setup.budget.limit, "within_budget": bool(setup.budget.fits(cost)),
+        "steps": p.finetune.steps, "seeds": list(p.finetune.seeds)})
+    write_json(out / "runs.json", {"runs": runs})
+    return {"arm": arm, "summary": config.describe(), "trained_steps": setup.evaluator.steps_trained,
+            "records_computed": setup.evaluator.computed, "failed": sum(r["status"] != "ok" for r in runs)}
+
+
+def evaluate(setup: SearchSetup, arm: str, train: Path) -> dict[str, Any]:
+    """Score every seed of a trained arm (`train`: the finetune stage's folder) on the test split: one
+    record per seed in the shared store, keyed by the training record (two arms that are one
+    configuration are scored once). Returns the arm's metrics: per seed scores, memory, bits, steps."""
+    from autoqra.data import read_split
+    from autoqra.train import evaluation
+
+    p, ev = setup.p, setup.evaluator
+    spec = json.loads((train / "arm.json").read_text())
+    runs = {r["seed"]: r for r in json.loads((train / "runs.json").read_text())["runs"]}
+    config = setup.arm_space.parse(spec["config"])
+    test = read_split(Path(setup.dirs["prepare"]) / "task", "test")
+    seeds, built = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in p.finetune.seeds:
+            start = time.perf_counter()
+            run = runs[seed]
+            row: dict[str, Any] = {"seed": seed, "status": run["status"], "val_score": run["score"],
+                                   "train_s": run["train_s"], "steps": run["train_steps"],
+                                   "peak_memory_bytes": run.get("peak_memory_bytes")}
+            if row["status"] == "ok":
+                key = evaluation.evaluation_key(run["key"], p.task.max_length, p.evaluate)
+                record, computed = ev.store.get(key, lambda s=seed: evaluation.score_seed(
+                    ev, config, train / f"seed{s}.safetensors", test, p.task.max_length, p.evaluate, Path(tmp), built))
+                row.update(record["scores"], test_record=record["key"], test_cached=not computed)
+            row["eval_s"] = round(time.perf_counter() - start, 2)
+            log.info("%s seed %d: %s", arm, seed, {k: row.get(k) for k in ("answer_loss", "exact_match")})
+            seeds.append(row)
+    mem = spec["memory"]
+    return {"arm": arm, "key": spec["key"], "summary": spec["summary"], "config": spec["config"],
+            "steps": spec["steps"],
+            "memory": {k: mem[k] for k in ("total", "weights", "metadata", "lora", "activations", "avg_bits",
+                                           "avg_bits_with_lora")},
+            "budget_limit": spec["budget_limit"], "within_budget": spec["within_budget"], "seeds": seeds}

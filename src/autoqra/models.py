@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from autoqra.config import TinyParams
-from autoqra.tasks import collate, encode
+from autoqra.data import collate, encode
+from autoqra.params import TinyParams
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _COPY_SUFFIXES = (".json", ".safetensors", ".model", ".txt", ".jinja", ".py", ".tiktoken")

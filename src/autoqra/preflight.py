@@ -2,8 +2,8 @@
 
 A mistake found after GPTQ or halfway through a search costs tens of minutes; these checks cost
 seconds. Each failure is one `ParamError` line naming the key, the value and what is allowed.
-`check(params, config)` takes the model's transformers config (from the prepared folder, or from
-the source itself before it is prepared: `models.source_config`); `check_splits` the task splits.
+`check(params, prepare)` reads the model's transformers config from the prepared folder, or from the
+source itself before it is prepared (`models.source_config`); `check_splits` checks the task splits.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from autoqra.config import ParamError, Params
+from autoqra.params import GROUP_SIZES, ParamError, Params
 
 
 def check_storage(url: str | None, search_dir: str | Path = "data/search") -> None:
@@ -52,26 +52,21 @@ def _writable(folder: Path, what: str) -> None:
 def check_shapes(p: Params, config: Any) -> None:
     """Targets exist in the model, the group size divides every target's input width, and the
     budget can be met (the memory model needs only shapes)."""
-    from autoqra.memory import MemoryModel, ModelSpec, Training, make_budget
-    from autoqra.space import Space
+    from autoqra import memory
 
-    spec = ModelSpec.from_config(config, p.quant.targets)
+    spec = memory.ModelSpec.from_config(config, p.quant.targets)
     bad = [m for m in spec.modules if m.in_features % p.quant.group_size]
     if bad:
         widths = sorted({m.in_features for m in spec.modules})
-        ok = [g for g in (16, 32, 64, 128, 256) if all(w % g == 0 for w in widths)]
+        ok = [g for g in GROUP_SIZES if all(w % g == 0 for w in widths)]
         raise ParamError(f"quant.group_size={p.quant.group_size}: does not divide the input width "
                          f"{bad[0].in_features} of {bad[0].name}; allowed for this model: {ok}")
-    space = Space.build([m.name for m in spec.modules], p.search.granularity, p.quant.bits, p.lora.ranks)
-    training = Training(batch_size=p.finetune.batch_size, seq_len=p.task.max_length,
-                        gradient_checkpointing=p.finetune.gradient_checkpointing, lora_dropout=p.lora.dropout > 0)
-    make_budget(p.budget.kind, p.budget.value, p.budget.reference, MemoryModel(spec, p.quant.group_size, training),
-                space)
+    memory.from_params(p, spec)  # raises BudgetError for an unattainable budget
 
 
 def check_splits(p: Params, task_dir: str | Path) -> None:
     """Every split has examples and the calibration split holds what GPTQ and the priors take."""
-    from autoqra.tasks import SPLITS
+    from autoqra.data import SPLITS
 
     sizes = {}
     for split in SPLITS:
@@ -85,9 +80,20 @@ def check_splits(p: Params, task_dir: str | Path) -> None:
                              f"allowed: {key} <= {sizes['calib']}")
 
 
-def check(p: Params, config: Any, search_dir: str | Path = "data/search", task_dir: str | Path | None = None) -> None:
-    """Every check that applies: storage, shapes and budget, and the splits when they exist."""
+def check(p: Params, prepare: str | Path | None, search_dir: str | Path = "data/search") -> None:
+    """Every check that applies, cheapest first: the storage (it needs no model), shapes and budget
+    (from the prepared model's config, or the source's when nothing is prepared yet), and the splits
+    when they exist."""
     check_storage(p.search.storage, search_dir)
+    model_dir = Path(prepare) / "model" if prepare else None
+    if model_dir is not None and (model_dir / "config.json").exists():
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_dir)
+    else:
+        from autoqra import models
+
+        config = models.source_config(p.model.source, p.model.tiny)
     check_shapes(p, config)
-    if task_dir is not None and Path(task_dir).exists():
-        check_splits(p, task_dir)
+    if prepare and (Path(prepare) / "task").exists():
+        check_splits(p, Path(prepare) / "task")

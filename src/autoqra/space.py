@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from autoqra import fingerprint
+from autoqra.store import fingerprint
 
 UNQUANTIZED = 16  # a bit-width that means "left in the base model's dtype"
 BIT_CHOICES = (2, 3, 4, 8, UNQUANTIZED)  # what GPTQModel packs (the quantize stage can make), and unquantized

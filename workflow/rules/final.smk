@@ -1,11 +1,8 @@
-ARMS = PARAMS["finetune"]["arms"]
-
-
 rule finetune:
     input:
         code=stage_code("finetune"),
         prepare=rules.prepare.output,
-        quantize=expand("data/quantize/b{bits}", bits=BITS),
+        quantize=QUANTIZE,
         profile=rules.profile.output,
         evolve=rules.evolve.output,
         refine=rules.refine.output,
@@ -21,15 +18,14 @@ rule finetune:
         runtime=720,
         gpu=1,
     shell:
-        "python -m stages.finetune --params {PARAMS_FILE} --arm {wildcards.arm} --prepare {input.prepare} "
-        "--quantize data/quantize --profile {input.profile} --search data/search --out {output} --threads {threads}"
+        stage_shell("finetune", "arm")
 
 
 rule evaluate:
     input:
         code=stage_code("evaluate"),
         prepare=rules.prepare.output,
-        quantize=expand("data/quantize/b{bits}", bits=BITS),
+        quantize=QUANTIZE,
         profile=rules.profile.output,
         train="data/final/{arm}/train",
     output:
@@ -44,9 +40,7 @@ rule evaluate:
         runtime=240,
         gpu=1,
     shell:
-        "python -m stages.evaluate --params {PARAMS_FILE} --arm {wildcards.arm} --prepare {input.prepare} "
-        "--quantize data/quantize --profile {input.profile} --search data/search --train {input.train} "
-        "--out {output} --threads {threads}"
+        stage_shell("evaluate", "arm")
 
 
 rule report:
@@ -66,15 +60,14 @@ rule report:
         mem_mb=4000,
         runtime=30,
     shell:
-        "python -m stages.report --params {PARAMS_FILE} --prepare {input.prepare} --quantize data/quantize "
-        "--profile {input.profile} --search data/search --final data/final --out {output} --threads {threads}"
+        stage_shell("report")
 
 
 rule export:
     input:
         code=stage_code("export"),
         prepare=rules.prepare.output,
-        quantize=expand("data/quantize/b{bits}", bits=BITS),
+        quantize=QUANTIZE,
         profile=rules.profile.output,
         train="data/final/autoqra/train",
         metrics="data/final/autoqra/metrics.json",
@@ -87,6 +80,4 @@ rule export:
         mem_mb=8000,
         runtime=60,
     shell:
-        "python -m stages.export --params {PARAMS_FILE} --prepare {input.prepare} --quantize data/quantize "
-        "--profile {input.profile} --search data/search --train {input.train} --arm-metrics {input.metrics} "
-        "--out {output} --threads {threads}"
+        stage_shell("export")

@@ -10,4 +10,4 @@ rule prepare:
         mem_mb=8000,
         runtime=60,
     shell:
-        "python -m stages.prepare --params {PARAMS_FILE} --out {output} --threads {threads}"
+        stage_shell("prepare")

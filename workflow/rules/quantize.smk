@@ -1,10 +1,3 @@
-BITS = PARAMS["quant"]["bits"]
-
-
-def quantize_dir(bits):
-    return f"data/quantize/b{bits}"
-
-
 rule quantize:
     input:
         code=stage_code("quantize"),
@@ -12,7 +5,7 @@ rule quantize:
     output:
         directory("data/quantize/b{bits}"),
     wildcard_constraints:
-        bits="2|3|4|8|16",
+        bits="|".join(map(str, BIT_CHOICES)),
     params:
         values=stage_params("quantize"),
     threads: 8
@@ -21,15 +14,14 @@ rule quantize:
         runtime=240,
         gpu=1,
     shell:
-        "python -m stages.quantize --params {PARAMS_FILE} --bits {wildcards.bits} --prepare {input.prepare} "
-        "--out {output} --threads {threads}"
+        stage_shell("quantize", "bits")
 
 
 rule profile:
     input:
         code=stage_code("profile"),
         prepare=rules.prepare.output,
-        cache=quantize_dir(BITS[0]),
+        cache=f"data/quantize/b{BITS[0]}",
     output:
         directory("data/profile"),
     params:
@@ -40,5 +32,4 @@ rule profile:
         runtime=120,
         gpu=1,
     shell:
-        "python -m stages.profile --params {PARAMS_FILE} --prepare {input.prepare} --cache {input.cache} "
-        "--out {output} --threads {threads}"
+        stage_shell("profile")

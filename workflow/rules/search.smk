@@ -2,7 +2,6 @@
 # record store (on SLURM: N jobs with a GPU each), then a gather job that writes the stage's outputs
 # (and finishes anything the workers left). DVC, which runs one stage at a time, runs the same stage
 # as one command with N worker processes.
-WORKERS = int(PARAMS["search"]["workers"])
 
 
 def worker_files(stage):
@@ -22,7 +21,7 @@ rule evolve_worker:
     input:
         code=stage_code("evolve"),
         prepare=rules.prepare.output,
-        quantize=expand("data/quantize/b{bits}", bits=BITS),
+        quantize=QUANTIZE,
         profile=rules.profile.output,
     output:
         "data/search/workers/evolve/{worker}.json",
@@ -36,15 +35,14 @@ rule evolve_worker:
         runtime=1440,
         gpu=1,
     shell:
-        "python -m stages.evolve --params {PARAMS_FILE} --prepare {input.prepare} --quantize data/quantize "
-        "--profile {input.profile} --search data/search --worker-out {output} --threads {threads}"
+        stage_shell("evolve", worker=True)
 
 
 rule evolve:
     input:
         code=stage_code("evolve"),
         prepare=rules.prepare.output,
-        quantize=expand("data/quantize/b{bits}", bits=BITS),
+        quantize=QUANTIZE,
         profile=rules.profile.output,
         workers=worker_files("evolve"),
     output:
@@ -58,15 +56,14 @@ rule evolve:
         runtime=1440,
         gpu=1,
     shell:
-        "python -m stages.evolve --params {PARAMS_FILE} --prepare {input.prepare} --quantize data/quantize "
-        "--profile {input.profile} --search data/search --out {output} {params.gathered}--threads {threads}"
+        stage_shell("evolve", extra="{params.gathered}")
 
 
 rule refine_worker:
     input:
         code=stage_code("refine"),
         prepare=rules.prepare.output,
-        quantize=expand("data/quantize/b{bits}", bits=BITS),
+        quantize=QUANTIZE,
         profile=rules.profile.output,
         evolve=rules.evolve.output,
     output:
@@ -81,16 +78,14 @@ rule refine_worker:
         runtime=1440,
         gpu=1,
     shell:
-        "python -m stages.refine --params {PARAMS_FILE} --prepare {input.prepare} --quantize data/quantize "
-        "--profile {input.profile} --search data/search --evolve {input.evolve} --worker-out {output} "
-        "--threads {threads}"
+        stage_shell("refine", worker=True)
 
 
 rule refine:
     input:
         code=stage_code("refine"),
         prepare=rules.prepare.output,
-        quantize=expand("data/quantize/b{bits}", bits=BITS),
+        quantize=QUANTIZE,
         profile=rules.profile.output,
         evolve=rules.evolve.output,
         workers=worker_files("refine"),
@@ -105,6 +100,4 @@ rule refine:
         runtime=1440,
         gpu=1,
     shell:
-        "python -m stages.refine --params {PARAMS_FILE} --prepare {input.prepare} --quantize data/quantize "
-        "--profile {input.profile} --search data/search --evolve {input.evolve} --out {output} "
-        "{params.gathered}--threads {threads}"
+        stage_shell("refine", extra="{params.gathered}")

@@ -1,15 +1,12 @@
 # A sweep (params `sweep`, e.g. `--config sweep=ablations`): one job per cell (ablation x search seed x
 # budget) and one summary. Without a sweep both expand to nothing, as in dvc.yaml.
-SWEEP = PARAMS["sweep"]
-CELLS = expand("data/sweep/cells/{ablation}-s{seed}-b{budget}", ablation=SWEEP["ablations"], seed=SWEEP["seeds"],
-               budget=SWEEP["budgets"])
 
 
 rule sweep_cell:
     input:
         code=stage_code("sweep_cell"),
         prepare=rules.prepare.output,
-        quantize=expand("data/quantize/b{bits}", bits=BITS),
+        quantize=QUANTIZE,
         profile=rules.profile.output,
     output:
         directory("data/sweep/cells/{ablation}-s{seed}-b{budget}"),
@@ -25,9 +22,7 @@ rule sweep_cell:
         runtime=1440,
         gpu=1,
     shell:
-        "python -m stages.sweep cell --params {PARAMS_FILE} --prepare {input.prepare} --quantize data/quantize "
-        "--profile {input.profile} --search data/search --ablation {wildcards.ablation} --seed {wildcards.seed} "
-        "--budget {wildcards.budget} --out {output} --threads {threads}"
+        stage_shell("sweep_cell", "ablation", "seed", "budget")
 
 
 rule sweep_summary:
@@ -45,5 +40,4 @@ rule sweep_summary:
         mem_mb=4000,
         runtime=30,
     shell:
-        "python -m stages.sweep summary --params {PARAMS_FILE} --cells data/sweep/cells --out {output} "
-        "--threads {threads}"
+        stage_shell("sweep_summary", "name")

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from autoqra.memory import Budget
-from autoqra.search.evolution import DONE, REFINE_OFF, WAIT, Evolution, Job, Result, Settings, ablated, ranking
+from autoqra.search.ablations import REFINE_OFF, ablated
+from autoqra.search.evolution import Evolution, Settings
+from autoqra.search.history import DONE, WAIT, Job, Result, ranking
 from autoqra.search.refinement import Refinement, RefineSettings
 from autoqra.space import Config, Space
 
@@ -44,10 +46,10 @@ def evolve(objective: Callable[[Config, int, int], Any], space: Space, budget: B
            describe: Callable[[Config], dict[str, Any]] | None = None) -> tuple[Any, Evolution]:
     """Run (or resume) stage 1 to completion in this process; returns the Optuna study and the plan
     (`settings.method` "random" or "tpe": the alternative search in its place)."""
-    from autoqra.search.samplers import EvolutionSampler, drive, open_study
+    from autoqra.search.optuna import PlanSampler, drive, open_study
 
     evolution = make_plan(space, budget, i_q, i_r, settings)
-    sampler = EvolutionSampler(evolution)
+    sampler = PlanSampler(evolution)
     study = open_study(study_name, storage, journal, sampler)
     drive(study, sampler, objective, describe=describe)
     return study, evolution
@@ -59,7 +61,7 @@ def refine(objective: Callable[[Config, int, int], Any], space: Space, budget: B
            describe: Callable[[Config], dict[str, Any]] | None = None) -> tuple[Any, Refinement]:
     """Run (or resume) stage 2 from stage 1's `history` (its top-fidelity results are the prior);
     returns the Optuna study of the proposals and the plan (`plan.incumbent(...)` is the answer)."""
-    from autoqra.search.samplers import PlanSampler, drive, open_study
+    from autoqra.search.optuna import PlanSampler, drive, open_study
 
     n = len(space)
     refinement = Refinement(space, budget, np.ones(n) if i_q is None else i_q, np.ones(n) if i_r is None else i_r,

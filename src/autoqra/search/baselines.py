@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from autoqra.memory import Budget
-from autoqra.search.evolution import DONE, Job, Result, proposal_in_flight, seed_scores
+from autoqra.search.history import DONE, Job, Result, proposal_in_flight, seed_scores
 from autoqra.search.repair import repair
 from autoqra.space import Config, Space
 

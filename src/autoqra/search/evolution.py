@@ -18,19 +18,17 @@ its history, and several workers can share one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from autoqra.memory import Budget
 from autoqra.search import operators as ops
+from autoqra.search.history import DONE, WAIT, Job, Result, ranking, seed_scores
 from autoqra.search.repair import repair
 from autoqra.search.surrogate import Surrogate, rank_correlation
 from autoqra.space import Config, Space
-from autoqra.stats import mean_se
-
-WAIT, DONE = "wait", "done"
 
 
 @dataclass(frozen=True)
@@ -52,97 +50,6 @@ class Settings:
         """The training seeds of a rung: the same for every configuration, so scores are paired."""
         k = self.seeds_per_rung[rung] if self.seeds_per_rung else 1
         return tuple(self.seed + i for i in range(k))
-
-
-REFINE_OFF = ("no_refine", "random", "tpe")  # ablations without stage 2 (random and tpe replace both stages)
-
-
-def ablated(settings: Settings, ablation: str, refine_steps: int) -> Settings:
-    """Stage 1's settings with `search.ablation` applied, at the same step budget: `random` and `tpe`
-    replace both stages, so they get `refine_steps` (stage 2's) on top of stage 1's step cap."""
-    fidelities, seeds = settings.fidelities, settings.seeds_per_rung
-    if ablation == "single_fidelity":
-        fidelities, seeds = fidelities[-1:], seeds[-1:]
-    max_steps = settings.max_steps + (refine_steps if ablation in ("random", "tpe") and settings.max_steps else 0)
-    return replace(settings, fidelities=fidelities, seeds_per_rung=seeds, max_steps=max_steps,
-                   priors=ablation != "no_priors", surrogate=ablation != "no_surrogate",
-                   method=ablation if ablation in ("random", "tpe") else "evolution")
-
-
-@dataclass(frozen=True)
-class Job:
-    config: Config
-    fidelity: int
-    generation: int
-    rung: int
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class Result:
-    """One entry of the history: finished (`done`, score None when the evaluation failed) or running."""
-
-    config: Config
-    fidelity: int
-    generation: int
-    rung: int
-    score: float | None
-    done: bool = True
-    seed: int = 0
-
-
-class Evidence(NamedTuple):
-    """What is known of a configuration at one fidelity: the mean over its seeds, their standard error."""
-
-    fidelity: int
-    score: float
-    config: Config
-    se: float
-    seeds: tuple[int, ...]
-
-
-def seed_scores(history: list[Result]) -> dict[tuple[str, int], dict[int, float | None]]:
-    """Per (configuration key, fidelity): the finished score of every seed (None: failed). The same
-    seed evaluated twice (two generations) counts once: the records are the same."""
-    out: dict[tuple[str, int], dict[int, float | None]] = {}
-    for r in history:
-        if r.done:
-            out.setdefault((r.config.key, r.fidelity), {})[r.seed] = r.score
-    return out
-
-
-def proposal_in_flight(own: list[Result], fidelity: int, seeds: tuple[int, ...], slot: int = 0) -> Job | str | int:
-    """For plans that evaluate one proposal at a time under every seed (its `generation` is its index):
-    a free seed of the latest proposal, WAIT while its seeds run elsewhere, else the next index."""
-    taken = {(r.generation, r.seed) for r in own}
-    current = max((r.generation for r in own), default=-1)
-    if current >= 0:
-        config = next(r.config for r in own if r.generation == current)
-        free = [Job(config, fidelity, current, 0, sd) for sd in seeds if (current, sd) not in taken]
-        if free:
-            return free[min(slot, len(free) - 1)]
-        if any(not r.done for r in own if r.generation == current):
-            return WAIT
-    return current + 1
-
-
-def best_evidence(history: list[Result]) -> dict[str, Evidence]:
-    """Per configuration key: the highest fidelity at which every finished seed succeeded, with the
-    mean and standard error over those seeds."""
-    configs = {r.config.key: r.config for r in history}
-    out: dict[str, Evidence] = {}
-    for (key, fidelity), by_seed in seed_scores(history).items():
-        if any(v is None for v in by_seed.values()) or (key in out and out[key].fidelity >= fidelity):
-            continue
-        seeds = tuple(sorted(by_seed))
-        m, se = mean_se([by_seed[s] for s in seeds])
-        out[key] = Evidence(fidelity, m, configs[key], se, seeds)
-    return out
-
-
-def ranking(history: list[Result]) -> list[Evidence]:
-    """Configurations best first: highest fidelity reached, then lowest mean score, then key (for ties)."""
-    return sorted(best_evidence(history).values(), key=lambda e: (-e.fidelity, e.score, e.config.key))
 
 
 class Evolution:

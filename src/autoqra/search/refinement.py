@@ -29,7 +29,7 @@ import numpy as np
 from autoqra.memory import Budget
 from autoqra.search import gp
 from autoqra.search import trust_region as tr
-from autoqra.search.evolution import DONE, Job, Result, proposal_in_flight, seed_scores
+from autoqra.search.history import DONE, Job, Result, proposal_in_flight, seed_scores
 from autoqra.search.repair import repair
 from autoqra.space import Config, Space
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 import numpy as np
 
 from autoqra.memory import Budget
-from autoqra.space import Config
+from autoqra.space import UNQUANTIZED, Config
 
 EPS = 1e-3
 
 
 def _quality_bits(bits: tuple[int, ...]) -> np.ndarray:
-    return np.array([0.0 if b >= 16 else 4.0 ** -b for b in bits]) / 4.0 ** -min(bits)
+    return np.array([0.0 if b >= UNQUANTIZED else 4.0 ** -b for b in bits]) / 4.0 ** -min(bits)
 
 
 def _quality_ranks(ranks: tuple[int, ...]) -> np.ndarray:
@@ -40,7 +40,7 @@ def repair(config: Config, budget: Budget, i_q: np.ndarray | None = None, i_r: n
     units = np.arange(n)
     noise, gain = _quality_bits(space.bits), _quality_ranks(space.ranks)
     cost = budget.constant + budget.table[units, bi, ri].sum()
-    while cost > budget.limit * (1 + 1e-12):
+    while not budget.fits(cost):
         best, choice = np.inf, None
         down_b = bi > 0
         if down_b.any():

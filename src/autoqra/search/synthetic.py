@@ -14,9 +14,9 @@ import itertools
 
 import numpy as np
 
-from autoqra import fingerprint
 from autoqra.memory import Budget
-from autoqra.space import Config, Space
+from autoqra.space import UNQUANTIZED, Config, Space
+from autoqra.store import fingerprint
 
 
 class SyntheticObjective:
@@ -38,7 +38,8 @@ class SyntheticObjective:
         bits = np.array(self.space.bits)[x[:, :n]]
         ranks = np.array(self.space.ranks)[x[:, n:]]
         rq = np.log1p(ranks) / np.log1p(max(self.space.ranks))
-        quant = np.where(bits >= 16, 0.0, 4.0 ** -(np.minimum(bits, 16) - 2.0)) * self.s * (1 - 0.3 * rq)
+        noise = 4.0 ** -(np.minimum(bits, UNQUANTIZED) - 2.0)
+        quant = np.where(bits >= UNQUANTIZED, 0.0, noise) * self.s * (1 - 0.3 * rq)
         low = bits == min(self.space.bits)
         inter = (low[:, :-1] & low[:, 1:]) * self.t[:-1]
         return quant.sum(1) + (self.h * (1 - rq)).sum(1) + inter.sum(1)
@@ -67,6 +68,6 @@ class SyntheticObjective:
         grid = np.array(list(itertools.product(range(nb * nr), repeat=n)))
         x = np.concatenate([grid // nr, grid % nr], axis=1)
         cost = budget.constant + budget.table[np.arange(n), x[:, :n], x[:, n:]].sum(1)
-        vals = np.where(cost <= budget.limit * (1 + 1e-12), self.values(x), np.inf)
+        vals = np.where(budget.fits(cost), self.values(x), np.inf)
         i = int(np.argmin(vals))
         return float(vals[i]), self.space.decode(x[i])

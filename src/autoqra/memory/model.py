@@ -25,111 +25,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from autoqra.config import ParamError
-from autoqra.space import Config, Space
+from autoqra.memory.spec import ModelSpec, ModuleShape
+from autoqra.space import UNQUANTIZED, Config, Space
 
 LORA_BYTES_PER_PARAM = 4 + 4 + 8  # fp32 weight, fp32 gradient, AdamW exp_avg and exp_avg_sq
-
-
-class BudgetError(ParamError):
-    """The memory budget is invalid or cannot be met by any configuration."""
-
-
-@dataclass(frozen=True)
-class ModuleShape:
-    name: str
-    in_features: int
-    out_features: int
-    bias: bool = False
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the memory model needs to know about the base model (read from its config alone)."""
-
-    modules: tuple[ModuleShape, ...]  # the target linears
-    other_params: int                 # every parameter outside the targets (tied weights once)
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    vocab: int
-
-    @classmethod
-    def from_pretrained(cls, model_dir: str | Path, targets: list[str]) -> ModelSpec:
-        from transformers import AutoConfig
-
-        return cls.from_config(AutoConfig.from_pretrained(model_dir), targets)
-
-    @classmethod
-    def from_config(cls, config: Any, targets: list[str]) -> ModelSpec:
-        """From a transformers config alone: computed from the config for the Llama family (Llama,
-        Mistral, Qwen2: no modeling code imported, which is most of a preflight check's time), else
-        from the model built on the meta device (no weight is read). Both agree (tested)."""
-        spec = cls._llama_family(config, targets)
-        return spec if spec is not None else cls.from_meta(config, targets)
-
-    @classmethod
-    def _llama_family(cls, c: Any, targets: list[str]) -> ModelSpec | None:
-        kind = getattr(c, "model_type", None)
-        if kind not in ("llama", "mistral", "qwen2") or getattr(c, "quantization_config", None) is not None:
-            return None
-        hidden, inter, layers = c.hidden_size, c.intermediate_size, c.num_hidden_layers
-        heads = c.num_attention_heads
-        kv = getattr(c, "num_key_value_heads", None) or heads
-        head_dim = getattr(c, "head_dim", None) or hidden // heads
-        attn_bias = {"q_proj", "k_proj", "v_proj"} if kind == "qwen2" else (
-            {"q_proj", "k_proj", "v_proj", "o_proj"} if getattr(c, "attention_bias", False) else set())
-        mlp_bias = bool(getattr(c, "mlp_bias", False))
-        block = [("self_attn.q_proj", hidden, heads * head_dim), ("self_attn.k_proj", hidden, kv * head_dim),
-                 ("self_attn.v_proj", hidden, kv * head_dim), ("self_attn.o_proj", heads * head_dim, hidden),
-                 ("mlp.gate_proj", hidden, inter), ("mlp.up_proj", hidden, inter), ("mlp.down_proj", inter, hidden)]
-        shapes, all_params = [], 0
-        for i in range(layers):
-            for name, fin, fout in block:
-                leaf = name.rsplit(".", 1)[-1]
-                bias = leaf in attn_bias or (name.startswith("mlp.") and mlp_bias)
-                all_params += fin * fout + (fout if bias else 0)
-                if leaf in targets:
-                    shapes.append(ModuleShape(f"model.layers.{i}.{name}", fin, fout, bias))
-        if not shapes:
-            from autoqra.config import ParamError
-
-            raise ParamError(f"quant.targets={list(targets)}: no such linear inside the model's decoder layers")
-        vocab = c.vocab_size
-        tied = getattr(c, "tie_word_embeddings", False)
-        all_params += vocab * hidden * (1 if tied else 2) + hidden * (2 * layers + 1)  # embeddings, head, norms
-        target = sum(m.in_features * m.out_features + (m.out_features if m.bias else 0) for m in shapes)
-        return cls(tuple(shapes), all_params - target, hidden, inter, layers, heads, kv, vocab)
-
-    @classmethod
-    def from_meta(cls, config: Any, targets: list[str]) -> ModelSpec:
-        """From the model built on the meta device (any architecture transformers knows)."""
-        from autoqra.models import meta_model
-        from autoqra.quant import target_modules
-
-        model = meta_model(config)
-        found = target_modules(model, targets)
-        shapes = tuple(ModuleShape(n, m.in_features, m.out_features, m.bias is not None) for n, m in found.items())
-        target_ids = {id(p) for m in found.values() for p in m.parameters()}
-        other = sum(p.numel() for p in model.parameters() if id(p) not in target_ids)  # parameters() dedupes ties
-        c = model.config
-        return cls(shapes, other, c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
-                   getattr(c, "num_key_value_heads", None) or c.num_attention_heads, c.vocab_size)
-
-    @property
-    def by_name(self) -> dict[str, ModuleShape]:
-        return {m.name: m for m in self.modules}
-
-    @property
-    def target_params(self) -> int:
-        return sum(m.in_features * m.out_features for m in self.modules)
 
 
 @dataclass(frozen=True)
@@ -154,13 +57,13 @@ class MemoryModel:
     def weight_bytes(self, m: ModuleShape, bits: int) -> int:
         """Packed `qweight` (int32), or the dense weight at 16 bits; plus the bias."""
         bias = m.out_features * self.training.dtype_bytes if m.bias else 0
-        if bits >= 16:
+        if bits >= UNQUANTIZED:
             return m.in_features * m.out_features * self.training.dtype_bytes + bias
         return m.in_features * bits // 32 * m.out_features * 4 + bias
 
     def metadata_bytes(self, m: ModuleShape, bits: int) -> int:
         """fp16 `scales`, int32 `qzeros` and int32 `g_idx`, as GPTQModel stores them."""
-        if bits >= 16:
+        if bits >= UNQUANTIZED:
             return 0
         groups = math.ceil(m.in_features / self.group_size)
         return groups * m.out_features * 2 + groups * (m.out_features * bits // 32) * 4 + m.in_features * 4
@@ -250,57 +153,6 @@ class MemoryModel:
         return table
 
 
-@dataclass(frozen=True)
-class Budget:
-    """A limit on an additive cost: constant + Σ_u table[u, bits index, rank index]."""
-
-    kind: str
-    limit: float
-    constant: float
-    table: np.ndarray
-    space: Space
-    description: str
-
-    def cost(self, config: Config) -> float:
-        x = self.space.encode(config)
-        n = len(self.space)
-        return float(self.constant + self.table[np.arange(n), x[:n], x[n:]].sum())
-
-    def feasible(self, config: Config) -> bool:
-        return self.cost(config) <= self.limit * (1 + 1e-12)
-
-
-def parse_reference(reference: str) -> tuple[int, int]:
-    """`uniform4_r16` -> (4, 16)."""
-    head, rank = reference.split("_r")
-    return int(head.removeprefix("uniform")), int(rank)
-
-
-def make_budget(kind: str, value: float, reference: str, memory: MemoryModel, space: Space) -> Budget:
-    """Resolve `budget.*` to a limit; an unattainable budget is a one-line `BudgetError`."""
-    n_params = memory.spec.target_params
-    if kind == "bits_per_param":
-        table, constant, limit = memory.unit_table(space, "storage_bits"), 0.0, value * n_params
-        desc = f"{value:g} bits per target parameter (weights, GPTQ metadata and LoRA at 16 bits)"
-    else:
-        table, constant = memory.unit_table(space, "bytes"), sum(memory.fixed_bytes().values())
-        if kind == "bytes":
-            limit, desc = value, f"{value / 2**30:.3f} GiB to fine-tune"
-        elif kind == "relative":
-            bits, rank = parse_reference(reference)
-            ref = memory.total(space, space.uniform(bits, rank))
-            limit = value * ref
-            desc = f"{value:g} × {reference} ({ref / 2**30:.3f} GiB) = {limit / 2**30:.3f} GiB"
-        else:
-            raise BudgetError(f"budget.kind={kind!r}: must be bytes, bits_per_param or relative")
-    budget = Budget(kind, limit, constant, table, space, desc)
-    floor = budget.cost(space.minimum())
-    if floor > limit * (1 + 1e-12):
-        need = floor / (limit / value)
-        raise BudgetError(f"budget.value={value:g}: infeasible, {desc} is below the smallest configuration "
-                          f"(all {space.bits[0]}-bit, rank {space.ranks[0]}); allowed: budget.value >= {need:.4g}")
-    return budget
-
 
 def measured_bytes(model: Any, bits_by_module: dict[str, int]) -> dict[str, int]:
     """Bytes of the real tensors behind the model's weight, metadata and LoRA terms (for checks)."""
@@ -309,14 +161,15 @@ def measured_bytes(model: Any, bits_by_module: dict[str, int]) -> dict[str, int]
     for name, bits in bits_by_module.items():
         layer = modules[name]
         base = getattr(layer, "base_layer", layer)
-        tensors = [base.weight] if bits >= 16 else [base.qweight]
+        tensors = [base.weight] if bits >= UNQUANTIZED else [base.qweight]
         if getattr(base, "bias", None) is not None:
             tensors.append(base.bias)
         out["weights"] += sum(t.numel() * t.element_size() for t in tensors)
-        if bits < 16:
+        if bits < UNQUANTIZED:
             out["metadata"] += sum(t.numel() * t.element_size() for t in (base.scales, base.qzeros, base.g_idx))
     for n, p in model.named_parameters():
         if "lora_" in n:
             out["lora_params"] += p.numel()
             out["lora_weights"] += p.numel() * p.element_size()
     return out
+

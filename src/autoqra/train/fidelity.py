@@ -3,7 +3,7 @@
 `Evaluator(config, fidelity, seed)` returns the *record* of that run: the score on the validation
 split (answer loss, or 1 - exact match) with the training losses and timings, or a failure with
 its reason (non-finite loss; out of memory, which is retried). Records live in a `RecordStore`
-(`autoqra.records`) under a key that hashes everything that determines the result: the
+(`autoqra.store.records`) under a key that hashes everything that determines the result: the
 configuration, fidelity, seed, the base-model, task and GPTQ-cache fingerprints, the LoRA and
 training params, the backend and compute dtype, and the source of the code that computes it. A
 record that exists is read, never recomputed.
@@ -22,13 +22,17 @@ from typing import Any
 
 import torch
 
-from autoqra import backends, fingerprint, models, quant, scoring
-from autoqra.config import FinetuneParams, LoraParams
-from autoqra.finetune import attach_lora, train
-from autoqra.fingerprint import VALUE_CODE
-from autoqra.records import RecordStore
+from autoqra import models, quant
+from autoqra.data import encode, read_split
+from autoqra.params import FinetuneParams, LoraParams
+from autoqra.quant import backends
 from autoqra.space import Config, Space
-from autoqra.tasks import encode, read_split
+from autoqra.store import fingerprint
+from autoqra.store.fingerprint import VALUE_CODE
+from autoqra.store.records import RecordStore
+from autoqra.train import scoring
+from autoqra.train.loop import train
+from autoqra.train.lora import attach_lora, save_adapter
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -180,29 +184,3 @@ class Evaluator:
             out["score"] = out["answer_loss"]
         out["eval_s"] = round(time.perf_counter() - start, 3)
         return out
-
-
-def save_adapter(model: Any, path: Path) -> None:
-    """The trained LoRA weights (fp32), written atomically."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if "lora_" in n}
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, tmp)
-    tmp.replace(path)
-
-
-def load_adapter(model: Any, path: Path) -> Any:
-    """Load weights written by `save_adapter` into a model with the same adapters attached."""
-    from safetensors.torch import load_file
-
-    tensors = load_file(path)
-    params = dict(model.named_parameters())
-    mismatch = sorted({n for n in params if "lora_" in n} ^ set(tensors))
-    if mismatch:
-        raise ValueError(f"{path}: adapter does not match the model's adapters (e.g. {mismatch[0]})")
-    with torch.no_grad():
-        for n, t in tensors.items():
-            params[n].copy_(t.to(params[n].dtype))
-    return model

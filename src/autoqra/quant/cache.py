@@ -1,12 +1,6 @@
-"""GPTQ through GPTQModel: quantize once per bit-width, then assemble any mixed configuration.
-
-A *cache* is one GPTQModel checkpoint holding every target linear of the model at one bit-width
-(`qweight`, `qzeros`, `scales`, `g_idx` in GPTQ v1 format). A mixed configuration never runs GPTQ:
-its modules are copied out of the caches, by one of two weight backends,
-
-- `packed`: a real mixed-precision GPTQ checkpoint (per-module bits in GPTQModel's `dynamic` config)
-  loaded with GPTQModel's quantized layers: the memory savings are real (what a GPU run uses);
-- `dequant`: the same grid dequantized once into plain `nn.Linear` weights (fastest on the CPU).
+"""The GPTQ caches and their assembly: one GPTQModel checkpoint per bit-width holding every target
+linear (`qweight`, `qzeros`, `scales`, `g_idx` in GPTQ v1 format), read lazily, fingerprinted by its
+tensors, and unpacked onto the exact grid with GPTQModel's own code.
 
 Unit and module names are full Hugging Face module names (`model.layers.3.self_attn.q_proj`).
 """
@@ -14,21 +8,17 @@ Unit and module names are full Hugging Face module names (`model.layers.3.self_a
 from __future__ import annotations
 
 import json
-import re
-import shutil
 from functools import cached_property
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from autoqra import fingerprint
-from autoqra.config import ParamError
+from autoqra.params import ParamError
 from autoqra.space import UNQUANTIZED
+from autoqra.store import fingerprint
 
 TENSORS = ("qweight", "qzeros", "scales", "g_idx")
-_BASE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-               "special_tokens_map.json", "chat_template.jinja", "tokenizer.model")
 
 
 def target_modules(model: nn.Module, targets: list[str] | tuple[str, ...]) -> dict[str, nn.Linear]:
@@ -146,58 +136,4 @@ def apply_dequant(model: nn.Module, bits_by_module: dict[str, int], caches: dict
                 continue
             lin = modules[name]
             lin.weight.copy_(caches[bits].dequantized(name, lin.in_features, lin.out_features, lin.weight.dtype))
-    return model
-
-
-# ----------------------------------------------------------------------------- packed checkpoints
-
-def _regex(name: str) -> str:
-    return "^" + re.escape(name) + "$"
-
-
-def write_packed(bits_by_module: dict[str, int], base_dir: str | Path, caches: dict[int, QuantCache],
-                 out_dir: str | Path) -> Path:
-    """A mixed-precision GPTQ checkpoint: each module's tensors copied from its bit-width's cache (its
-    bias, which GPTQ leaves alone, from the base), per-module bits in GPTQModel's `dynamic` config;
-    bits 16 keeps the base weight unquantized."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    quantized = {m for m, b in bits_by_module.items() if b != UNQUANTIZED}
-    tensors: dict[str, torch.Tensor] = {}
-    for f in sorted(Path(base_dir).glob("*.safetensors")):
-        with safe_open(f, "pt") as fh:
-            for key in fh.keys():
-                module, name = key.rsplit(".", 1)
-                if module not in quantized or name != "weight":  # a quantized module keeps its bias
-                    tensors[key] = fh.get_tensor(key)
-    for module in sorted(quantized):
-        for name, value in caches[bits_by_module[module]].tensors(module).items():
-            tensors[f"{module}.{name}"] = value
-    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
-    for name in _BASE_FILES:
-        if (Path(base_dir) / name).exists():
-            shutil.copy2(Path(base_dir) / name, out / name)
-    ref = next(iter(caches.values())).config if caches else {}
-    dynamic = {("-:" if b == UNQUANTIZED else "+:") + _regex(m): ({} if b == UNQUANTIZED else {"bits": b})
-               for m, b in sorted(bits_by_module.items())}
-    cfg = {**ref, "bits": max((b for b in bits_by_module.values() if b != UNQUANTIZED), default=4),
-           "dynamic": dynamic}
-    (out / "quantize_config.json").write_text(json.dumps(cfg, indent=2))
-    return out
-
-
-def load_packed(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.bfloat16) -> nn.Module:
-    """A packed checkpoint as a trainable HF model with GPTQModel's quantized layers."""
-    from gptqmodel import BACKEND, GPTQModel
-
-    # On the CPU only the pure-torch kernel trains for every bit-width and group size; on a GPU let
-    # GPTQModel choose among its trainable kernels.
-    from autoqra.models import attention
-
-    backend = BACKEND.AUTO_TRAINABLE if device.startswith("cuda") else BACKEND.TORCH
-    model = GPTQModel.load(str(path), backend=backend, dtype=dtype, device=device).model
-    model.set_attn_implementation(attention(device))
     return model

@@ -1,40 +1,23 @@
-"""Typed, validated parameters: one dataclass per `params.yaml` section.
+"""The parameter sections: one dataclass per `params.yaml` section, validated at construction.
 
-Every value the pipeline uses comes from `params/` (composed into `params.yaml`). This module turns
-that plain dict into dataclasses and rejects anything unexpected with a one-line `ParamError` that
-names the dotted key, the value and what is allowed, before any expensive work starts. It imports
-nothing heavy, so the Snakefile can validate in well under a second.
-
-Field constraints live in the field metadata (`min`, `max`, `choices`, `items`); `params_schema()`
-derives the JSON Schema in `workflow/schemas/` from the same metadata, so the two cannot drift.
+Every value the pipeline uses comes from `params/` (composed into `params.yaml`); `load_params` turns
+that plain dict into these dataclasses (`autoqra.params.fields.from_dict`). Cross-field rules live in
+each section's `__post_init__` and in `Params.__post_init__`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import re
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from autoqra import arms
+from autoqra.params.fields import ParamError, from_dict, spec
+from autoqra.params.sources import check_model_source, check_task_source
 from autoqra.space import BIT_CHOICES
 
+GROUP_SIZES = (16, 32, 64, 128, 256)  # the GPTQ group sizes offered
 ABLATIONS = ("none", "no_priors", "no_surrogate", "single_fidelity", "no_refine", "random", "tpe")
 
-
-class ParamError(ValueError):
-    """A parameter is unknown, of the wrong type or out of range."""
-
-
-def spec(default: Any = dataclasses.MISSING, *, help: str, **rules: Any) -> Any:
-    """A dataclass field with a help text and validation rules (min, max, choices, items...)."""
-    kw = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
-    return field(metadata={"help": help, **rules}, **kw)
-
-
-# ----------------------------------------------------------------------------- sections
 
 @dataclass
 class TinyParams:
@@ -94,15 +77,7 @@ class TaskParams:
     seed: int = spec(0, help="seed of generation and splitting", min=0)
 
     def __post_init__(self) -> None:
-        if self.source in ("synthetic",) or self.source.startswith("hf:"):
-            return
-        path = Path(self.source).expanduser()
-        if not path.exists():
-            raise ParamError(f"task.source={self.source!r}: no such file (expected 'synthetic', "
-                             "'hf:<id>' or a .jsonl/.csv/.parquet file)")
-        if path.is_file() and path.suffix not in (".jsonl", ".json", ".csv", ".parquet"):
-            raise ParamError(f"task.source={self.source!r}: unsupported file type {path.suffix!r} "
-                             "(allowed: .jsonl, .json, .csv, .parquet)")
+        check_task_source(self.source)
 
 
 @dataclass
@@ -112,7 +87,7 @@ class QuantParams:
     bits: list[int] = spec([2, 3, 4, 8], help="candidate bit-widths, ascending (16 = leave unquantized)",
                            items={"choices": list(BIT_CHOICES)}, min_items=1, increasing=True)
     group_size: int = spec(64, help="GPTQ group size (must divide every target's in_features)",
-                           choices=[16, 32, 64, 128, 256])
+                           choices=list(GROUP_SIZES))
     sym: bool = spec(True, help="symmetric quantization")
     desc_act: bool = spec(False, help="act-order (quantize columns by decreasing activation)")
     damp: float = spec(0.01, help="GPTQ dampening (fraction of the mean Hessian diagonal)",
@@ -253,7 +228,8 @@ class BudgetParams:
     value: float = spec(1.0, help="bytes, average bits per target parameter, or factor of the reference",
                         min=0.0, exclusive_min=True)
     reference: str = spec("uniform3_r16", help="reference arm of a relative budget, 'uniform{bits}_r{rank}' "
-                          "with bits and rank on the ladders", pattern=r"^uniform(2|3|4|8|16)_r\d+$")
+                          "with bits and rank on the ladders",
+                          pattern=rf"^uniform({'|'.join(map(str, BIT_CHOICES))})_r\d+$")
 
 
 @dataclass
@@ -318,127 +294,15 @@ class Params:
         if len(self.search.seeds_per_rung) != len(self.search.fidelities):
             raise ParamError(f"search.seeds_per_rung={self.search.seeds_per_rung}: needs one entry per rung of "
                              f"search.fidelities={self.search.fidelities}")
-        check_arms(self.finetune.arms, self.quant.bits)
+        arms.check_arms(self.finetune.arms, self.quant.bits)
         extra = [a for a in self.sweep.arms if a not in self.finetune.arms]
         if extra:
             raise ParamError(f"sweep.arms={self.sweep.arms}: {extra[0]!r} is not one of finetune.arms="
                              f"{self.finetune.arms} (a cell is the pipeline of these params)")
-        bits, rank = (int(x) for x in re.findall(r"\d+", self.budget.reference))
+        bits, rank = arms.parse_uniform(self.budget.reference)
         if bits not in self.quant.bits or rank not in self.lora.ranks:
             raise ParamError(f"budget.reference={self.budget.reference!r}: bits and rank must be on the ladders "
                              f"(quant.bits={self.quant.bits}, lora.ranks={self.lora.ranks})")
-
-
-# ----------------------------------------------------------------------------- checks
-
-_HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def check_model_source(source: str) -> None:
-    """Fail fast when `model.source` cannot be resolved offline."""
-    if source in ("embedded", "tiny"):
-        return
-    path = Path(source).expanduser()
-    if path.exists():
-        if path.is_dir() and not (path / "config.json").exists() and not list(path.glob("*.gguf")):
-            raise ParamError(f"model.source={source!r}: folder has no config.json or .gguf file")
-        if path.is_file() and path.suffix != ".gguf":
-            raise ParamError(f"model.source={source!r}: a file source must be a .gguf file")
-        return
-    if source.startswith(("/", ".", "~")) or not _HF_ID.match(source):
-        raise ParamError(f"model.source={source!r}: no such local folder or file (allowed: 'embedded', "
-                         "'tiny', a local HF folder, a .gguf file, or a cached Hugging Face id)")
-    from huggingface_hub import try_to_load_from_cache
-
-    if not isinstance(try_to_load_from_cache(source, "config.json"), str):
-        raise ParamError(f"model.source={source!r}: not in the local Hugging Face cache and the hub is "
-                         "offline; download it once or give a local folder")
-
-
-ARMS = ("autoqra", "fp_lora", "best_uniform", "sequential")
-UNIFORM_ARM = re.compile(r"^uniform(\d+)_r(\d+)$")
-
-
-def check_arms(arms: list[str], bits: list[int]) -> None:
-    """One line for an unknown final arm, or a uniform arm whose bit-width has no GPTQ cache."""
-    for arm in arms:
-        if arm in ARMS:
-            continue
-        m = UNIFORM_ARM.match(arm)
-        if not m:
-            raise ParamError(f"finetune.arms: unknown arm {arm!r} (allowed: {', '.join(ARMS)}, "
-                             "uniform<bits>_r<rank>)")
-        if int(m[1]) != 16 and int(m[1]) not in bits or int(m[2]) < 1:
-            raise ParamError(f"finetune.arms: {arm!r} needs bits in quant.bits={bits} or 16, and a rank >= 1")
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _check_scalar(key: str, value: Any, tp: Any) -> Any:
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
-        raise ParamError(f"{key}={value!r}: must be of type {_type_name(tp)}")
-    return value
-
-
-def _check_rules(key: str, value: Any, rules: dict[str, Any]) -> None:
-    lo, hi = rules.get("min"), rules.get("max")
-    if lo is not None and (value < lo or (rules.get("exclusive_min") and value == lo)):
-        raise ParamError(f"{key}={value!r}: must be {'>' if rules.get('exclusive_min') else '>='} {lo}")
-    if hi is not None and value > hi:
-        raise ParamError(f"{key}={value!r}: must be <= {hi}")
-    if "choices" in rules and value not in rules["choices"]:
-        allowed = ", ".join(map(str, rules["choices"]))
-        raise ParamError(f"{key}={value!r}: must be one of {allowed}")
-    if "pattern" in rules and not re.match(rules["pattern"], value):
-        raise ParamError(f"{key}={value!r}: must match {rules['pattern']}")
-
-
-def _check_value(key: str, value: Any, tp: Any, rules: dict[str, Any]) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        tp = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, key)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ParamError(f"{key}={value!r}: must be a list of {_type_name(args[0])}")
-        items = [_check_value(f"{key}[{i}]", v, args[0], rules.get("items", {})) for i, v in enumerate(value)]
-        if len(items) < rules.get("min_items", 0):
-            raise ParamError(f"{key}={value!r}: needs at least {rules['min_items']} item(s)")
-        if rules.get("unique") and len(set(items)) != len(items):
-            raise ParamError(f"{key}={value!r}: items must be unique")
-        if rules.get("increasing") and any(a >= b for a, b in zip(items, items[1:])):
-            raise ParamError(f"{key}={value!r}: must be strictly increasing")
-        return items
-    value = _check_scalar(key, value, tp)
-    _check_rules(key, value, rules)
-    return value
-
-
-def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
-    """Build dataclass `cls` from a plain dict, rejecting unknown keys, wrong types and bad values."""
-    where = prefix or "params"
-    if not isinstance(data, dict):
-        raise ParamError(f"{where}={data!r}: must be a mapping")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            allowed = ", ".join(fields)
-            raise ParamError(f"{prefix + '.' if prefix else ''}{key}: unknown key (allowed in {where}: {allowed})")
-    values = {}
-    for name, f in fields.items():
-        key = f"{prefix}.{name}" if prefix else name
-        if name in data:
-            values[name] = _check_value(key, data[name], hints[name], dict(f.metadata))
-    return cls(**values)
 
 
 def load_params(data: dict[str, Any]) -> Params:
@@ -446,49 +310,3 @@ def load_params(data: dict[str, Any]) -> Params:
     return from_dict(Params, data)
 
 
-def to_dict(obj: Any) -> dict[str, Any]:
-    """Plain-dict form of a params dataclass (what `params.yaml` holds)."""
-    return dataclasses.asdict(obj)
-
-
-# ----------------------------------------------------------------------------- JSON Schema
-
-def _schema_of(tp: Any, rules: dict[str, Any]) -> dict[str, Any]:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        inner = next(a for a in args if a is not type(None))
-        return {"anyOf": [_schema_of(inner, rules), {"type": "null"}]}
-    if dataclasses.is_dataclass(tp):
-        return dataclass_schema(tp)
-    if origin is list:
-        out = {"type": "array", "items": _schema_of(args[0], rules.get("items", {}))}
-        if "min_items" in rules:
-            out["minItems"] = rules["min_items"]
-        if rules.get("unique"):
-            out["uniqueItems"] = True
-        return out
-    out: dict[str, Any] = {"type": {int: "integer", float: "number", bool: "boolean", str: "string"}[tp]}
-    if "min" in rules:
-        out["exclusiveMinimum" if rules.get("exclusive_min") else "minimum"] = rules["min"]
-    if "max" in rules:
-        out["maximum"] = rules["max"]
-    if "choices" in rules:
-        out["enum"] = list(rules["choices"])
-    if "pattern" in rules:
-        out["pattern"] = rules["pattern"]
-    return out
-
-
-def dataclass_schema(cls: type) -> dict[str, Any]:
-    """JSON Schema (draft 7) of a params dataclass, from its type hints and field rules."""
-    hints = typing.get_type_hints(cls)
-    props = {}
-    for f in dataclasses.fields(cls):
-        props[f.name] = {"description": f.metadata.get("help", ""), **_schema_of(hints[f.name], dict(f.metadata))}
-    return {"type": "object", "additionalProperties": False, "required": list(props), "properties": props}
-
-
-def params_schema() -> dict[str, Any]:
-    """The schema in `workflow/schemas/params.schema.json`."""
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "AutoQRA params.yaml",
-            **dataclass_schema(Params)}

@@ -1,4 +1,5 @@
-"""LoRA with per-module ranks, and the training loop shared by fidelity runs and final fine-tunes."""
+"""The training loop shared by fidelity runs and final fine-tunes: AdamW, warm-up and decay, a data order
+that is a function of the seed alone (so configurations trained under one seed are paired)."""
 
 from __future__ import annotations
 
@@ -12,64 +13,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from autoqra import fingerprint
-from autoqra.scoring import labelled_nll
-from autoqra.tasks import collate
-
-
-class AdapterError(RuntimeError):
-    """PEFT did not attach an adapter exactly as configured."""
-
-
-def attach_lora(model: Any, ranks: dict[str, int], alpha_ratio: float, dropout: float, seed: int | None = None) -> Any:
-    """Wrap `model` with LoRA: module `m` gets rank `ranks[m]` and alpha `alpha_ratio * rank`
-    (rank 0: not targeted), then check every module got exactly that (PEFT matches `rank_pattern`
-    keys by suffix and silently ignores keys that match nothing). With a `seed`, every adapter's A is
-    drawn from its own generator, seeded by (seed, module name, rank): two configurations that give
-    a module the same rank start it from the same A, whatever else they differ in (paired runs)."""
-    from peft import LoraConfig, get_peft_model
-    from peft.tuners.lora import LoraLayer
-
-    targeted = {m: r for m, r in ranks.items() if r > 0}
-    if not targeted:
-        raise AdapterError("no module has a LoRA rank > 0: nothing to train")
-    default = max(set(targeted.values()), key=list(targeted.values()).count)
-    cfg = LoraConfig(r=default, lora_alpha=alpha_ratio * default, lora_dropout=dropout, bias="none",
-                     target_modules=sorted(targeted), task_type="CAUSAL_LM",
-                     rank_pattern=dict(targeted), alpha_pattern={m: alpha_ratio * r for m, r in targeted.items()})
-    peft_model = get_peft_model(model, cfg)
-    layers = {n.removeprefix("base_model.model."): mod for n, mod in peft_model.named_modules()
-              if isinstance(mod, LoraLayer)}
-    for name, rank in ranks.items():
-        layer = layers.get(name)
-        if rank == 0:
-            if layer is not None:
-                raise AdapterError(f"{name}: has an adapter but its rank is 0")
-            continue
-        if layer is None:
-            raise AdapterError(f"{name}: no adapter attached (wanted rank {rank})")
-        got_r, got_alpha = layer.r["default"], layer.lora_alpha["default"]
-        if got_r != rank or not math.isclose(got_alpha, alpha_ratio * rank):
-            raise AdapterError(f"{name}: adapter has r={got_r}, alpha={got_alpha}; wanted r={rank}, "
-                               f"alpha={alpha_ratio * rank}")
-    extra = set(layers) - set(ranks)
-    if extra:
-        raise AdapterError(f"adapters on modules outside the configuration: {sorted(extra)[:3]}")
-    if seed is not None:
-        init_lora(layers, seed)
-    return peft_model
-
-
-@torch.no_grad()
-def init_lora(layers: dict[str, Any], seed: int) -> None:
-    """PEFT's default initialisation (A Kaiming-uniform, B zero), each A from a generator of its own."""
-    for name, layer in layers.items():
-        a = layer.lora_A["default"].weight
-        gen = torch.Generator().manual_seed(int(fingerprint.of_data([seed, name, a.shape[0]])[:15], 16))
-        w = torch.empty(a.shape, dtype=torch.float32)
-        torch.nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=gen)
-        a.copy_(w)
-        layer.lora_B["default"].weight.zero_()
+from autoqra.data.encoding import collate
+from autoqra.train.scoring import labelled_nll
 
 
 def lr_factor(step: int, total: int, warmup_ratio: float, schedule: str) -> float:

@@ -14,9 +14,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from autoqra import fingerprint, scoring
-from autoqra.fingerprint import TEST_CODE, VALUE_CODE
-from autoqra.tasks import prompt_ids
+from autoqra.data import prompt_ids
+from autoqra.store import fingerprint
+from autoqra.store.fingerprint import TEST_CODE, VALUE_CODE
+from autoqra.train import scoring
 
 TASK = "autoqra_test"
 
@@ -112,7 +113,7 @@ def score_seed(ev: Any, config: Any, adapters: Path, test: list[dict[str, Any]],
 
     `ev` is the arm's `Evaluator`, `params` the `evaluate` section. The arm's model is built once, kept
     in `built`: loading a seed's adapters overwrites every adapter weight of the previous seed."""
-    from autoqra.evaluate import load_adapter
+    from autoqra.train.lora import load_adapter
 
     if not built:
         built.append(ev.build(config, workdir))

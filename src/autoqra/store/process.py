@@ -58,3 +58,17 @@ def is_dead(worker: str) -> bool:
     except PermissionError:
         pass  # alive, someone else's: compare incarnations below
     return bool(start) and _start(pid) not in ("", start)
+
+
+# What every process of the pipeline runs under: nothing but the package registries is reachable on our
+# machines, so the hubs are offline and DVC sends no analytics (the Makefile exports the same, tested).
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
+
+
+def environment() -> None:
+    """Set, unless already set: `OFFLINE`, GPTQModel's CPU worker count (it refuses to start on a 2-core
+    machine otherwise) and quiet tokenizers."""
+    for name, value in OFFLINE.items():
+        os.environ.setdefault(name, value)
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count() or 2)))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from autoqra.tasks import collate, encode, prompt_ids
+from autoqra.data import collate, encode, prompt_ids
 
 
 def batches(tokenizer: Any, examples: list[dict[str, Any]], max_length: int, batch_size: int,

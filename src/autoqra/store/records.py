@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from autoqra.process import worker_id
+from autoqra.store.process import worker_id
 
 FORMAT = 2  # the layout of a record file (not of its value: code changes enter the key)
 REQUIRED = ("format", "key", "status", "score", "reason")

@@ -1,0 +1,95 @@
+"""Task sources beyond the generator (a user's table, a cached Hugging Face dataset) and the split files.
+
+A user table's `split` column (train/val/test) is respected; otherwise rows are split by seed.
+Calibration examples come from train.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from autoqra.data.generator import SPLITS, generate, make_example
+from autoqra.params import ParamError
+
+
+def _read_table(source: str) -> list[dict[str, Any]]:
+    if source.startswith("hf:"):
+        import datasets
+
+        try:
+            dsets = datasets.load_dataset(source[3:])
+        except Exception as exc:  # offline: only the local datasets cache is reachable
+            raise ParamError(f"task.source={source!r}: cannot load from the local datasets cache ({exc})") from None
+        names = {"validation": "val", "valid": "val", "dev": "val"}
+        return [{**row, "split": names.get(s, s)} for s, d in dsets.items() for row in d]
+    path = Path(source)
+    if path.suffix in (".jsonl", ".json"):
+        text = path.read_text()
+        if path.suffix == ".json" or text.lstrip().startswith("["):
+            return json.loads(text)
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    import pandas as pd
+
+    frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    return frame.to_dict("records")
+
+
+def load_user(source: str, prompt_column: str, answer_column: str, sizes: dict[str, int],
+              seed: int) -> dict[str, list[dict[str, Any]]]:
+    """Splits from a user table. A `split` column (train/val/test) is respected; otherwise rows are
+    shuffled with `seed` and cut into val, test and train. Calibration examples come from train."""
+    rows = _read_table(source)
+    if not rows:
+        raise ParamError(f"task.source={source!r}: no rows")
+    for column, key in ((prompt_column, "task.prompt_column"), (answer_column, "task.answer_column")):
+        if column not in rows[0]:
+            raise ParamError(f"{key}={column!r}: no such column in {source} (columns: {', '.join(rows[0])})")
+    pairs = [(str(r[prompt_column]), str(r[answer_column]), r.get("split")) for r in rows]
+    if any(s is not None for _, _, s in pairs):
+        parts = {s: [(p, a) for p, a, t in pairs if t == s] for s in ("train", "val", "test")}
+    else:
+        shuffled = [(p, a) for p, a, _ in pairs]
+        random.Random(seed).shuffle(shuffled)
+        nv, nt = sizes["val"], sizes["test"]
+        parts = {"val": shuffled[:nv], "test": shuffled[nv:nv + nt], "train": shuffled[nv + nt:]}
+    parts = {s: xs[:sizes[s]] for s, xs in parts.items()}
+    parts["calib"] = parts["train"][:sizes["calib"]]
+    out = {}
+    for split in SPLITS:
+        if not parts.get(split):
+            raise ParamError(f"task.source={source!r}: the {split} split is empty "
+                             f"({len(rows)} rows; sizes requested: {sizes})")
+        out[split] = [make_example(split, i, "user", "user", p, a) for i, (p, a) in enumerate(parts[split])]
+    return out
+
+
+def build(source: str, families: list[str], sizes: dict[str, int], seed: int, prompt_column: str = "prompt",
+          answer_column: str = "answer", system_prompt: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """All four splits for a task source; with a `system_prompt` every example carries that system
+    message (None: the model's chat template decides, which may add a default one)."""
+    if source == "synthetic":
+        splits = generate(families, sizes, seed)
+    else:
+        splits = load_user(source, prompt_column, answer_column, sizes, seed)
+    if system_prompt is not None:
+        for rows in splits.values():
+            for ex in rows:
+                ex["system"] = system_prompt
+                ex["messages"] = [{"role": "system", "content": system_prompt}, *ex["messages"]]
+    return splits
+
+
+def write_splits(splits: dict[str, list[dict[str, Any]]], out_dir: str | Path) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        with open(out / f"{split}.jsonl", "w") as fh:
+            fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def read_split(task_dir: str | Path, split: str) -> list[dict[str, Any]]:
+    with open(Path(task_dir) / f"{split}.jsonl") as fh:
+        return [json.loads(line) for line in fh]

@@ -1,0 +1,68 @@
+"""The searched model as a user takes it away: a mixed-precision GPTQ checkpoint and its adapter.
+
+`export` writes `<out>/model/` (a GPTQModel checkpoint: every module at its own bit-width through the
+`dynamic` config, unquantized modules left dense), `<out>/adapter/` (a PEFT adapter with per-module
+`rank_pattern`/`alpha_pattern`, trained under the first of `finetune.seeds`) and `<out>/README.md` (the
+lines that load it), then reloads it as a user would and re-scores the test split. Load it with
+GPTQModel, not with transformers/optimum: their loader builds every layer at one bit-width and ignores
+`dynamic`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from autoqra import data, models, quant
+from autoqra.train import evaluation
+from autoqra.train.lora import attach_lora, load_adapter
+
+LOAD = '''```python
+import torch
+from gptqmodel import BACKEND, GPTQModel
+from peft import PeftModel
+from transformers import AutoTokenizer
+
+base = GPTQModel.load("{model}", backend=BACKEND.TORCH, dtype=torch.bfloat16, device="cpu")  # or "cuda"
+model = PeftModel.from_pretrained(base.model, "{adapter}")
+tokenizer = AutoTokenizer.from_pretrained("{model}")
+```
+'''
+
+
+def load(model_dir: Path, adapter_dir: Path, device: str = "cpu") -> Any:
+    """The exported model as a user loads it (GPTQModel, then PEFT)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(quant.load_packed(model_dir, device), str(adapter_dir)).eval()
+
+
+def export(setup: Any, train: Path, arm_metrics: Path, out: Path) -> dict[str, Any]:
+    """Export the arm trained in `train` (the finetune stage's folder) to `out`; returns the metrics: the
+    test answer loss of the model as reloaded from the files, next to the arm's own."""
+    p = setup.p
+    spec = json.loads((train / "arm.json").read_text())
+    config = setup.arm_space.parse(spec["config"])
+    bits, ranks = setup.arm_space.per_module(config)
+    seed = p.finetune.seeds[0]
+    if out.exists():
+        shutil.rmtree(out)
+    model_dir, adapter_dir = out / "model", out / "adapter"
+    quant.write_packed(bits, Path(setup.dirs["prepare"]) / "model", setup.evaluator.caches, model_dir)
+    peft_model = attach_lora(quant.load_packed(model_dir, "cpu"), ranks, p.lora.alpha_ratio, p.lora.dropout)
+    load_adapter(peft_model, train / f"seed{seed}.safetensors").save_pretrained(str(adapter_dir))
+    (out / "README.md").write_text(f"# {spec['summary']}\n\nSearched by AutoQRA for {p.model.source}: per-module bits "
+                                   f"in `model/quantize_config.json` (`dynamic`), per-module LoRA ranks in "
+                                   f"`adapter/adapter_config.json` (`rank_pattern`). Load it with:\n\n"
+                                   + LOAD.format(model=model_dir.resolve(), adapter=adapter_dir.resolve()))
+    test = data.read_split(Path(setup.dirs["prepare"]) / "task", "test")
+    reloaded = evaluation.test_scores(load(model_dir, adapter_dir), models.load_tokenizer(model_dir), test,
+                                      p.task.max_length, p.evaluate.batch_size)
+    arm = json.loads(arm_metrics.read_text()) if arm_metrics.exists() else None
+    own = next((r.get("answer_loss") for r in arm["seeds"] if r["seed"] == seed), None) if arm else None
+    return {"summary": spec["summary"], "seed": seed, "reloaded_test_answer_loss": reloaded["answer_loss"],
+            "arm_test_answer_loss": own, "difference": None if own is None else reloaded["answer_loss"] - own,
+            "bits": {str(b): sum(v == b for v in bits.values()) for b in sorted(set(bits.values()))},
+            "files": sorted(str(f.relative_to(out)) for f in out.rglob("*") if f.is_file())}

@@ -1,0 +1,65 @@
+"""The report stage's work: every arm side by side, and the pictures that explain the run.
+
+Reads `<final>/<arm>/metrics.json` for every arm of `finetune.arms`, the search stages' trials and the
+priors; writes `<out>/summary.csv`, `summary.md` (mean ± standard error over seeds, paired differences
+to `autoqra`), `pareto.png`, `allocation.png`, `search.png`; returns the metrics (the table, each GPTQ
+pass's and each arm's headline numbers: what `dvc metrics show` lists).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from autoqra import priors
+from autoqra.memory import ModelSpec, from_params
+from autoqra.params import ParamError, Params
+from autoqra.report import arms as arm_table
+from autoqra.report import plots
+
+
+def _header(p: Params) -> str:
+    relative = f" × {p.budget.reference}" if p.budget.kind == "relative" else ""
+    return (f"# AutoQRA run: {p.model.source}, budget {p.budget.kind} {p.budget.value:g}{relative}\n\n"
+            f"Test split; mean ± standard error over seeds {list(p.finetune.seeds)} (paired: every arm trained "
+            f"under the same seeds). Δ = arm − autoqra, seed by seed; 'tie' within one standard error, "
+            f"'inconclusive' within two.\n\n")
+
+
+def write(p: Params, dirs: dict[str, str], final: Path, out: Path) -> dict[str, Any]:
+    arms = {}
+    for arm in p.finetune.arms:
+        path = final / arm / "metrics.json"
+        if not path.exists():
+            raise ParamError(f"{path}: missing (run the evaluate stage for {arm})")
+        arms[arm] = json.loads(path.read_text())
+    table = arm_table.summary(arms)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "summary.csv", index=False)
+    search = Path(dirs["search"])
+    trials = {name: pd.read_parquet(search / name / "trials.parquet") for name in ("evolve", "refine")
+              if (search / name / "trials.parquet").exists()}
+    (out / "summary.md").write_text(_header(p) + arm_table.markdown(table))
+    budget = next(iter(arms.values()))["budget_limit"]
+    plots.pareto(pd.concat(trials.values()) if trials else pd.DataFrame(), arms, budget,
+                 p.search.metric).savefig(out / "pareto.png", dpi=120)
+    space, _, _ = from_params(p, ModelSpec.from_pretrained(Path(dirs["prepare"]) / "model", p.quant.targets))
+    if "autoqra" in arms:
+        winner = space.parse(arms["autoqra"]["config"])
+        i_q, i_r = priors.unit_priors(pd.read_parquet(Path(dirs["profile"]) / "priors.parquet"), space)
+        plots.allocation(list(space.units), list(winner.bits), list(winner.ranks), i_q, i_r).savefig(
+            out / "allocation.png", dpi=120)
+    if trials:
+        plots.search_progress(trials).savefig(out / "search.png", dpi=120)
+    quantize = {}
+    for b in p.quant.bits:
+        path = Path(dirs["quantize"]) / f"b{b}" / "metrics.json"
+        if path.exists():
+            m = json.loads(path.read_text())
+            quantize[f"b{b}"] = {"gptq_s": m.get("gptq_s"), **{f"val_{k}": v for k, v in m.get("val", {}).items()}}
+    rows = table.where(pd.notna(table), None).to_dict("records")
+    return {"arms": {r["arm"]: {k: v for k, v in r.items() if k not in ("arm", "configuration")} for r in rows},
+            "quantize": quantize}

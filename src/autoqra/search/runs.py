@@ -1,0 +1,148 @@
+"""The two search stages as runs over a prepared folder: search (with any number of workers), then write
+the stage's outputs and return its metrics.
+
+- `evolve`: stage 1 (multi-fidelity evolution warm-started by the priors, or an ablation's search) into
+  `<out>/trials.parquet`, `front.parquet`, `best.json`, `trace.png`;
+- `refine`: stage 2 (trust-region Bayesian refinement of stage 1's top-rung configurations) into
+  `<out>/trials.parquet`, `best.json` (the best configuration by its mean over the top seeds, stage 1's
+  included, so never worse than stage 1's best on those seeds) and `refine.png`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from autoqra import stats
+from autoqra.params import Params
+from autoqra.report import plots
+from autoqra.report.search import fidelity_agreement, front, trials_frame
+from autoqra.search.history import Evidence, ranking, seed_scores
+from autoqra.search.optuna import JOB, SearchFailed, describe_failures, drive, history
+from autoqra.search.setup import SearchSetup, evolve_settings, refine_settings
+from autoqra.search.workers import run_workers
+from autoqra.store.files import write_json
+
+log = logging.getLogger("autoqra")
+
+
+def search_evolve(setup: SearchSetup) -> dict[str, int]:
+    """Ask/evaluate/tell on stage 1's study until the search is done: this worker's counts."""
+    study, sampler = setup.study()
+
+    def log_trial(t: Any) -> None:
+        job = t.system_attrs[JOB]
+        log.info("trial %d: gen %s rung %s f=%s seed %s score=%s", t.number, job["generation"], job["rung"],
+                 job["fidelity"], job.get("seed"), None if t.value is None else round(t.value, 4))
+
+    ran = drive(study, sampler, setup.objective, describe=setup.describe, on_trial=log_trial,
+                max_failures=setup.p.search.max_failures)
+    return {"trials": ran, "steps_trained": setup.evaluator.steps_trained, "records_computed": setup.evaluator.computed}
+
+
+def search_refine(setup: SearchSetup) -> dict[str, int]:
+    """Ask/evaluate/tell on stage 2's study until its proposals are done: this worker's counts."""
+    study, sampler, _ = setup.refine_study()
+    drive(study, sampler, setup.objective, describe=setup.describe, max_failures=setup.p.search.max_failures,
+          on_trial=lambda t: log.info("proposal %s seed %s: %s", t.system_attrs[JOB]["generation"],
+                                      t.system_attrs[JOB]["seed"], t.value))
+    return {"steps_trained": setup.evaluator.steps_trained, "records_computed": setup.evaluator.computed}
+
+
+def evolve(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: int = 0,
+           gathered: list[str] = ()) -> dict[str, Any]:
+    """Stage 1 to completion, its outputs in `out`; returns its metrics."""
+    setup, mine, search_s = run_workers(search_evolve, p, params_path, dirs, threads, gathered)
+    study, sampler = setup.study()
+    trials = trials_frame(study, setup.space)
+    hist = history(study, setup.space)
+    ranked = ranking(hist)
+    if not ranked:
+        raise SearchFailed(f"no evaluation of the evolve stage succeeded ({describe_failures(study)}); "
+                           f"all {len(trials)} are kept (records under {dirs['search']}/records)")
+    best = ranked[0]
+    searched_steps, searched_records = setup.evaluator.steps_trained, setup.evaluator.computed
+    compared = setup.compare(best.config, hist)
+    out.mkdir(parents=True, exist_ok=True)
+    trials.to_parquet(out / "trials.parquet", index=False)
+    front(trials).to_parquet(out / "front.parquet", index=False)
+    write_json(out / "best.json", setup.best_json(best, compared["arms"]["pick"]))
+    plots.search_trace(trials, f"evolve: {p.search.metric}").savefig(out / "trace.png", dpi=120)
+    fidelities = evolve_settings(p).fidelities
+    return {
+        "study": study.study_name,
+        "trials": len(trials),
+        "evaluations_per_fidelity": {str(f): int((trials["fidelity"] == f).sum()) for f in fidelities},
+        "generations": int(trials["generation"].max()) + 1 if len(trials) else 0,
+        "failed": int((trials["status"] != "ok").sum()),
+        "failures": describe_failures(study),
+        "steps_spent": int(trials["fidelity"].sum()),
+        "steps_trained_this_run": sum(m["steps_trained"] for m in mine),
+        "records_computed_this_run": sum(m["records_computed"] for m in mine),
+        "best": {"key": best.config.key, "fidelity": best.fidelity, "score": best.score, "se": best.se,
+                 "seeds": list(best.seeds), "summary": best.config.describe(),
+                 "memory_bytes": setup.memory.total(setup.space, best.config)},
+        "comparison": {**compared, "steps_trained": setup.evaluator.steps_trained - searched_steps,
+                       "records_computed": setup.evaluator.computed - searched_records},
+        "budget": {"kind": setup.budget.kind, "limit": setup.budget.limit, "description": setup.budget.description},
+        "all_within_budget": bool(all(setup.budget.feasible(c) for c in setup.configs(trials))),
+        "ablation": p.search.ablation,
+        "surrogate": (sampler.plan.surrogate_quality(hist) if hasattr(sampler.plan, "surrogate_quality") else []),
+        "fidelity_agreement": fidelity_agreement(trials),
+        "search_s": round(search_s, 1),
+    }
+
+
+def refine(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: int = 0,
+           gathered: list[str] = ()) -> dict[str, Any]:
+    """Stage 2 to completion, its outputs in `out`; returns its metrics (incumbent and radius per
+    proposal, restarts, the GP kernels' held-out rank correlation, the pick's paired difference to
+    stage 1's pick)."""
+    setup, mine, search_s = run_workers(search_refine, p, params_path, dirs, threads, gathered)
+    rs = refine_settings(p)
+    study, sampler, prior = setup.refine_study()
+    plan = sampler.plan
+    hist = history(study, setup.space)
+    found = plan.incumbent(hist)
+    if found is None:
+        raise SearchFailed("stage 1 has no configuration scored at the top fidelity under every top seed; "
+                           "nothing to refine (raise search.max_steps or lower search.generations)")
+    best, mean, scores = found
+    stage1 = plan.starts()[0]
+    by_seed = seed_scores(prior + hist)
+    pick, first = by_seed[(best.key, rs.fidelity)], by_seed[(stage1.key, rs.fidelity)]
+    steps, state, _, _ = plan.replay(hist)
+    kernel, quality = plan.kernel()
+    trials = trials_frame(study, setup.space)
+    out.mkdir(parents=True, exist_ok=True)
+    trials.to_parquet(out / "trials.parquet", index=False)
+    m, se = stats.mean_se(scores)
+    top = {"mean": m, "se": se, "scores": dict(zip(rs.seeds, scores))}
+    write_json(out / "best.json", setup.best_json(Evidence(rs.fidelity, m, best, se, rs.seeds), top))
+    trace = [{"proposal": s.index, "key": s.config.key, "centre": s.centre.key, "radius": s.length,
+              "restarts": s.restarts, "score": s.value, "success": s.success} for s in steps]
+    plots.refine_trace(trace, stage_one=float(sum(first[s] for s in rs.seeds) / len(rs.seeds)),
+                       title=f"refine: {p.search.metric} at {rs.fidelity} steps, seeds {list(rs.seeds)}"
+                       ).savefig(out / "refine.png", dpi=120)
+    return {
+        "study": study.study_name,
+        "proposals": len(steps),
+        "evaluations": len(trials),
+        "steps_spent": int(trials["fidelity"].sum()) if len(trials) else 0,
+        "steps_trained_this_run": sum(r["steps_trained"] for r in mine),
+        "records_computed_this_run": sum(r["records_computed"] for r in mine),
+        "restarts": state.restarts,
+        "trace": trace,
+        "kernel": kernel,
+        "kernel_rank_correlation": quality,
+        "stage1_pick": {"key": stage1.key, "summary": stage1.describe(), "scores": first},
+        "best": {"key": best.key, "summary": best.describe(), "mean": m, "se": se, "from_refine": best.key in
+                 {s.config.key for s in steps}, "memory_bytes": setup.memory.total(setup.space, best)},
+        "best_minus_stage1": stats.paired(pick, first),
+        "all_within_budget": bool(all(setup.budget.feasible(s.config) for s in steps)),
+        "search_s": round(search_s, 1),
+    }
+
+
+SEARCHES = {"evolve": search_evolve, "refine": search_refine}  # what one worker job of each stage runs

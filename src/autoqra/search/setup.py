@@ -1,0 +1,182 @@
+"""The search's composition root: from parameters and the prepared folders to the space, memory model,
+budget, priors, evaluator and studies every search stage and final arm works with.
+
+`dirs` names the folders a run reads and writes (`prepare`, `quantize`, `profile`, `search`; `store`:
+this stage's record store under `<search>/records/`, `stage1_store`: the store holding stage 1's study).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from autoqra import arms, priors, quant, stats
+from autoqra.memory import ModelSpec, from_params
+from autoqra.params import ParamError, Params
+from autoqra.search import make_plan
+from autoqra.search import operators as ops
+from autoqra.search.ablations import REFINE_OFF, ablated
+from autoqra.search.evolution import Settings
+from autoqra.search.history import Evidence, Result, best_evidence
+from autoqra.search.optuna import PlanSampler, history, open_study
+from autoqra.search.refinement import Refinement, RefineSettings
+from autoqra.space import Config
+from autoqra.store import fingerprint
+from autoqra.train.fidelity import Evaluator
+
+
+def evolve_settings(p: Params) -> Settings:
+    """Stage 1's settings, with `search.ablation` applied."""
+    s = p.search
+    base = Settings(population=s.population, offspring=s.offspring, candidates=s.candidates,
+                    generations=s.generations, fidelities=tuple(s.fidelities), eta=s.eta, max_steps=s.max_steps,
+                    seed=p.seed, seeds_per_rung=tuple(s.seeds_per_rung))
+    return ablated(base, s.ablation, s.refine.evaluations * s.seeds_per_rung[-1] * s.fidelities[-1])
+
+
+def refine_settings(p: Params) -> RefineSettings:
+    """Stage 2's settings: every proposal at stage 1's top fidelity under its top rung's seeds."""
+    r, top = p.search.refine, evolve_settings(p)
+    off = p.search.ablation in REFINE_OFF
+    return RefineSettings(evaluations=0 if off else r.evaluations, fidelity=top.fidelities[-1],
+                          seeds=top.seeds(len(top.fidelities) - 1), seed=p.seed, candidates=r.candidates,
+                          kernel=r.kernel, acquisition=r.acquisition, length_init=r.length_init,
+                          length_min=r.length_min, length_max=r.length_max, success_tolerance=r.success_tolerance,
+                          failure_tolerance=r.failure_tolerance)
+
+
+def prepared_fingerprints(prepare: Path) -> dict[str, str] | None:
+    """The model and task fingerprints the prepare stage computed (no need to hash them again)."""
+    metrics = prepare / "metrics.json"
+    if not metrics.exists():
+        return None
+    m = json.loads(metrics.read_text())
+    if "model_fingerprint" not in m or "task_fingerprint" not in m:
+        return None
+    return {"model": m["model_fingerprint"], "task": m["task_fingerprint"]}
+
+
+def records_root(dirs: dict[str, str]) -> Path:
+    """The folder of record stores: `<search>/records/`, one store per stage (`evolve`, `refine`,
+    `finetune/<arm>`, `evaluate/<arm>`, `cells/<cell>`), each reading all the others."""
+    return Path(dirs["search"]) / "records"
+
+
+def check_inputs(p: Params, dirs: dict[str, str]) -> None:
+    """One-line errors for missing inputs, before any work."""
+    for key in ("prepare", "profile"):
+        if not Path(dirs[key]).exists():
+            raise ParamError(f"--{key} {dirs[key]}: no such folder (run the {key} stage)")
+    for b in p.quant.bits:
+        if b != quant.UNQUANTIZED and not (Path(dirs["quantize"]) / f"b{b}" / "quantize_config.json").exists():
+            raise ParamError(f"quant.bits contains {b} but {dirs['quantize']}/b{b} holds no GPTQ cache")
+
+
+class SearchSetup:
+    def __init__(self, p: Params, dirs: dict[str, str], progress: bool = False, arm_ladders: bool = False):
+        """With `arm_ladders`, the evaluator's ladders are widened to the final arms' (unquantized, `arm_rank`)."""
+        self.p, self.dirs = p, dirs
+        self.spec = ModelSpec.from_pretrained(Path(dirs["prepare"]) / "model", p.quant.targets)
+        self.space, self.memory, self.budget = from_params(p, self.spec)
+        self.arm_space = arms.arm_space(self.space, [p.finetune.arm_rank])
+        self.i_q, self.i_r = priors.unit_priors(pd.read_parquet(Path(dirs["profile"]) / "priors.parquet"), self.space)
+        caches = {b: quant.QuantCache(Path(dirs["quantize"]) / f"b{b}") for b in p.quant.bits if b != quant.UNQUANTIZED}
+        prepare = Path(dirs["prepare"])
+        self.evaluator = Evaluator(model_dir=prepare / "model", task_dir=prepare / "task", caches=caches,
+                                   space=self.arm_space if arm_ladders else self.space, lora=p.lora,
+                                   finetune=p.finetune, max_length=p.task.max_length,
+                                   records=records_root(dirs) / dirs.get("store", "evolve"),
+                                   shared_records=records_root(dirs), metric=p.search.metric,
+                                   backend=p.search.backend, oom_attempts=p.search.oom_attempts,
+                                   fingerprints=prepared_fingerprints(prepare), progress=progress)
+
+    def identity(self, settings: Settings) -> dict[str, Any]:
+        """Everything that defines stage 1's search: its study's name hashes it."""
+        return {"units": self.space.units, "bits": self.space.bits, "ranks": self.space.ranks,
+                "budget": [self.budget.kind, round(self.budget.limit, 3)], "settings": settings,
+                "priors": [np.round(self.i_q, 6).tolist(), np.round(self.i_r, 6).tolist()],
+                "evaluator": self.evaluator.key(self.space.minimum(), 0, self.p.seed)}
+
+    def open(self, name: str, sampler: Any, store: str, readonly: bool = False) -> Any:
+        """A study in `search.storage`, by default the journal file of record store `store` (so the
+        studies travel with the records: both are the stage's DVC output)."""
+        journal = records_root(self.dirs) / store / "optuna.journal"
+        return open_study(name, self.p.search.storage, str(journal), sampler, readonly=readonly)
+
+    def study(self, readonly: bool = False) -> tuple[Any, PlanSampler]:
+        """Stage 1's Optuna study (in the stage-1 store's journal); its name hashes everything that
+        defines the search. The later stages read it `readonly`: it is the evolve stage's output."""
+        settings = evolve_settings(self.p)
+        sampler = PlanSampler(make_plan(self.space, self.budget, self.i_q, self.i_r, settings))
+        name = f"evolve-{fingerprint.of_data(self.identity(settings))[:16]}"
+        return self.open(name, sampler, self.dirs.get("stage1_store", "evolve"), readonly), sampler
+
+    def refine_study(self) -> tuple[Any, PlanSampler, list[Result]]:
+        """Stage 2's study, named after stage 1's search and its own settings, and stage 1's history."""
+        stage1, _ = self.study(readonly=True)
+        prior = history(stage1, self.space)
+        sampler = PlanSampler(Refinement(self.space, self.budget, self.i_q, self.i_r, prior, refine_settings(self.p)))
+        name = f"refine-{fingerprint.of_data([self.identity(evolve_settings(self.p)), refine_settings(self.p)])[:16]}"
+        return self.open(name, sampler, self.dirs.get("store", "refine")), sampler, prior
+
+    def objective(self, config: Config, fidelity: int, seed: int) -> dict[str, Any]:
+        """A fidelity evaluation: at the top rung the adapters are kept (the final arms reuse them)."""
+        s = self.p.search
+        rung = s.fidelities.index(fidelity)
+        val = s.val_per_rung[rung] if s.val_per_rung else 0
+        return self.evaluator(config, fidelity, seed, val_samples=val, keep_adapter=rung == len(s.fidelities) - 1)
+
+    def describe(self, config: Config) -> dict[str, Any]:
+        m = self.memory.breakdown(self.space, config)
+        return {"memory_bytes": m["total"], "avg_bits": m["avg_bits"], "avg_bits_with_lora": m["avg_bits_with_lora"],
+                "summary": config.describe(), "config": json.dumps(config.to_dict()["units"])}
+
+    def reference_config(self) -> Config:
+        return self.space.uniform(*arms.parse_uniform(self.p.budget.reference))
+
+    def configs(self, trials: pd.DataFrame) -> list[Config]:
+        return [self.space.parse({"units": json.loads(c)}) for c in trials["config"]]
+
+    def best_uniform(self, hist: list[Result]) -> Config:
+        """The best uniform configuration that fits the budget, by the search's own evidence (highest
+        fidelity reached, then mean score); the most expensive one when none was evaluated."""
+        evidence = best_evidence(hist)
+        uniforms = ops.feasible_uniforms(self.space, self.budget)
+        scored = [(-evidence[c.key].fidelity, evidence[c.key].score, i) for i, c in enumerate(uniforms)
+                  if c.key in evidence]
+        return uniforms[min(scored)[2]] if scored else uniforms[0]
+
+    def compare(self, pick: Config, hist: list[Result]) -> dict[str, Any]:
+        """The search's pick next to the best feasible uniform configuration and the budget's reference
+        arm, all at the top rung under the top rung's seeds (records the search made are reused): each
+        arm's mean ± standard error, and the pick's paired difference to each (negative: pick better)."""
+        settings = evolve_settings(self.p)
+        rung = len(settings.fidelities) - 1
+        fidelity, seeds = settings.fidelities[rung], settings.seeds(rung)
+        configs = {"pick": pick, "best_uniform": self.best_uniform(hist)}
+        if self.space.contains(self.reference_config()):
+            configs[self.p.budget.reference] = self.reference_config()
+        out: dict[str, Any] = {"fidelity": fidelity, "seeds": list(seeds), "arms": {}, "pick_minus": {}}
+        scores: dict[str, dict[int, float]] = {}
+        for name, config in configs.items():
+            records = {sd: self.objective(config, fidelity, sd) for sd in seeds}
+            scores[name] = {sd: r["score"] for sd, r in records.items() if r["status"] == "ok"}
+            m, se = stats.mean_se(list(scores[name].values())) if scores[name] else (None, None)
+            out["arms"][name] = {"key": config.key, "summary": config.describe(), "mean": m, "se": se,
+                                 "scores": scores[name], "memory_bytes": self.memory.total(self.space, config),
+                                 "failed": [sd for sd, r in records.items() if r["status"] != "ok"]}
+        for name in configs:
+            if name != "pick" and scores[name] and scores["pick"]:
+                out["pick_minus"][name] = stats.paired(scores["pick"], scores[name])
+        return out
+
+    def best_json(self, best: Evidence, top: dict[str, Any]) -> dict[str, Any]:
+        """The chosen configuration: per-unit bits and ranks by module name, memory, and its score
+        (mean ± standard error over seeds) at the highest fidelity it reached and at the top rung."""
+        return {"config": best.config.to_dict(), "key": best.config.key, "summary": best.config.describe(),
+                "fidelity": best.fidelity, "score": best.score, "se": best.se, "seeds": list(best.seeds),
+                "top_rung": top, "memory": self.memory.breakdown(self.space, best.config)}
