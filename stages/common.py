@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -76,12 +77,13 @@ def start(args: argparse.Namespace) -> Params:
 def user_errors() -> Iterator[None]:
     """Bad input (`ParamError` and its kin: budget, task data, token limits, missing inputs) and a search
     stopped by failures end the stage with their one line, not a traceback."""
-    from autoqra.search.optuna import SearchFailed
-
     try:
         yield
-    except (ParamError, SearchFailed) as exc:
-        raise SystemExit(f"error: {exc}") from None
+    except Exception as exc:
+        driver = sys.modules.get("autoqra.search.optuna.driver")  # not imported: no search ran, none failed
+        if isinstance(exc, ParamError) or (driver is not None and isinstance(exc, driver.SearchFailed)):
+            raise SystemExit(f"error: {exc}") from None
+        raise
 
 
 def finish(out: str | Path, fn: Callable[[], dict[str, Any]], **extra: Any) -> None:
@@ -102,3 +104,28 @@ def preflight(p: Params, prepare: str | Path | None, search: str | Path = "data/
     with user_errors():
         checks.check(p, prepare, search)
     return round(time.perf_counter() - begin, 2)
+
+
+def start_arm(args: argparse.Namespace) -> tuple[Params, float]:
+    """`start` for a final arm's stage: the arm must be one of `finetune.arms`; then preflight."""
+    p = start(args)
+    if args.arm not in p.finetune.arms:
+        raise SystemExit(f"error: --arm {args.arm}: not in finetune.arms={p.finetune.arms}")
+    return p, preflight(p, args.prepare, args.search)
+
+
+def run_search(args: argparse.Namespace, p: Params, dirs: dict[str, str], search: Callable, run: Callable) -> None:
+    """A search stage after `start`: preflight and inputs checked, then one worker job of it
+    (`--worker-out`: `search` until the study is done, this worker's counts only) or the whole stage
+    (`run`: the workers, then the outputs and metrics)."""
+    from autoqra.search.setup import check_inputs
+    from autoqra.search.workers import run_worker_job
+
+    checked_s = preflight(p, args.prepare, args.search)
+    with user_errors():
+        check_inputs(p, dirs)
+        if args.worker_out:
+            return run_worker_job(search, p, dirs, Path(args.worker_out))
+    out = Path(args.out)
+    finish(out / "metrics.json", lambda: run(p, args.params, dirs, out, args.threads, args.gathered),
+           preflight_s=checked_s)

@@ -23,10 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     common.add_store_args(ap, None)
     ap.add_argument("--out", help="default data/final/<arm>/metrics.json")
     args = ap.parse_args(argv)
-    p = common.start(args)
-    if args.arm not in p.finetune.arms:
-        raise SystemExit(f"error: --arm {args.arm}: not in finetune.arms={p.finetune.arms}")
-    checked_s = common.preflight(p, args.prepare, args.search)
+    p, checked_s = common.start_arm(args)
     train = Path(args.train or f"data/final/{args.arm}/train")
     if not (train / "runs.json").exists():
         raise SystemExit(f"error: --train {train}: no runs.json (run the finetune stage for {args.arm})")

@@ -10,11 +10,7 @@ evaluations it has not made before. Writes `<out>/trials.parquet`, `front.parque
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from autoqra.search import runs
-from autoqra.search.setup import check_inputs
-from autoqra.search.workers import run_worker_job
 from stages import common
 
 
@@ -25,15 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     common.add_worker_args(ap)
     args = ap.parse_args(argv)
     p = common.start(args)
-    dirs = common.dirs(args, stage1_is_own=True)
-    checked_s = common.preflight(p, args.prepare, args.search)
-    with common.user_errors():
-        check_inputs(p, dirs)
-        if args.worker_out:  # one of several worker jobs: search, write this worker's counts, no outputs
-            return run_worker_job(runs.search_evolve, p, dirs, Path(args.worker_out))
-    out = Path(args.out)
-    common.finish(out / "metrics.json", lambda: runs.evolve(p, args.params, dirs, out, args.threads, args.gathered),
-                  preflight_s=checked_s)
+    common.run_search(args, p, common.dirs(args, stage1_is_own=True), runs.search_evolve, runs.evolve)
 
 
 if __name__ == "__main__":

@@ -25,10 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--refine", help="the refine stage's folder, for the autoqra arm (default <search>/refine)")
     ap.add_argument("--out", help="output folder (default data/final/<arm>/train)")
     args = ap.parse_args(argv)
-    p = common.start(args)
-    if args.arm not in p.finetune.arms:
-        raise SystemExit(f"error: --arm {args.arm}: not in finetune.arms={p.finetune.arms}")
-    checked_s = common.preflight(p, args.prepare, args.search)
+    p, checked_s = common.start_arm(args)
     args.store = args.store or f"finetune/{args.arm}"
     dirs = common.dirs(args)
     with common.user_errors():

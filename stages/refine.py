@@ -13,8 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from autoqra.search import runs
-from autoqra.search.setup import check_inputs
-from autoqra.search.workers import run_worker_job
 from stages import common
 
 
@@ -26,18 +24,9 @@ def main(argv: list[str] | None = None) -> None:
     common.add_worker_args(ap)
     args = ap.parse_args(argv)
     p = common.start(args)
-    dirs = common.dirs(args)
-    checked_s = common.preflight(p, args.prepare, args.search)
-    with common.user_errors():
-        check_inputs(p, dirs)
     if not (Path(args.evolve) / "best.json").exists():
         raise SystemExit(f"error: --evolve {args.evolve}: no best.json (run the evolve stage)")
-    if args.worker_out:  # one of several worker jobs: search, write this worker's counts, no outputs
-        with common.user_errors():
-            return run_worker_job(runs.search_refine, p, dirs, Path(args.worker_out))
-    out = Path(args.out)
-    common.finish(out / "metrics.json", lambda: runs.refine(p, args.params, dirs, out, args.threads, args.gathered),
-                  preflight_s=checked_s)
+    common.run_search(args, p, common.dirs(args), runs.search_refine, runs.refine)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "DVC_NO_ANALYTICS"):
-    os.environ[_var] = "1"
-os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count() or 2)))
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from autoqra.store.process import OFFLINE, environment
+
+os.environ.update(OFFLINE)  # whatever the caller's environment says
+environment()
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

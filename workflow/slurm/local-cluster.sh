@@ -90,7 +90,7 @@ sinfo
 
 run() {
 [ -x .venv/bin/snakemake ] || { echo "error: no .venv: run make test (or make run) first" >&2; exit 2; }
-export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 DVC_NO_ANALYTICS=1
+export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DVC_NO_ANALYTICS=1
 # rules ask for up to 8 threads; a small node gets what it has
 threads=$(( cpus < 8 ? cpus : 8 ))
 snakemake data/search/evolve --workflow-profile workflow/profiles/slurm \

@@ -39,6 +39,7 @@ def trials_frame(study: Any, space: Space) -> pd.DataFrame:
 def with_means(trials: pd.DataFrame) -> pd.DataFrame:
     """Add, to every row, the mean, standard error and count of its configuration's successful scores
     at that fidelity over the seeds (`mean`, `se`, `n_seeds`): what ranking at a rung uses."""
+    trials = trials.drop(columns=[c for c in ("mean", "se", "n_seeds") if c in trials])  # recomputed, not merged
     ok = trials[(trials["status"] == "ok") & trials["score"].notna()]
     agg = ok.groupby(["config_key", "fidelity"])["score"].agg(mean="mean", sd="std", n_seeds="count").reset_index()
     agg["se"] = (agg["sd"] / agg["n_seeds"] ** 0.5).fillna(0.0)

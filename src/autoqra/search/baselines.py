@@ -55,11 +55,9 @@ class _Baseline:
     def next(self, history: list[Result], slot: int = 0) -> Job | str:
         s = self.settings
         own = list(history)
-        index = proposal_in_flight(own, s.fidelity, s.seeds, slot)
+        index = proposal_in_flight(own, s.fidelity, s.seeds, self.evaluations, slot)
         if not isinstance(index, int):
             return index
-        if index >= self.evaluations:
-            return DONE
         if index not in self._memo:
             self._memo[index] = self.propose(index, [r for r in own if r.generation < index])
         config = self._memo[index]

@@ -59,9 +59,11 @@ def seed_scores(history: list[Result]) -> dict[tuple[str, int], dict[int, float 
     return out
 
 
-def proposal_in_flight(own: list[Result], fidelity: int, seeds: tuple[int, ...], slot: int = 0) -> Job | str | int:
+def proposal_in_flight(own: list[Result], fidelity: int, seeds: tuple[int, ...], total: int,
+                       slot: int = 0) -> Job | str | int:
     """For plans that evaluate one proposal at a time under every seed (its `generation` is its index):
-    a free seed of the latest proposal, WAIT while its seeds run elsewhere, else the next index."""
+    a free seed of the latest proposal, WAIT while its seeds run elsewhere, DONE after `total`
+    proposals, else the index of the next proposal to make."""
     taken = {(r.generation, r.seed) for r in own}
     current = max((r.generation for r in own), default=-1)
     if current >= 0:
@@ -71,7 +73,7 @@ def proposal_in_flight(own: list[Result], fidelity: int, seeds: tuple[int, ...],
             return free[min(slot, len(free) - 1)]
         if any(not r.done for r in own if r.generation == current):
             return WAIT
-    return current + 1
+    return current + 1 if current + 1 < total else DONE
 
 
 def best_evidence(history: list[Result]) -> dict[str, Evidence]:

@@ -208,11 +208,9 @@ class Refinement:
         once it has finished, DONE after `evaluations` proposals (or when no region has candidates)."""
         s = self.settings
         own = list(history)
-        index = proposal_in_flight(own, s.fidelity, s.seeds, slot)
+        index = proposal_in_flight(own, s.fidelity, s.seeds, s.evaluations, slot)
         if not isinstance(index, int):
             return index
-        if index >= s.evaluations:
-            return DONE
         steps, state, centre, used = self.replay(own)
         while centre is not None:
             config = self.propose(index, own, state, centre)
