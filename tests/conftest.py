@@ -125,8 +125,9 @@ def searchable_project(smoke_project, tmp_path_factory):
     """The smoke project up to the priors (prepared data, GPTQ caches, priors, Snakemake's metadata),
     without any record, study or later output: copy it to search from scratch."""
     root = tmp_path_factory.mktemp("searchable") / "project"
+    data = str(smoke_project / "data")  # the project's data folder, not src/autoqra/data
     shutil.copytree(smoke_project, root, symlinks=True,
-                    ignore=lambda d, names: [n for n in names if d.endswith("/data") and n not in
+                    ignore=lambda d, names: [n for n in names if d == data and n not in
                                              ("prepare", "quantize", "profile")])
     return root
 

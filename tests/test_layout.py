@@ -68,3 +68,11 @@ def test_one_parser_of_uniform_arm_names_and_one_bit_ladder():
     assert [str(p) for p in ladders] == ["src/autoqra/space.py"], ladders
     tolerance = [n for n, t in sources.items() if re.search(r"limit \* \(1 \+", t)]
     assert [str(p) for p in tolerance] == ["src/autoqra/memory/budget.py"], tolerance
+
+
+def test_the_public_api_resolves_every_name_it_lists():
+    import autoqra
+
+    assert len(autoqra.__all__) >= 20
+    for name in autoqra.__all__:
+        assert getattr(autoqra, name) is not None, name
