@@ -25,6 +25,10 @@ def _evolve_cmd(search, params="smoke.yaml"):
             "--threads", "2"]
 
 
+# uniform (bits, rank) within the smoke budget (the memory of uniform4_r8 on the tiny model)
+FEASIBLE_SMOKE = {(2, 4), (2, 8), (4, 4), (4, 8), (8, 4)}
+
+
 def test_snakemake_runs_evolve_within_budget(smoke_project):
     res = run_tool(["snakemake", "--cores", "2", "data/search/evolve", "--config", "experiment=smoke"],
                    cwd=smoke_project)
@@ -42,8 +46,19 @@ def test_snakemake_runs_evolve_within_budget(smoke_project):
     for arm in ("best_uniform", "uniform4_r8"):
         diff = compared["pick_minus"][arm]
         pick, other = compared["arms"]["pick"]["scores"], compared["arms"][arm]["scores"]
-        assert diff["per_seed"] == pytest.approx([pick[s] - other[s] for s in ("0", "1")])
-        assert diff["verdict"] in ("better", "worse", "tie", "inconclusive")
+        # paired example by example: each seed's mean difference is the difference of the two scores
+        assert diff["per_seed"] == pytest.approx([pick[s] - other[s] for s in ("0", "1")], abs=1e-5)
+        assert diff["examples"] == 64 and diff["ci"][0] <= diff["diff"] <= diff["ci"][1]
+        assert diff["verdict"] in ("better", "worse", "inconclusive", "identical")
+    # the uniform frontier: every uniform configuration within the budget, at the arms' steps under the top
+    # rung's seeds; the lowest validation mean is the best_uniform arm (and the comparison's)
+    frontier = json.loads((out / "frontier.json").read_text())
+    assert frontier["seeds"] == [0, 1] and frontier["steps"] == 12
+    assert {(u["bits"], u["rank"]) for u in frontier["uniforms"]} == {(b, r) for b in (2, 4, 8) for r in (4, 8)
+                                                                       if (b, r) in FEASIBLE_SMOKE}
+    chosen = next(u for u in frontier["uniforms"] if u["key"] == frontier["chosen"])
+    assert chosen["mean"] == min(u["mean"] for u in frontier["uniforms"])
+    assert compared["arms"]["best_uniform"]["key"] == chosen["key"]
     (agree,) = metrics["fidelity_agreement"]
     assert (agree["low"], agree["high"]) == (4, 12)
     assert 2 * agree["n"] == metrics["evaluations_per_fidelity"]["12"]  # two seeds per configuration

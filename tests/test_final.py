@@ -45,9 +45,18 @@ def test_every_arm_is_trained_and_scored_under_every_seed(finished):
     assert autoqra["within_budget"]
     fp = json.loads((finished / "data/final/fp_lora/metrics.json").read_text())
     assert fp["memory"]["avg_bits"] == 16.0
-    # the arms' trainings are the search's records when the steps are the top fidelity: read, not redone
-    ft = json.loads((finished / "data/final/autoqra/train/metrics.json").read_text())
-    assert ft["trained_steps"] <= p.finetune.steps * (len(p.finetune.seeds) - p.search.seeds_per_rung[-1])
+    # every arm, autoqra included, is trained afresh: under the fresh seeds, never a run the search selected on
+    searched = {k for stage in ("evolve", "refine") for k in
+                pd.read_parquet(finished / f"data/search/{stage}/trials.parquet")["record_key"]}
+    search_seeds = set(range(max(p.search.seeds_per_rung)))
+    for arm in p.finetune.arms:
+        runs = json.loads((finished / f"data/final/{arm}/train/runs.json").read_text())["runs"]
+        assert {r["seed"] for r in runs} == set(p.finetune.seeds) and not search_seeds & set(p.finetune.seeds)
+        assert not {r["key"] for r in runs} & searched, arm
+        rows = json.loads((finished / f"data/final/{arm}/metrics.json").read_text())["seeds"]
+        for row in rows:  # the test split's per-example values, what the report pairs
+            assert len(row["answer_nll"]) == len(row["exact_match_per_example"]) == p.task.test
+            assert sum(row["exact_match_per_example"]) / p.task.test == pytest.approx(row["exact_match"])
 
 
 def test_the_report_puts_every_arm_side_by_side_with_paired_differences(finished):
@@ -57,9 +66,16 @@ def test_the_report_puts_every_arm_side_by_side_with_paired_differences(finished
     assert list(table["arm"]) == smoke_params().finetune.arms
     others = table[table["arm"] != "autoqra"]
     assert others["answer_loss_vs_autoqra_se"].notna().all()
-    assert set(others["answer_loss_vs_autoqra_verdict"]) <= {"arm better", "arm worse", "tie", "inconclusive"}
+    verdicts = {"arm better", "arm worse", "inconclusive", "identical"}
+    assert set(others["answer_loss_vs_autoqra_verdict"]) | set(others["exact_match_vs_autoqra_verdict"]) <= verdicts
+    for metric in ("answer_loss", "exact_match"):  # 95 % intervals around every difference
+        lo, d, hi = (others[f"{metric}_vs_autoqra{x}"] for x in ("_lo", "", "_hi"))
+        assert ((lo <= d) & (d <= hi)).all()
+    assert {"greedy", "prior", "best_uniform"} <= set(table["arm"])
     md = (finished / "data/report/summary.md").read_text()
-    assert md.count("\n| ") == len(table) + 1 and "±" in md
+    arms_part, frontier_part = md.split("## The uniform frontier")
+    assert arms_part.count("\n| ") == len(table) + 1 and "[" in arms_part
+    assert frontier_part.count("**best_uniform**") == 1 and frontier_part.count("\n| ") >= 3
     for png in ("pareto.png", "allocation.png", "search.png"):
         assert (finished / "data/report" / png).stat().st_size > 10_000
 

@@ -75,6 +75,8 @@ def test_snakemake_config_is_flattened_to_hydra_overrides(config, expected):
     (["sweep=pair", "sweep.budgets=[]"], "sweep.budgets"),
     (["sweep=pair", "sweep.arms=[uniform5_r8]"], "sweep.arms"),
     (["sweep=cells"], "sweep"),
+    (["finetune.seeds=[1,2,3]"], "finetune.seeds"),  # seed 1 is the top rung's second seed
+    (["sweep=pair", "sweep.seeds=[100]"], "finetune.seeds"),  # a sweep cell's search would train under 100
 ])
 def test_bad_values_fail_in_one_line_naming_the_key(overrides, key):
     with pytest.raises(ParamError) as err:
@@ -106,3 +108,17 @@ def test_snakemake_passes_a_composed_file_only_when_overridden(tmp_path):
     smoke = P.compose(["experiment=smoke"])
     path = P.params_file(smoke, root=tmp_path)
     assert yaml.safe_load((tmp_path / path).read_text()) == smoke
+
+
+def test_final_seeds_that_overlap_the_search_seeds_are_rejected_in_one_line_before_any_work(tmp_path):
+    """The final arms must be trained afresh: a configuration that shares a seed with a search stage is an
+    error that names both keys, from the stage's first check (before any GPTQ pass or training)."""
+    with pytest.raises(ParamError) as err:
+        load_params(P.compose(["finetune.seeds=[0,1,2]"]))
+    assert "finetune.seeds=[0, 1, 2]" in str(err.value) and "search.seeds_per_rung=[1, 1, 2]" in str(err.value)
+    assert "seed=0" in str(err.value)
+    (tmp_path / "p.yaml").write_text(P.to_yaml(P.compose(["experiment=smoke"])).replace("- 100\n", "- 1\n", 1))
+    res = run_tool(["python", "-m", "stages.prepare", "--params", str(tmp_path / "p.yaml"), "--out",
+                    str(tmp_path / "prepare")], cwd=ROOT, timeout=120)
+    assert res.returncode != 0 and not (tmp_path / "prepare").exists()
+    assert res.stderr.strip().splitlines()[-1].startswith("error: finetune.seeds=[1, 101, 102]: overlaps")

@@ -47,8 +47,9 @@ def test_summary_gives_paired_differences_to_the_full_method_over_search_seeds(t
     table, text = summary.summarise(p, tree, tmp_path)
     assert len(table) == 6 and set(table["cell"]) == {c["name"] for c in sweep.cells(tree)}
     row = next(line for line in text.splitlines() if "| no_surrogate |" in line)
-    # paired differences 0.30, 0.25, 0.32: mean 0.29, se 0.0208: beyond two standard errors
-    assert "0.2900 ± 0.0208 (worse)" in row
+    # paired differences 0.30, 0.25, 0.32: mean 0.29, se 0.0208, the 95 % t interval at 2 degrees of
+    # freedom 0.29 ± 4.303 * 0.0208 excludes 0
+    assert "+0.2900 [+0.2004, +0.3796] (worse)" in row
     summary.write(p, tree, tmp_path, tmp_path / "out")
     assert (tmp_path / "out/summary.md").read_text() == text
     assert (tmp_path / "out/best_so_far.png").stat().st_size > 0 and (tmp_path / "out/score_vs_budget.png").exists()

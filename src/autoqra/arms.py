@@ -2,11 +2,18 @@
 
 - `autoqra`: the search's pick (stage 2's best.json; stage 1's when refinement is off);
 - `fp_lora`: the unquantized base with one uniform rank, the quality ceiling (outside the budget);
-- `best_uniform`: the best uniform configuration that fits the budget, by the search's own evidence;
+- `best_uniform`: the best uniform configuration that fits the budget: every feasible uniform
+  configuration scored at the arms' steps under the search's top-rung seeds (the uniform frontier,
+  `data/search/evolve/frontier.json`), the lowest validation mean chosen; never the test split;
+- `greedy`: the priors' greedy importance-per-byte allocation under the budget, and `prior`: the
+  prior-derived configuration (bits follow I_q, ranks follow I_r), exactly what the search's warm start
+  injects: the zero-search alternatives, so the table says what the search buys over its starting point;
 - `sequential`: quantize first, then adapt: bits from I_q alone under the budget (greedy importance per
   byte, bits only) at one uniform rank, the largest at which they fit;
 - `uniform{b}_r{r}`: any uniform configuration (`uniform3_r16`, the default budget's reference;
   `uniform4_r16`, the classic QLoRA setting).
+
+Every arm is trained under `finetune.seeds`, fresh seeds no search stage trained under.
 
 The vocabulary (`ARMS`, `parse_uniform`, `check_arms`) imports nothing heavy: the parameters use it.
 """
@@ -34,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("autoqra")
 
-ARMS = ("autoqra", "fp_lora", "best_uniform", "sequential")
+ARMS = ("autoqra", "fp_lora", "best_uniform", "greedy", "prior", "sequential")
 _UNIFORM = re.compile(r"^uniform(\d+)_r(\d+)$")
 
 
@@ -85,21 +92,28 @@ def sequential(budget: Budget, i_q: np.ndarray, ranks: tuple[int, ...]) -> Confi
     raise ParamError("finetune.arms: sequential: no uniform rank admits a bit allocation within the budget")
 
 
-def resolve(arm: str, setup: SearchSetup, refine: Path) -> Config:
-    """The configuration of an arm, on the arms' ladders; `refine` is the refine stage's folder."""
+def _read(path: Path, stage: str) -> dict[str, Any]:
+    if not path.exists():
+        from autoqra.params.fields import ParamError
+
+        raise ParamError(f"{path}: missing (run the {stage} stage)")
+    return json.loads(path.read_text())
+
+
+def resolve(arm: str, setup: SearchSetup, search: Path) -> Config:
+    """The configuration of an arm, on the arms' ladders; `search` holds the search stages' folders
+    (`evolve/frontier.json`: the uniform frontier, `refine/best.json`: the pick)."""
+    from autoqra.search import operators as ops
+
     p, space = setup.p, setup.arm_space
     if arm == "autoqra":
-        best = refine / "best.json"
-        if not best.exists():
-            from autoqra.params.fields import ParamError
-
-            raise ParamError(f"{best}: missing (run the refine stage)")
-        return space.parse(json.loads(best.read_text())["config"])
+        return space.parse(_read(search / "refine" / "best.json", "refine")["config"])
     if arm == "best_uniform":
-        from autoqra.search.optuna import history
-
-        study, _ = setup.study(readonly=True)
-        return setup.best_uniform(history(study, setup.space))
+        frontier = _read(search / "evolve" / "frontier.json", "evolve")
+        return space.parse(next(u for u in frontier["uniforms"] if u["key"] == frontier["chosen"])["config"])
+    if arm in ("greedy", "prior"):
+        make = ops.greedy_config if arm == "greedy" else ops.prior_config
+        return make(setup.space, setup.budget, setup.i_q, setup.i_r)
     if arm == "sequential":
         ranks = tuple(r for r in setup.space.ranks if r <= p.finetune.arm_rank) or setup.space.ranks[:1]
         return sequential(setup.budget, setup.i_q, ranks)
@@ -108,21 +122,18 @@ def resolve(arm: str, setup: SearchSetup, refine: Path) -> Config:
     return space.uniform(*parse_uniform(arm))
 
 
-def finetune(setup: SearchSetup, arm: str, out: Path, refine: Path) -> dict[str, Any]:
-    """Train an arm `finetune.steps` steps under every seed of `finetune.seeds` (records of the shared
-    store: a run the search already made is read), keeping each seed's adapters in `out`, with
-    `arm.json` (configuration, memory, budget) and `runs.json` (per seed: record, validation score,
-    time). Returns the stage's metrics."""
+def finetune(setup: SearchSetup, arm: str, out: Path, search: Path) -> dict[str, Any]:
+    """Train an arm `finetune.steps` steps under every seed of `finetune.seeds` (fresh seeds: no run a
+    search selected on; records of the shared store, so an arm that is another arm's configuration is
+    trained once), keeping each seed's adapters in `out`, with `arm.json` (configuration, memory,
+    budget) and `runs.json` (per seed: record, validation score, time). Returns the stage's metrics."""
     p, space = setup.p, setup.arm_space
-    config = resolve(arm, setup, refine)
+    config = resolve(arm, setup, search)
     space.check(config)
-    top = list(p.search.fidelities)
-    val = p.search.val_per_rung[-1] if p.search.val_per_rung else 0
-    val = val if p.finetune.steps == top[-1] else 0  # the top rung's runs are these very runs
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     for seed in p.finetune.seeds:
-        record = setup.evaluator(config, p.finetune.steps, seed, val_samples=val, keep_adapter=True)
+        record = setup.evaluator(config, p.finetune.steps, seed, keep_adapter=True)
         if record["status"] == "ok":
             shutil.copyfile(setup.evaluator.adapter_path(record["key"]), out / f"seed{seed}.safetensors")
         runs.append({k: record.get(k) for k in ("seed", "key", "status", "reason", "score", "train_steps", "train_s",

@@ -49,7 +49,7 @@ def run_cell(p: Any, params_path: Path, dirs: dict[str, str], out: Path, threads
     for arm in p.sweep.arms:
         setup = SearchSetup(p, cell, progress=True, arm_ladders=True)  # one per arm: its own step counts
         train, metrics = out / "final" / arm / "train", out / "final" / arm / "metrics.json"
-        trained = arms.finetune(setup, arm, train, out / "refine")
+        trained = arms.finetune(setup, arm, train, out)  # the cell's own evolve/ and refine/
         write_json(train / "metrics.json", trained)
         test = arms.evaluate(setup, arm, train)
         write_json(metrics, test)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from autoqra import arms
+from autoqra.params import rules
 from autoqra.params.fields import ParamError, from_dict, spec
 from autoqra.params.sources import check_model_source, check_task_source
 from autoqra.space import BIT_CHOICES
@@ -200,11 +200,12 @@ class FinetuneParams:
     dtype: str = spec("auto", help="compute dtype of the frozen base: 'auto' = bf16 on a GPU and on CPUs with "
                       "native bf16, else fp32 (adapters and optimizer state are always fp32)",
                       choices=["auto", "bf16", "fp32"])
-    seeds: list[int] = spec([0, 1, 2], help="training seeds of every final arm (paired: the same for each arm)",
-                            items={"min": 0}, min_items=1, unique=True)
-    arms: list[str] = spec(["autoqra", "fp_lora", "best_uniform", "sequential", "uniform3_r16", "uniform4_r16"],
-                           help="final arms: autoqra, fp_lora, best_uniform, sequential, uniform<bits>_r<rank>",
-                           min_items=1, unique=True)
+    seeds: list[int] = spec([100, 101, 102], help="training seeds of every final arm (paired: the same for each "
+                            "arm; fresh: none a search stage trained under)", items={"min": 0}, min_items=1,
+                            unique=True)
+    arms: list[str] = spec(["autoqra", "fp_lora", "best_uniform", "greedy", "prior", "sequential", "uniform4_r16"],
+                           help="final arms: autoqra, fp_lora, best_uniform, greedy, prior, sequential, "
+                           "uniform<bits>_r<rank>", min_items=1, unique=True)
     arm_rank: int = spec(16, help="the uniform rank of the fp_lora arm and the largest of the sequential arm", min=1)
 
 
@@ -285,24 +286,7 @@ class Params:
     sweep: SweepParams = field(default_factory=SweepParams, metadata={"help": "grid of runs (data/sweep/)"})
 
     def __post_init__(self) -> None:
-        for key, n in (("quant.calib_samples", self.quant.calib_samples), ("profile.samples", self.profile.samples)):
-            if n > self.task.calib:
-                raise ParamError(f"{key}={n}: must be <= task.calib={self.task.calib} (the calibration split)")
-        if self.search.val_per_rung and len(self.search.val_per_rung) != len(self.search.fidelities):
-            raise ParamError(f"search.val_per_rung={self.search.val_per_rung}: needs one entry per rung of "
-                             f"search.fidelities={self.search.fidelities} (or none)")
-        if len(self.search.seeds_per_rung) != len(self.search.fidelities):
-            raise ParamError(f"search.seeds_per_rung={self.search.seeds_per_rung}: needs one entry per rung of "
-                             f"search.fidelities={self.search.fidelities}")
-        arms.check_arms(self.finetune.arms, self.quant.bits)
-        extra = [a for a in self.sweep.arms if a not in self.finetune.arms]
-        if extra:
-            raise ParamError(f"sweep.arms={self.sweep.arms}: {extra[0]!r} is not one of finetune.arms="
-                             f"{self.finetune.arms} (a cell is the pipeline of these params)")
-        bits, rank = arms.parse_uniform(self.budget.reference)
-        if bits not in self.quant.bits or rank not in self.lora.ranks:
-            raise ParamError(f"budget.reference={self.budget.reference!r}: bits and rank must be on the ladders "
-                             f"(quant.bits={self.quant.bits}, lora.ranks={self.lora.ranks})")
+        rules.check(self)
 
 
 def load_params(data: dict[str, Any]) -> Params:

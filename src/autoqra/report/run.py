@@ -24,9 +24,23 @@ from autoqra.report import plots
 def _header(p: Params) -> str:
     relative = f" × {p.budget.reference}" if p.budget.kind == "relative" else ""
     return (f"# AutoQRA run: {p.model.source}, budget {p.budget.kind} {p.budget.value:g}{relative}\n\n"
-            f"Test split; mean ± standard error over seeds {list(p.finetune.seeds)} (paired: every arm trained "
-            f"under the same seeds). Δ = arm − autoqra, seed by seed; 'tie' within one standard error, "
-            f"'inconclusive' within two.\n\n")
+            f"Test split; every arm trained {p.finetune.steps} steps under the fresh seeds "
+            f"{list(p.finetune.seeds)} (paired: the same seeds for every arm, none of them a seed the search "
+            f"trained under). Each score: the mean over seeds and test examples with its 95 % interval; "
+            f"Δ = arm − autoqra, paired seed by seed and example by example, with its 95 % interval, which "
+            f"carries the seed noise and the test set's own sampling error (t quantiles at the seeds used; "
+            f"`autoqra.stats`). 'arm better'/'arm worse' only when the interval excludes 0.\n\n")
+
+
+def _frontier(search: Path) -> str:
+    path = search / "evolve" / "frontier.json"
+    if not path.exists():
+        return ""
+    frontier = json.loads(path.read_text())
+    return (f"\n## The uniform frontier\n\nEvery uniform configuration within the budget, trained "
+            f"{frontier['steps']} steps under the search's top-rung seeds {frontier['seeds']} and scored on the "
+            f"validation split (mean ± standard error over seeds and examples); the lowest is the "
+            f"`best_uniform` arm above, retrained on the fresh seeds.\n\n" + arm_table.frontier_markdown(frontier))
 
 
 def write(p: Params, dirs: dict[str, str], final: Path, out: Path) -> dict[str, Any]:
@@ -42,7 +56,7 @@ def write(p: Params, dirs: dict[str, str], final: Path, out: Path) -> dict[str, 
     search = Path(dirs["search"])
     trials = {name: pd.read_parquet(search / name / "trials.parquet") for name in ("evolve", "refine")
               if (search / name / "trials.parquet").exists()}
-    (out / "summary.md").write_text(_header(p) + arm_table.markdown(table))
+    (out / "summary.md").write_text(_header(p) + arm_table.markdown(table) + _frontier(search))
     budget = next(iter(arms.values()))["budget_limit"]
     plots.pareto(pd.concat(trials.values()) if trials else pd.DataFrame(), arms, budget,
                  p.search.metric).savefig(out / "pareto.png", dpi=120)

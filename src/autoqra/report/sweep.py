@@ -1,6 +1,6 @@
 """The summary of a sweep: what a cell keeps (test scores over training seeds, the search's best-so-far
 trace) and the table over cells (per method and budget: mean ± standard error over search seeds, the
-paired difference to the full method with `stats.verdict`)."""
+paired difference to the full method with its 95 % interval, `stats.compare`)."""
 
 from __future__ import annotations
 
@@ -18,14 +18,20 @@ from autoqra.sweep import cells
 HIGHER_IS_BETTER = {"answer_loss": False, "exact_match": True}
 
 def arm_summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Test scores over the training seeds: mean, standard error, and the per-seed values."""
+    """Test scores over the training seeds: mean, standard error, the per-seed values, and each test
+    example's answer-loss share averaged over the seeds (what the summary pairs between cells)."""
+    from autoqra.report.arms import values
+
     rows = [r for r in metrics["seeds"] if r.get("status") == "ok"]
     out: dict[str, Any] = {"summary": metrics["summary"], "memory_bytes": metrics["memory"]["total"],
                            "within_budget": metrics["within_budget"], "seeds": [r["seed"] for r in rows]}
     for key in ("answer_loss", "exact_match"):
-        values = [r[key] for r in rows if r.get(key) is not None]
-        m, se = stats.mean_se(values) if values else (None, None)
-        out[key], out[f"{key}_mean"], out[f"{key}_se"] = values, m, se if len(values) > 1 else None
+        scores = [r[key] for r in rows if r.get(key) is not None]
+        m, se = stats.mean_se(scores) if scores else (None, None)
+        out[key], out[f"{key}_mean"], out[f"{key}_se"] = scores, m, se if len(scores) > 1 else None
+    per_seed = values(metrics, "answer_loss")
+    out["answer_loss_examples"] = np.mean([per_seed[sd] for sd in sorted(per_seed)], axis=0).tolist() \
+        if per_seed else None
     return out
 
 
@@ -50,13 +56,14 @@ def best_so_far(cell: Path, metric: str) -> list[list[float]]:
 
 def summarise(p: Params, tree: dict[str, Any], cells_dir: Path) -> tuple[pd.DataFrame, str]:
     """(one row per cell and arm, the Markdown report)."""
-    rows = []
+    rows, examples = [], {}
     for c in cells(tree):
         path = cells_dir / c["name"] / "metrics.json"
         if not path.exists():
             raise ParamError(f"{path}: missing (run the sweep_cell stage of cell {c['name']})")
         m = json.loads(path.read_text())
         for arm, a in m["arms"].items():
+            examples[(c["name"], arm)] = a.get("answer_loss_examples") or [a["answer_loss_mean"]]
             rows.append({"cell": c["name"], "ablation": c["ablation"], "seed": c["seed"], "budget": c["budget"],
                          "budget_value": float(c["budget"]), "arm": arm, "summary": a["summary"],
                          "memory_bytes": a["memory_bytes"],
@@ -67,7 +74,7 @@ def summarise(p: Params, tree: dict[str, Any], cells_dir: Path) -> tuple[pd.Data
                          "steps_trained": int(sum(m["steps_trained"].values())),
                          "records_computed": int(sum(m["records_computed"].values()))})
     table = pd.DataFrame(rows)
-    return table, markdown(p, table)
+    return table, markdown(p, table, examples)
 
 
 def _mean_se(values: pd.Series) -> str:
@@ -80,33 +87,33 @@ def _mean_se(values: pd.Series) -> str:
     return f"{m:.4f} ± {se:.4f}"
 
 
-def markdown(p: Params, table: pd.DataFrame) -> str:
+def markdown(p: Params, table: pd.DataFrame, examples: dict[tuple[str, str], list[float]]) -> str:
+    """Per arm, budget and method: the test loss over search seeds and the paired difference to the full
+    method (`stats.compare`: search seeds paired, and the test examples, each a cell's mean over its
+    training seeds), with its 95 % interval and verdict. `examples[(cell, arm)]`: the per-example values."""
     lines = [f"# Sweep `{p.sweep.name[0]}`: {len(table['cell'].unique())} cells",
              "",
              f"Each cell: the search (`search.ablation`) under one search seed and budget, then the arm(s) "
              f"{', '.join(p.sweep.arms)} trained {p.finetune.steps} steps under seeds {p.finetune.seeds} and "
              f"scored on the test split. Test loss: mean over the training seeds per cell, then mean ± SE over "
              f"the search seeds. Paired difference: to the full method (`none`) at the same search seed and "
-             f"budget (negative = lower loss than the full method), with its verdict: `tie` within one SE, "
-             f"`inconclusive` within two, else `better`/`worse` than the full method.",
+             f"budget (negative = lower loss than the full method), example by example, with its 95 % interval "
+             f"over search seeds and test examples and the verdict read from it (`better`/`worse` only when "
+             f"the interval excludes 0).",
              ""]
     for arm in p.sweep.arms:
         t = table[table["arm"] == arm]
         lines += [f"## Arm `{arm}`", "",
-                  "| budget | method | test answer loss | paired diff. to `none` | best val. (search) | search steps "
-                  "| cells |", "|---|---|---|---|---|---|---|"]
+                  "| budget | method | test answer loss | paired diff. to `none` [95 % interval] | best val. (search) "
+                  "| search steps | cells |", "|---|---|---|---|---|---|---|"]
         for budget in sorted(t["budget_value"].unique()):
             tb = t[t["budget_value"] == budget]
-            ref = tb[tb["ablation"] == "none"].set_index("seed")["test_answer_loss"]
+            ref = {r.seed: examples[(r.cell, arm)] for r in tb[tb["ablation"] == "none"].itertuples()}
             for ablation in p.sweep.ablations:
-                ta = tb[tb["ablation"] == ablation].set_index("seed")
-                if ablation == "none" or ref.empty:
-                    diff = "–"
-                else:
-                    d = (ta["test_answer_loss"] - ref).dropna()
-                    diff = _mean_se(d)
-                    if len(d) > 1:
-                        diff += f" ({stats.verdict(*stats.mean_se(d.to_numpy(dtype=float)))})"
+                ta = tb[tb["ablation"] == ablation]
+                mine = {r.seed: examples[(r.cell, arm)] for r in ta.itertuples()}
+                paired = ablation != "none" and set(ref) & set(mine)
+                diff = stats.describe(stats.compare(mine, ref)) if paired else "–"
                 lines.append(f"| {budget} | {ablation} | {_mean_se(ta['test_answer_loss'])} | {diff} | "
                              f"{_mean_se(ta['search_best_val'])} | {ta['search_steps'].mean():.0f} | {len(ta)} |")
         lines.append("")

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from autoqra.memory import Budget
+from autoqra.params.rules import search_seeds
 from autoqra.search import operators as ops
 from autoqra.search.history import DONE, WAIT, Job, Result, ranking, seed_scores
 from autoqra.search.repair import repair
@@ -48,8 +49,7 @@ class Settings:
 
     def seeds(self, rung: int) -> tuple[int, ...]:
         """The training seeds of a rung: the same for every configuration, so scores are paired."""
-        k = self.seeds_per_rung[rung] if self.seeds_per_rung else 1
-        return tuple(self.seed + i for i in range(k))
+        return tuple(search_seeds(self.seed, [self.seeds_per_rung[rung] if self.seeds_per_rung else 1]))
 
 
 class Evolution:

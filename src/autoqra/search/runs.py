@@ -63,11 +63,14 @@ def evolve(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads
                            f"all {len(trials)} are kept (records under {dirs['search']}/records)")
     best = ranked[0]
     searched_steps, searched_records = setup.evaluator.steps_trained, setup.evaluator.computed
-    compared = setup.compare(best.config, hist)
+    frontier = setup.frontier()
+    chosen = setup.space.parse(next(u for u in frontier["uniforms"] if u["key"] == frontier["chosen"])["config"])
+    compared = setup.compare(best.config, chosen)
     out.mkdir(parents=True, exist_ok=True)
     trials.to_parquet(out / "trials.parquet", index=False)
     front(trials).to_parquet(out / "front.parquet", index=False)
     write_json(out / "best.json", setup.best_json(best, compared["arms"]["pick"]))
+    write_json(out / "frontier.json", frontier)
     plots.search_trace(trials, f"evolve: {p.search.metric}").savefig(out / "trace.png", dpi=120)
     fidelities = evolve_settings(p).fidelities
     return {
@@ -83,6 +86,8 @@ def evolve(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads
         "best": {"key": best.config.key, "fidelity": best.fidelity, "score": best.score, "se": best.se,
                  "seeds": list(best.seeds), "summary": best.config.describe(),
                  "memory_bytes": setup.memory.total(setup.space, best.config)},
+        "frontier": {u["summary"]: {"mean": u["mean"], "se": u["se"], "chosen": u["key"] == frontier["chosen"]}
+                     for u in frontier["uniforms"]},
         "comparison": {**compared, "steps_trained": setup.evaluator.steps_trained - searched_steps,
                        "records_computed": setup.evaluator.computed - searched_records},
         "budget": {"kind": setup.budget.kind, "limit": setup.budget.limit, "description": setup.budget.description},
@@ -110,8 +115,9 @@ def refine(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads
                            "nothing to refine (raise search.max_steps or lower search.generations)")
     best, mean, scores = found
     stage1 = plan.starts()[0]
-    by_seed = seed_scores(prior + hist)
-    pick, first = by_seed[(best.key, rs.fidelity)], by_seed[(stage1.key, rs.fidelity)]
+    first = seed_scores(prior + hist)[(stage1.key, rs.fidelity)]
+    pick_minus = stats.compare(setup.scored(best, rs.fidelity, rs.seeds)["values"],
+                               setup.scored(stage1, rs.fidelity, rs.seeds)["values"])
     steps, state, _, _ = plan.replay(hist)
     kernel, quality = plan.kernel()
     trials = trials_frame(study, setup.space)
@@ -139,7 +145,7 @@ def refine(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads
         "stage1_pick": {"key": stage1.key, "summary": stage1.describe(), "scores": first},
         "best": {"key": best.key, "summary": best.describe(), "mean": m, "se": se, "from_refine": best.key in
                  {s.config.key for s in steps}, "memory_bytes": setup.memory.total(setup.space, best)},
-        "best_minus_stage1": stats.paired(pick, first),
+        "best_minus_stage1": pick_minus,
         "all_within_budget": bool(all(setup.budget.feasible(s.config) for s in steps)),
         "search_s": round(search_s, 1),
     }

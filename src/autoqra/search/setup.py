@@ -21,8 +21,8 @@ from autoqra.search import make_plan
 from autoqra.search import operators as ops
 from autoqra.search.ablations import REFINE_OFF, ablated
 from autoqra.search.evolution import Settings
-from autoqra.search.history import Evidence, Result, best_evidence
-from autoqra.search.optuna import PlanSampler, history, open_study
+from autoqra.search.history import Evidence, Result
+from autoqra.search.optuna import PlanSampler, SearchFailed, history, open_study
 from autoqra.search.refinement import Refinement, RefineSettings
 from autoqra.space import Config
 from autoqra.store import fingerprint
@@ -124,11 +124,11 @@ class SearchSetup:
         return self.open(name, sampler, self.dirs.get("store", "refine")), sampler, prior
 
     def objective(self, config: Config, fidelity: int, seed: int) -> dict[str, Any]:
-        """A fidelity evaluation: at the top rung the adapters are kept (the final arms reuse them)."""
+        """A fidelity evaluation (a rung's validation subset, `search.val_per_rung`; off the rungs: all of it)."""
         s = self.p.search
-        rung = s.fidelities.index(fidelity)
-        val = s.val_per_rung[rung] if s.val_per_rung else 0
-        return self.evaluator(config, fidelity, seed, val_samples=val, keep_adapter=rung == len(s.fidelities) - 1)
+        rung = s.fidelities.index(fidelity) if fidelity in s.fidelities else None
+        val = s.val_per_rung[rung] if s.val_per_rung and rung is not None else 0
+        return self.evaluator(config, fidelity, seed, val_samples=val)
 
     def describe(self, config: Config) -> dict[str, Any]:
         m = self.memory.breakdown(self.space, config)
@@ -141,37 +141,63 @@ class SearchSetup:
     def configs(self, trials: pd.DataFrame) -> list[Config]:
         return [self.space.parse({"units": json.loads(c)}) for c in trials["config"]]
 
-    def best_uniform(self, hist: list[Result]) -> Config:
-        """The best uniform configuration that fits the budget, by the search's own evidence (highest
-        fidelity reached, then mean score); the most expensive one when none was evaluated."""
-        evidence = best_evidence(hist)
-        uniforms = ops.feasible_uniforms(self.space, self.budget)
-        scored = [(-evidence[c.key].fidelity, evidence[c.key].score, i) for i, c in enumerate(uniforms)
-                  if c.key in evidence]
-        return uniforms[min(scored)[2]] if scored else uniforms[0]
+    def values(self, record: dict[str, Any]) -> list[float]:
+        """A record's validation score as values paired example by example with any other record on the
+        same examples, whose mean is the score: each example's share of the answer loss, or the score
+        alone when no per-example values are kept (exact match)."""
+        if self.p.search.metric == "answer_loss" and record.get("val_nll"):
+            return stats.contributions(record["val_nll"]).tolist()
+        return [record["score"]]
 
-    def compare(self, pick: Config, hist: list[Result]) -> dict[str, Any]:
+    def scored(self, config: Config, fidelity: int, seeds: tuple[int, ...]) -> dict[str, Any]:
+        """`config` at `fidelity` under `seeds` (records reused, the missing ones computed): per seed the
+        score and per-example values, the mean ± standard error over seeds and examples, the failures."""
+        records = {sd: self.objective(config, fidelity, sd) for sd in seeds}
+        ok = {sd: r for sd, r in records.items() if r["status"] == "ok"}
+        values = {sd: self.values(r) for sd, r in ok.items()}
+        spread = stats.difference([values[sd] for sd in sorted(values)]) if values else None
+        return {"key": config.key, "summary": config.describe(), "memory_bytes": self.memory.total(self.space, config),
+                "scores": {sd: r["score"] for sd, r in ok.items()}, "values": values,
+                "mean": spread["diff"] if spread else None, "se": spread["se"] if spread else None,
+                "failed": [sd for sd, r in records.items() if r["status"] != "ok"]}
+
+    def frontier(self) -> dict[str, Any]:
+        """The uniform frontier: every uniform configuration that fits the budget, scored at the arms'
+        steps (`finetune.steps`) under the search's top-rung seeds on the validation split, most expensive
+        first; `chosen` (the `best_uniform` arm) is the lowest mean (ties: the cheaper one). The test split
+        is never looked at."""
+        settings = evolve_settings(self.p)
+        seeds = settings.seeds(len(settings.fidelities) - 1)
+        rows = [{"bits": c.bits[0], "rank": c.ranks[0], "config": c.to_dict(), **self.scored(c, self.p.finetune.steps,
+                                                                                             seeds)}
+                for c in ops.feasible_uniforms(self.space, self.budget)]
+        ok = [r for r in rows if r["mean"] is not None and not r["failed"]]
+        if not ok:
+            raise SearchFailed(f"no uniform configuration within the budget trained under seeds {list(seeds)}: "
+                               "no best_uniform arm")
+        chosen = min(ok, key=lambda r: (r["mean"], r["memory_bytes"], r["key"]))
+        for r in ok:  # how far each is from the chosen one, paired over seeds and validation examples
+            r["minus_chosen"] = stats.compare(r["values"], chosen["values"])
+        return {"steps": self.p.finetune.steps, "seeds": list(seeds), "metric": self.p.search.metric,
+                "chosen": chosen["key"], "uniforms": [{k: v for k, v in r.items() if k != "values"} for r in rows]}
+
+    def compare(self, pick: Config, best_uniform: Config) -> dict[str, Any]:
         """The search's pick next to the best feasible uniform configuration and the budget's reference
         arm, all at the top rung under the top rung's seeds (records the search made are reused): each
-        arm's mean ± standard error, and the pick's paired difference to each (negative: pick better)."""
+        arm's mean ± standard error, and the pick's paired difference to each with its 95 % interval
+        over seeds and validation examples (negative: pick better)."""
         settings = evolve_settings(self.p)
         rung = len(settings.fidelities) - 1
         fidelity, seeds = settings.fidelities[rung], settings.seeds(rung)
-        configs = {"pick": pick, "best_uniform": self.best_uniform(hist)}
+        configs = {"pick": pick, "best_uniform": best_uniform}
         if self.space.contains(self.reference_config()):
             configs[self.p.budget.reference] = self.reference_config()
-        out: dict[str, Any] = {"fidelity": fidelity, "seeds": list(seeds), "arms": {}, "pick_minus": {}}
-        scores: dict[str, dict[int, float]] = {}
-        for name, config in configs.items():
-            records = {sd: self.objective(config, fidelity, sd) for sd in seeds}
-            scores[name] = {sd: r["score"] for sd, r in records.items() if r["status"] == "ok"}
-            m, se = stats.mean_se(list(scores[name].values())) if scores[name] else (None, None)
-            out["arms"][name] = {"key": config.key, "summary": config.describe(), "mean": m, "se": se,
-                                 "scores": scores[name], "memory_bytes": self.memory.total(self.space, config),
-                                 "failed": [sd for sd, r in records.items() if r["status"] != "ok"]}
+        scored = {name: self.scored(config, fidelity, seeds) for name, config in configs.items()}
+        out: dict[str, Any] = {"fidelity": fidelity, "seeds": list(seeds), "pick_minus": {},
+                               "arms": {n: {k: v for k, v in a.items() if k != "values"} for n, a in scored.items()}}
         for name in configs:
-            if name != "pick" and scores[name] and scores["pick"]:
-                out["pick_minus"][name] = stats.paired(scores["pick"], scores[name])
+            if name != "pick" and scored[name]["values"] and scored["pick"]["values"]:
+                out["pick_minus"][name] = stats.compare(scored["pick"]["values"], scored[name]["values"])
         return out
 
     def best_json(self, best: Evidence, top: dict[str, Any]) -> dict[str, Any]:

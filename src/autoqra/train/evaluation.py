@@ -79,14 +79,18 @@ def lm_eval(model: Any, tokenizer: Any, examples: list[dict[str, Any]], folder: 
     hook = model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
     try:
         out = evaluator.simple_evaluate(model=lm, tasks=[TASK, *extra_tasks], task_manager=manager,
-                                        log_samples=False, bootstrap_iters=0, random_seed=0, numpy_random_seed=0,
+                                        log_samples=True, bootstrap_iters=0, random_seed=0, numpy_random_seed=0,
                                         torch_random_seed=0)
     finally:
         hook.remove()
     results = out["results"]
     p = float(results[TASK]["exact_match,none"])
     n = len(examples)
-    scores = {"exact_match": p, "exact_match_se": math.sqrt(p * (1 - p) / n), "exact_match_n": n}  # binomial
+    # each example's outcome, in the test split's order: what a comparison pairs example by example
+    outcomes = [float(s["exact_match"]) for s in sorted(out["samples"][TASK], key=lambda s: s["doc_id"])]
+    assert len(outcomes) == n and math.isclose(sum(outcomes) / n, p), "per-example outcomes disagree with the mean"
+    scores = {"exact_match": p, "exact_match_se": math.sqrt(p * (1 - p) / n), "exact_match_n": n,  # binomial
+              "exact_match_per_example": outcomes}
     for task in extra_tasks:
         scores[f"lm_eval/{task}"] = {k: v for k, v in results.get(task, {}).items() if isinstance(v, (int, float))}
     return scores
@@ -104,7 +108,8 @@ def test_scores(model: Any, tokenizer: Any, examples: list[dict[str, Any]], max_
     # ratio estimator: the sd of per-example contributions (sum - loss * count), scaled
     resid = sums - loss * counts
     se = float(np.sqrt((resid**2).sum() / (len(per) * max(len(per) - 1, 1))) / counts.mean())
-    return {"answer_loss": loss, "answer_loss_se": se, "examples": len(per)}
+    return {"answer_loss": loss, "answer_loss_se": se, "examples": len(per),
+            "answer_nll": [[round(a, 6), int(c)] for a, c in per]}  # (summed NLL, answer tokens) per example
 
 
 def score_seed(ev: Any, config: Any, adapters: Path, test: list[dict[str, Any]], max_length: int, params: Any,
