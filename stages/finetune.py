@@ -20,7 +20,8 @@ from stages import common
 
 def main(argv: list[str] | None = None) -> None:
     ap = common.parser(__doc__.splitlines()[0])
-    ap.add_argument("--arm", required=True, help="autoqra, fp_lora, best_uniform, sequential, uniform<b>_r<r>")
+    ap.add_argument("--arm", required=True, help="one of finetune.arms (autoqra, fp_lora, best_uniform, greedy, prior, "
+                    "sequential, uniform<b>_r<r>)")
     common.add_store_args(ap, None)
     ap.add_argument("--stages", help="folder of the search stages' outputs, evolve/ (the uniform frontier) and "
                     "refine/ (the pick) (default: --search)")
