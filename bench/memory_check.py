@@ -1,56 +1,71 @@
-"""The memory model's weight, metadata and LoRA terms against the real tensors of a packed model.
+"""The memory model against one measured training step, term by term, for every arm and both backends.
 
-    python bench/memory_check.py [--prepare data/prepare] [--quantize data/quantize] [--seed 0]
+    python bench/memory_check.py [--prepare data/prepare] [--quantize data/quantize] [--final data/final]
 
-Assembles a random module-level configuration over the available caches as a GPTQModel checkpoint,
-attaches LoRA with per-module ranks and prints predicted bytes, measured bytes and their ratio.
+For each arm of a finished run (its configuration from `<final>/<arm>/train/arm.json`) and each weight
+backend, builds the model as a fidelity run does, attaches the adapters and runs one forward, backward
+and AdamW step on a batch of `finetune.batch_size` sequences padded to `task.max_length` whose answers
+are the longest of the train split (the batch the memory model prices), counting every term with
+`autoqra.memory.measure.training_step`; prints predicted, measured and their ratio per term and writes
+JSON. The `dequant` backend keeps dense weights by design (the model prices the packed ones a GPU run
+holds): its weight and metadata rows are expected to differ, every other row to match.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import torch
-from common import TARGETS  # sets the offline environment (read when transformers is first imported)
+from common import load, search_parser  # sets the offline environment
 
-from autoqra import quant
-from autoqra.memory import MemoryModel, ModelSpec, Training, measured_bytes
-from autoqra.space import Space
-from autoqra.train.lora import attach_lora
+from autoqra.memory import MemoryModel
+from autoqra.memory.measure import priced_batch, training_step
+from autoqra.models import attention
+from autoqra.search.setup import SearchSetup
+
+TERMS = ("weights", "metadata", "rest", "lora", "lora_activations", "activations", "total")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prepare", default="data/prepare")
-    ap.add_argument("--quantize", default="data/quantize")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--ranks", type=int, nargs="+", default=[0, 4, 8, 16])
+    ap = search_parser(__doc__.splitlines()[0], "nothing")
+    ap.add_argument("--final", default="data/final")
+    ap.add_argument("--arms", nargs="*", help="default: every arm with a train/arm.json under --final")
+    ap.add_argument("--backends", nargs="+", default=["dequant", "packed"])
+    ap.add_argument("--json", default="data/bench/memory_check.json")
     args = ap.parse_args()
-    model_dir = Path(args.prepare) / "model"
-    caches = {int(p.name[1:]): quant.QuantCache(p) for p in sorted(Path(args.quantize).glob("b*"))
-              if (p / "quantize_config.json").exists()}
-    spec = ModelSpec.from_pretrained(model_dir, TARGETS)
-    space = Space.build([m.name for m in spec.modules], "module", sorted(caches) + [16], args.ranks)
-    config = space.random(np.random.default_rng(args.seed))
-    group = next(iter(caches.values())).group_size
-    predicted = MemoryModel(spec, group, Training(batch_size=8, seq_len=128)).breakdown(space, config)
-    bits, ranks = space.per_module(config)
-    with tempfile.TemporaryDirectory() as tmp:
-        model = quant.load_packed(quant.write_packed(bits, model_dir, caches, Path(tmp)), dtype=torch.bfloat16)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        real = measured_bytes(attach_lora(model, ranks, 2.0, 0.05), bits)
-    print(f"configuration: {config.describe()} over {len(space)} modules")
-    print(f"{'term':22} {'predicted':>14} {'measured':>14} {'ratio':>8}")
-    for name, pred, meas in (("packed/dense weights", predicted["weights"], real["weights"]),
-                             ("GPTQ metadata", predicted["metadata"], real["metadata"]),
-                             ("LoRA weights (fp32)", predicted["lora_params"] * 4, real["lora_weights"])):
-        print(f"{name:22} {pred:14,.0f} {meas:14,.0f} {pred / meas:8.4f}")
-    print(f"predicted total to fine-tune (batch 8 x 128): {predicted['total'] / 2**20:,.1f} MiB, "
-          f"avg bits {predicted['avg_bits']:.3f} ({predicted['avg_bits_with_lora']:.3f} with LoRA at 16 bits)")
+    p = load(args.params)
+    dirs = {"prepare": args.prepare, "quantize": args.quantize, "profile": args.profile, "search": args.search,
+            "store": "bench-memory"}
+    arms = args.arms or sorted(d.name for d in Path(args.final).iterdir() if (d / "train/arm.json").exists())
+    rows = []
+    for backend in args.backends:
+        setup = SearchSetup(dataclasses.replace(p, search=dataclasses.replace(p.search, backend=backend)), dirs,
+                            arm_ladders=True)
+        ev = setup.evaluator
+        batch = priced_batch(ev.train_data, ev.tokenizer.pad_token_id, p.finetune.batch_size, p.task.max_length)
+        # the model of the run as it executes here (CPU: eager attention); the budget's is a GPU run's
+        labelled = max(sum(y != -100 for y in labels) for _, labels in ev.train_data)
+        model = MemoryModel(setup.spec, p.quant.group_size, dataclasses.replace(
+            setup.memory.training, attention=attention(ev.device), labelled=labelled))
+        for arm in arms:
+            spec = json.loads((Path(args.final) / arm / "train/arm.json").read_text())
+            config = setup.arm_space.parse(spec["config"])
+            bits, _ = setup.arm_space.per_module(config)
+            with tempfile.TemporaryDirectory() as tmp:
+                measured = training_step(ev.build(config, Path(tmp), seed=0), batch, bits)
+            predicted = model.breakdown(setup.arm_space, config)
+            rows.append({"arm": arm, "backend": backend, "summary": config.describe(), "predicted": predicted,
+                         "measured": measured})
+            print(f"\n{arm} ({config.describe()}), {backend}: {measured['total'] / 2**20:,.1f} MiB measured")
+            print(f"{'term':18} {'predicted MiB':>14} {'measured MiB':>14} {'ratio':>8}")
+            for term in TERMS:
+                pred, meas = predicted[term], measured[term]
+                ratio = f"{pred / meas:8.3f}" if meas else "       –"
+                print(f"{term:18} {pred / 2**20:14,.2f} {meas / 2**20:14,.2f} {ratio}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -59,14 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "params":
         _emit(P.to_yaml(tree), args.write)
         return 0
-    from stages import common
+    import time
 
+    from autoqra import preflight
+
+    start = time.perf_counter()
     try:
-        seconds = common.preflight(typed, args.prepare, args.search)
-    except SystemExit as exc:
-        print(exc, file=sys.stderr)
+        info = preflight.check(typed, args.prepare, args.search)
+    except ParamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"ok ({seconds:.1f} s of checks)")
+    low, high = info["value_range"]
+    print(f"ok ({time.perf_counter() - start:.1f} s of checks): budget {info['budget']}; at budget.kind="
+          f"{typed.budget.kind} the search space spans budget.value {low:.4g} (its smallest configuration fits) "
+          f"to {high:.4g} (its largest fits: the budget binds nothing above)")
     return 0
 
 

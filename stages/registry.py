@@ -54,7 +54,7 @@ def _code(stage: str, *more: str) -> tuple[str, ...]:
 SEARCH = tuple(f"search.{k}" for k in ("granularity", "population", "generations", "offspring", "candidates",
                                        "fidelities", "eta", "max_steps", "metric", "storage", "workers", "backend",
                                        "seeds_per_rung", "val_per_rung", "max_failures",
-                                       "oom_attempts", "ablation"))
+                                       "oom_attempts", "ablation", "frontier"))
 DIRS = "--prepare data/prepare --quantize data/quantize --profile data/profile --search data/search"
 SEARCH_PARAMS = ("seed", *SEARCH, "budget", "lora", "finetune", "task.max_length", "quant.bits", "quant.group_size",
                  "quant.targets")

@@ -16,6 +16,7 @@ from autoqra.memory import (
     Training,
     make_budget,
     measured_bytes,
+    value_range,
 )
 from autoqra.space import Space
 from autoqra.train.lora import attach_lora
@@ -51,13 +52,20 @@ def test_lora_terms_by_hand():
 
 
 def test_activation_and_rest_terms_by_hand():
-    mm = MemoryModel(SPEC, 64, Training(batch_size=2, seq_len=10))
-    per_layer = 2 * (4 * 576 + 4) + 2 * (576 + 2 * 192) + 2 * 576 + 4 * 9 + 2 * 3 * 1536
+    mm = MemoryModel(SPEC, 64, Training(batch_size=2, seq_len=10, labelled=3))
+    # norms, q + repeated k and v, the fused kernel's output and log-sum-exp, the MLP
+    per_layer = 2 * (4 * 576 + 4) + 2 * 3 * 576 + 2 * 576 + 4 * 9 + 2 * 3 * 1536
     assert mm.layer_activation_bytes_per_token() == per_layer
-    assert mm.base_activation_bytes() == 20 * (30 * per_layer + 49152 * 10 + 4 * 576)
+    head = 2 * 3 * (4 * 49152 + 8)  # the labelled positions only: 2 sequences x 3 answer tokens
+    first_norm = 4 * 576 + 4  # saved by no layer: the embeddings need no gradient
+    assert mm.base_activation_bytes() == 20 * (30 * per_layer - first_norm + 4 * 576 + 4 + 1) + head
     assert mm.fixed_bytes()["rest"] == 1000 * 2
-    ckpt = MemoryModel(SPEC, 64, Training(batch_size=2, seq_len=10, gradient_checkpointing=True))
-    assert ckpt.base_activation_bytes() == 20 * (30 * 2 * 576 + per_layer + 49152 * 10 + 4 * 576)
+    eager = MemoryModel(SPEC, 64, Training(batch_size=2, seq_len=10, labelled=3, attention="eager"))
+    assert eager.layer_activation_bytes_per_token() == per_layer - 2 * 576 - 4 * 9 + 9 * 10 * (4 + 2)
+    ckpt = MemoryModel(SPEC, 64, Training(batch_size=2, seq_len=10, labelled=3, gradient_checkpointing=True))
+    assert ckpt.base_activation_bytes() == 20 * (30 * 2 * 576 + per_layer - first_norm + 4 * 576 + 4 + 1) + head
+    bound = MemoryModel(SPEC, 64, Training(batch_size=2, seq_len=10))  # unknown answers: every position
+    assert bound.base_activation_bytes() - mm.base_activation_bytes() == 2 * (9 - 3) * (4 * 49152 + 8)
 
 
 def test_memory_model_equals_real_tensors_of_packed_model_with_adapters(tmp_path, tiny_dir, tiny_caches):
@@ -95,9 +103,31 @@ def test_budget_kinds_and_infeasible_budget_is_one_line():
     assert bits.cost(space.uniform(2, 4)) / spec.target_params == pytest.approx(avg)
     absolute = make_budget("bytes", 1e9, "uniform4_r16", mm, space)
     assert absolute.feasible(space.uniform(8, 8))
+    floor = mm.total(space, space.minimum())
     with pytest.raises(BudgetError) as err:
-        make_budget("relative", 0.2, "uniform4_r16", mm, space)
-    assert "\n" not in str(err.value) and str(err.value).startswith("budget.value=0.2: infeasible")
+        make_budget("bytes", 0.99 * floor, "uniform4_r16", mm, space)
+    assert "\n" not in str(err.value) and str(err.value).startswith(f"budget.value={0.99 * floor:g}: infeasible")
+    assert f"allowed: budget.value >= {floor:.4g}" in str(err.value)
+
+
+def test_a_relative_budget_scales_what_the_allocation_can_move_and_binds_on_either_side():
+    """`relative` runs from the smallest configuration (0) to the reference (1): 0.9 and 1.1 each exclude
+    some uniform configuration, and none is infeasible (the whole space spans `value_range`)."""
+    spec = ModelSpec(modules=tuple(ModuleShape(f"model.layers.{i}.mlp.up_proj", 64, 128) for i in range(4)),
+                     other_params=10_000, hidden=64, intermediate=128, layers=4, heads=4, kv_heads=2, vocab=100)
+    space = Space.build([m.name for m in spec.modules], "block", [2, 4, 8], [4, 8])
+    mm = MemoryModel(spec, 64, Training(batch_size=1, seq_len=8))
+    floor, ref = mm.total(space, space.minimum()), mm.total(space, space.uniform(4, 8))
+    assert make_budget("relative", 0.5, "uniform4_r8", mm, space).limit == pytest.approx(floor + 0.5 * (ref - floor))
+    low, high = value_range("relative", "uniform4_r8", mm, space)
+    assert low == 0 and high == pytest.approx((mm.total(space, space.uniform(8, 8)) - floor) / (ref - floor))
+    uniforms = [space.uniform(b, r) for b in space.bits for r in space.ranks]
+    for value in (0.9, 1.0, 1.1):
+        budget = make_budget("relative", value, "uniform4_r8", mm, space)
+        fits = [budget.feasible(c) for c in uniforms]
+        assert any(fits) and not all(fits), value
+    tight, loose = (make_budget("relative", v, "uniform4_r8", mm, space) for v in (0.9, 1.1))
+    assert not tight.feasible(space.uniform(4, 8)) and loose.feasible(space.uniform(4, 8))
 
 
 @pytest.mark.parametrize("arch", ["llama", "llama_bias", "llama_mlp_bias", "qwen2", "mistral"])
@@ -117,3 +147,90 @@ def test_shapes_from_the_config_equal_the_meta_models(arch, targets):
               "mistral": lambda: MistralConfig(**common)}[arch]()
     fast = ModelSpec._llama_family(config, targets)
     assert fast is not None and fast == ModelSpec.from_meta(config, targets)
+
+
+def _packed_step(tmp_path, tiny_dir, task_dir, tiny_caches, bits, keep):
+    """One measured training step of the tiny model, every target at `bits` through the packed layers,
+    LoRA rank 4 on each, with or without `keep_packed`; returns (bytes per term, logits, LoRA grads)."""
+    from autoqra import data, models
+    from autoqra.memory.measure import training_step
+    from autoqra.quant.matmul import keep_packed
+    from autoqra.train import scoring
+
+    names = quant.target_modules(models.load_model(tiny_dir), TARGETS)
+    model = quant.load_packed(quant.write_packed(dict.fromkeys(names, bits), tiny_dir, tiny_caches,
+                                                 tmp_path / f"b{bits}{keep}"), dtype=torch.bfloat16)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if keep:
+        assert keep_packed(model) == len(names)
+    model = attach_lora(model, dict.fromkeys(names, 4), alpha_ratio=2.0, dropout=0.0, seed=0)
+    for n, p in model.named_parameters():  # B = 0 would make the base's gradient path invisible
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(len(n)))
+    batch = scoring.batches(models.load_tokenizer(tiny_dir), data.read_split(task_dir, "train")[:8], 64, 8)[0]
+    measured = training_step(model, batch, dict.fromkeys(names, bits))
+    grads = {}
+    model.zero_grad()
+    nll, count = scoring.labelled_nll(model, batch)
+    (nll / count).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        logits = model(**batch).logits.float()
+    return measured, logits, grads
+
+
+def test_packed_training_keeps_no_dense_weight_and_its_memory_falls_with_the_bits(tmp_path, tiny_dir, task_dir,
+                                                                                   tiny_caches):
+    """GPTQModel's own forward saves each layer's dense dequantized weight for backward (the same bytes at
+    any bit-width); `keep_packed` saves none, computes the same logits and gradients, and so the step's
+    measured bytes fall with the bits by about the packed weights' difference."""
+    spec = ModelSpec.from_pretrained(tiny_dir, TARGETS)
+    dense_bytes = sum(m.in_features * m.out_features * 2 for m in spec.modules)  # bf16
+    plain, logits_plain, grads_plain = _packed_step(tmp_path, tiny_dir, task_dir, tiny_caches, 4, keep=False)
+    kept, logits_kept, grads_kept = _packed_step(tmp_path, tiny_dir, task_dir, tiny_caches, 4, keep=True)
+    assert plain["activations"] - kept["activations"] >= 0.9 * dense_bytes  # the dense weights, gone (0.94 measured)
+    assert torch.allclose(logits_kept, logits_plain, rtol=0, atol=1e-3 * logits_plain.abs().max())
+    for n, g in grads_plain.items():
+        assert torch.allclose(grads_kept[n], g, rtol=1e-2, atol=1e-3 * g.abs().max()), n
+    totals = {b: _packed_step(tmp_path, tiny_dir, task_dir, tiny_caches, b, keep=True)[0] for b in (2, 3, 8)}
+    totals[4] = kept
+    assert totals[2]["total"] < totals[3]["total"] < totals[4]["total"] < totals[8]["total"]
+    for low, high in ((2, 3), (3, 4), (4, 8)):
+        weights = totals[high]["weights"] - totals[low]["weights"]
+        assert weights > 0
+        assert totals[high]["total"] - totals[low]["total"] == pytest.approx(
+            weights + totals[high]["metadata"] - totals[low]["metadata"], rel=0.05), (low, high, totals)
+
+
+@pytest.mark.parametrize("backend", ["dequant", "packed"])
+def test_the_memory_model_equals_a_measured_training_step_term_by_term(tmp_path, tiny_dir, task_dir, tiny_caches,
+                                                                        backend):
+    """One real step of the tiny model (eager attention, as on the CPU) on the batch the model prices:
+    every term within 5 % (weights exactly as packed; the dequant backend holds dense weights by design)."""
+    from autoqra import data, models
+    from autoqra.memory.measure import priced_batch, training_step
+    from autoqra.quant import backends
+
+    spec = ModelSpec.from_pretrained(tiny_dir, TARGETS)
+    space = Space.build([m.name for m in spec.modules], "block", [2, 3, 4, 8, 16], [4, 8])  # every module adapted
+    tok = models.load_tokenizer(tiny_dir)
+    encoded = [data.encode(tok, ex, 64) for ex in data.read_split(task_dir, "train")]
+    batch = priced_batch(encoded, tok.pad_token_id, 8, 64)
+    labelled = max(sum(y != -100 for y in e[1]) for e in encoded)
+    mm = MemoryModel(spec, 64, Training(batch_size=8, seq_len=64, lora_dropout=False, attention="eager",
+                                        labelled=labelled))
+    build = backends.make(backend, tiny_dir, tiny_caches, "cpu", torch.bfloat16)
+    for seed in (0, 1):  # two random block-level configurations
+        config = space.random(np.random.default_rng(seed))
+        bits, ranks = space.per_module(config)
+        model = attach_lora(build.build(bits, tmp_path / f"{backend}{seed}"), ranks, 2.0, 0.0, seed=0)
+        measured, predicted = training_step(model, batch, bits), mm.breakdown(space, config)
+        terms = ["metadata", "weights"] if backend == "packed" else []
+        for term in [*terms, "rest", "lora", "lora_activations", "activations"]:
+            assert predicted[term] == pytest.approx(measured[term], rel=0.05), (term, predicted[term], measured)
+        if backend == "packed":
+            assert predicted["total"] == pytest.approx(measured["total"], rel=0.05)
+        else:  # dense weights in the compute dtype instead of the packed ones
+            dense = sum(spec.by_name[m].in_features * spec.by_name[m].out_features * 2 for m in bits)
+            assert measured["weights"] == pytest.approx(dense, rel=0.01) and measured["metadata"] == 0

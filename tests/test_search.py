@@ -45,6 +45,10 @@ def test_generation_zero_starts_with_the_prior_config_and_fits_the_budget():
     assert len(members) == 12 and len({c.key for c in members}) == 12
     assert all(BUDGET.feasible(c) for c in members)
     assert set(ops.feasible_uniforms(SPACE, BUDGET)) <= {c for c in members}
+    fits, maximal = ops.feasible_uniforms(SPACE, BUDGET), ops.feasible_uniforms(SPACE, BUDGET, maximal=True)
+    assert set(maximal) < set(fits)  # none dominates another, every other one is dominated by one of them
+    for c in fits:
+        assert (c in maximal) != any(o != c and o.bits[0] >= c.bits[0] and o.ranks[0] >= c.ranks[0] for o in fits)
     # the prior spends bits where I_q is high: the most sensitive unit has at least the least one's bits
     prior = members[0]
     assert prior.bits[int(np.argmax(i_q))] >= prior.bits[int(np.argmin(i_q))]

@@ -96,6 +96,19 @@ def test_user_tables_with_custom_columns(tmp_path, suffix):
     assert splits == data.build(str(path), [], sizes, seed=0, prompt_column="q", answer_column="a")
 
 
+def test_a_csv_answer_is_kept_as_written_and_validation_means_val(tmp_path):
+    """pandas would read `007` as 7 and, with one empty answer in the column, `4` as 4.0 and the empty
+    one as nan: answers are text, kept exactly."""
+    answers = ["007", "4", "", "3.50"] * 6
+    splits_col = ["train"] * 16 + ["validation"] * 4 + ["test"] * 4
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"prompt": [f"p{i}" for i in range(24)], "answer": answers, "split": splits_col}).to_csv(
+        path, index=False)
+    splits = data.build(str(path), [], {"train": 100, "val": 100, "test": 100, "calib": 3}, seed=0)
+    assert [r["answer"] for r in splits["train"]] == answers[:16]
+    assert len(splits["val"]) == 4  # `validation` is the val split, not dropped
+
+
 def test_user_split_column_is_respected(tmp_path):
     rows = [{"prompt": f"p{i}", "answer": "x", "split": "train" if i < 8 else "val" if i < 10 else "test"}
             for i in range(12)]

@@ -255,6 +255,35 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def platform(device: str) -> dict[str, Any]:
+    """What changes a run's numbers from one machine to another, though the code and inputs are the same:
+    the libraries that compute it, the attention kernel, and the processor (its vector unit decides the
+    CPU's float reductions: the same run gave 1.3746 on an AMD EPYC and 1.3307 on an Intel Xeon)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in ("torch", "transformers", "peft", "gptqmodel"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    if device.startswith("cuda"):
+        processor = torch.cuda.get_device_name(torch.device(device))
+    else:
+        names = [line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")]
+        processor = f"{names[0] if names else 'cpu'} ({torch.backends.cpu.get_cpu_capability()})"
+    return {"versions": versions, "attention": attention(device), "processor": processor}
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:  # macOS, Windows
+        import platform as host
+
+        return f"model name: {host.processor() or host.machine()}"
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX), where bf16 beats fp32."""
     try:

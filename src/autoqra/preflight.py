@@ -8,6 +8,7 @@ source itself before it is prepared (`models.source_config`); `check_splits` che
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -49,9 +50,9 @@ def _writable(folder: Path, what: str) -> None:
         raise ParamError(f"{what}: folder {folder} cannot be written")
 
 
-def check_shapes(p: Params, config: Any) -> None:
+def check_shapes(p: Params, config: Any, labelled: int | None = None) -> dict[str, Any]:
     """Targets exist in the model, the group size divides every target's input width, and the
-    budget can be met (the memory model needs only shapes)."""
+    budget (and every sweep cell's) can be met (the memory model needs only shapes)."""
     from autoqra import memory
 
     spec = memory.ModelSpec.from_config(config, p.quant.targets)
@@ -61,7 +62,14 @@ def check_shapes(p: Params, config: Any) -> None:
         ok = [g for g in GROUP_SIZES if all(w % g == 0 for w in widths)]
         raise ParamError(f"quant.group_size={p.quant.group_size}: does not divide the input width "
                          f"{bad[0].in_features} of {bad[0].name}; allowed for this model: {ok}")
-    memory.from_params(p, spec)  # raises BudgetError for an unattainable budget
+    space, model, budget = memory.from_params(p, spec, labelled)  # BudgetError for an unattainable budget
+    for value in p.sweep.budgets:  # every sweep cell's budget, named as the cell's key
+        try:
+            memory.make_budget(p.budget.kind, value, p.budget.reference, model, space)
+        except ParamError as exc:
+            raise ParamError(f"sweep.budgets={p.sweep.budgets}: {exc}") from None
+    low, high = memory.value_range(p.budget.kind, p.budget.reference, model, space)
+    return {"budget": budget.description, "value_range": [low, high]}
 
 
 def check_splits(p: Params, task_dir: str | Path) -> None:
@@ -74,13 +82,16 @@ def check_splits(p: Params, task_dir: str | Path) -> None:
         sizes[split] = sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
         if sizes[split] == 0:
             raise ParamError(f"task.source={p.task.source!r}: the {split} split is empty after splitting")
+    if sizes["train"] < p.finetune.batch_size:
+        raise ParamError(f"finetune.batch_size={p.finetune.batch_size}: the train split holds only {sizes['train']} "
+                         f"examples; allowed: finetune.batch_size <= {sizes['train']}")
     for key, n in (("quant.calib_samples", p.quant.calib_samples), ("profile.samples", p.profile.samples)):
         if n > sizes["calib"]:
             raise ParamError(f"{key}={n}: the calibration split holds only {sizes['calib']} examples; "
                              f"allowed: {key} <= {sizes['calib']}")
 
 
-def check(p: Params, prepare: str | Path | None, search_dir: str | Path = "data/search") -> None:
+def check(p: Params, prepare: str | Path | None, search_dir: str | Path = "data/search") -> dict[str, Any]:
     """Every check that applies, cheapest first: the storage (it needs no model), shapes and budget
     (from the prepared model's config, or the source's when nothing is prepared yet), and the splits
     when they exist."""
@@ -94,6 +105,10 @@ def check(p: Params, prepare: str | Path | None, search_dir: str | Path = "data/
         from autoqra import models
 
         config = models.source_config(p.model.source, p.model.tiny)
-    check_shapes(p, config)
+    labelled = None
+    if prepare and (Path(prepare) / "metrics.json").exists():  # the head term's bound, once the data exist
+        labelled = json.loads((Path(prepare) / "metrics.json").read_text()).get("train_labelled_max")
+    info = check_shapes(p, config, labelled)
     if prepare and (Path(prepare) / "task").exists():
         check_splits(p, Path(prepare) / "task")
+    return info

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from autoqra import data, models, preflight
-from autoqra.params import Params
+from autoqra.params import ParamError, Params
 from autoqra.store import fingerprint
 
 log = logging.getLogger("autoqra")
@@ -27,12 +27,19 @@ def prepare(p: Params, out: Path) -> dict[str, Any]:
     log.info("task: %s", {s: len(r) for s, r in splits.items()})
     # the token limit is checked with the source's tokenizer, before the model is converted
     tok = models.source_tokenizer(p.model.source)
+    if not getattr(tok, "chat_template", None):
+        raise ParamError(f"model.source={p.model.source!r}: its tokenizer has no chat template (prompts and answers "
+                         "are formatted with it); allowed: a chat/instruct model, or a folder whose "
+                         "tokenizer_config.json sets chat_template")
     cut = {s: data.truncated(tok, rows, p.task.max_length) for s, rows in splits.items() if s != "calib"}
     info = models.prepare_model(p.model.source, out / "model", p.model.tiny, splits["train"], p.model.tiny.seed)
     log.info("model: %s", info["origin"])
     if any(cut.values()):
         log.warning("examples over task.max_length=%d lose the start of their prompt: %s", p.task.max_length, cut)
+    # what the memory model's head term reads: the most labelled (answer) tokens of one training sequence
+    labelled = max(sum(y != -100 for y in data.encode(tok, ex, p.task.max_length)[1]) for ex in splits["train"])
     return {**info, "examples": {s: len(r) for s, r in splits.items()}, "truncated_prompts": cut,
+            "train_labelled_max": labelled,
             "families": sorted({r["family"] for r in splits["train"]}),
             "model_fingerprint": fingerprint.of_dir(out / "model"),
             "task_fingerprint": fingerprint.of_dir(out / "task"),

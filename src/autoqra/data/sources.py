@@ -14,8 +14,40 @@ from typing import Any
 from autoqra.data.generator import SPLITS, generate, make_example
 from autoqra.params import ParamError
 
+SPLIT_NAMES = {"train": "train", "val": "val", "test": "test", "validation": "val", "valid": "val", "dev": "val"}
+
+
+def _json_rows(source: str, text: str) -> list[dict[str, Any]]:
+    """Rows of a .json file (a list of objects) or a .jsonl file (one object per line); anything else is
+    a one-line error naming what and where."""
+    if source.endswith(".json") or text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ParamError(f"task.source={source!r}: not JSON ({exc.msg} at line {exc.lineno}; one example per "
+                             "line is a .jsonl file)") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ParamError(f"task.source={source!r}: a .json file must hold a list of examples, not "
+                             f"{type(rows).__name__ if not isinstance(rows, list) else 'a list of other values'}")
+        return rows
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ParamError(f"task.source={source!r}: line {number} is not JSON ({exc.msg}, column {exc.colno})") \
+                from None
+        if not isinstance(row, dict):
+            raise ParamError(f"task.source={source!r}: line {number} is a {type(row).__name__}, not an example")
+        rows.append(row)
+    return rows
+
 
 def _read_table(source: str) -> list[dict[str, Any]]:
+    """The rows of a task source as written: text columns are read as text (a CSV answer `007` stays
+    `007`, an empty one stays empty), never converted to numbers."""
     if source.startswith("hf:"):
         import datasets
 
@@ -23,18 +55,28 @@ def _read_table(source: str) -> list[dict[str, Any]]:
             dsets = datasets.load_dataset(source[3:])
         except Exception as exc:  # offline: only the local datasets cache is reachable
             raise ParamError(f"task.source={source!r}: cannot load from the local datasets cache ({exc})") from None
-        names = {"validation": "val", "valid": "val", "dev": "val"}
-        return [{**row, "split": names.get(s, s)} for s, d in dsets.items() for row in d]
+        return [{**row, "split": s} for s, d in dsets.items() for row in d]
     path = Path(source)
     if path.suffix in (".jsonl", ".json"):
-        text = path.read_text()
-        if path.suffix == ".json" or text.lstrip().startswith("["):
-            return json.loads(text)
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return _json_rows(source, path.read_text())
     import pandas as pd
 
-    frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    if path.suffix == ".csv":
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    else:
+        frame = pd.read_parquet(path)
     return frame.to_dict("records")
+
+
+def _splits(source: str, rows: list[dict[str, Any]]) -> list[str | None]:
+    """Each row's split (train/val/test; validation, valid and dev read as val), or None for none; any
+    other value is a one-line error."""
+    out = [None if r.get("split") in (None, "") else SPLIT_NAMES.get(str(r["split"]).strip().lower()) for r in rows]
+    bad = sorted({str(r["split"]) for r, s in zip(rows, out) if s is None and r.get("split") not in (None, "")})
+    if bad:
+        raise ParamError(f"task.source={source!r}: split column has values {bad[:5]} (allowed: train, val, test; "
+                         "validation, valid and dev mean val)")
+    return out
 
 
 def load_user(source: str, prompt_column: str, answer_column: str, sizes: dict[str, int],
@@ -47,7 +89,7 @@ def load_user(source: str, prompt_column: str, answer_column: str, sizes: dict[s
     for column, key in ((prompt_column, "task.prompt_column"), (answer_column, "task.answer_column")):
         if column not in rows[0]:
             raise ParamError(f"{key}={column!r}: no such column in {source} (columns: {', '.join(rows[0])})")
-    pairs = [(str(r[prompt_column]), str(r[answer_column]), r.get("split")) for r in rows]
+    pairs = [(str(r[prompt_column]), str(r[answer_column]), split) for r, split in zip(rows, _splits(source, rows))]
     if any(s is not None for _, _, s in pairs):
         parts = {s: [(p, a) for p, a, t in pairs if t == s] for s in ("train", "val", "test")}
     else:

@@ -10,15 +10,24 @@ bytes(config) = Σ over target linears of
                 + LoRA activations per token: the fp32 copy of the module input PEFT makes for the
                                    adapter (4·in), the dropout mask (1·in) and A's output (4·r)
               + the unquantized rest (embeddings, norms, an untied lm_head) in the training dtype
-              + base activations of the training batch: per token and layer the two RMSNorm inputs
-                (fp32), q/k/v as saved by attention, its output and log-sum-exp, the MLP's gate, up
-                and SiLU outputs; plus the logits (training dtype, their fp32 copy and log-softmax).
-                With gradient checkpointing: each layer's input plus one layer's activations.
+              + base activations of the training batch, what autograd saves for backward (measured with
+                `autoqra.memory.measure`, tensor by tensor): per token and layer the two RMSNorms' fp32
+                inputs and 1/rms (2·(4·d + 4)); attention's q and the repeated k and v (3·d in the
+                training dtype), plus, for eager attention (the CPU's), its fp32 softmax and the probabilities
+                in the training dtype (heads·T·(4 + 2)), or, for fused attention (SDPA, a GPU's), its output
+                and fp32 log-sum-exp (d·2 + 4·heads); the MLP's gate, up and SiLU outputs (3·inter·2);
+                once per token the final norm's input (4·d + 4) and the padding mask; and only on the
+                labelled positions (the answers: `scoring.labelled_nll` runs the head there alone) the fp32
+                log-softmax of the logits and the target (4·V + 8). The base's weights are frozen, so no
+                linear's input is saved for it. With gradient checkpointing: each layer's input plus one
+                layer's activations. (The first norm's input, the frozen embeddings', is not saved: nothing upstream
+needs a gradient. A unit at rank 0 saves less than this where no adapter precedes it.)
 
-The model is of a GPU run in bf16 (the training dtype is a parameter). It does not count the CUDA
-context or allocator fragmentation. Every term but activations is exact for GPTQModel checkpoints
-(tests compare it with real tensors); the activation term is an estimate to be checked on a GPU.
-All terms are additive over units, so a budget check or a repair step costs a table lookup.
+The model is of a run in bf16 (the training dtype is a parameter). It does not count the CUDA context,
+transient buffers or allocator fragmentation. Every term equals the real tensors of one training step
+on the CPU (tests; `bench/memory_check.py` per arm and backend); on a GPU the measured peak adds the
+transients (`bench/gpu_memory.py`). All terms are additive over units, so a budget check or a repair
+step costs a table lookup.
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ class Training:
     gradient_checkpointing: bool = False
     lora_dropout: bool = True
     dtype_bytes: int = 2  # bf16
+    attention: str = "sdpa"  # or "eager" (`models.attention`: eager on the CPU)
+    labelled: int | None = None  # labelled (answer) tokens per sequence at most; None: every position
 
 
 class MemoryModel:
@@ -94,12 +105,20 @@ class MemoryModel:
         return self.training.batch_size * self.training.seq_len
 
     def layer_activation_bytes_per_token(self) -> float:
-        s, d = self.spec, self.training.dtype_bytes
-        kv = s.hidden // s.heads * s.kv_heads
+        s, d, t = self.spec, self.training.dtype_bytes, self.training
         norms = 2 * (4 * s.hidden + 4)             # fp32 inputs and 1/rms of the two RMSNorms
-        attention = d * (s.hidden + 2 * kv) + d * s.hidden + 4 * s.heads  # q, k, v; output; log-sum-exp
+        qkv = 3 * d * s.hidden                     # q, and k and v repeated to every head
+        if t.attention == "eager":
+            attention = qkv + s.heads * t.seq_len * (4 + d)  # fp32 softmax, probabilities in the dtype
+        else:
+            attention = qkv + d * s.hidden + 4 * s.heads     # the fused kernel's output and log-sum-exp
         mlp = d * 3 * s.intermediate               # gate, up, SiLU(gate)
         return norms + attention + mlp
+
+    @property
+    def labelled_tokens(self) -> int:
+        t = self.training
+        return t.batch_size * (t.labelled if t.labelled is not None else t.seq_len - 1)
 
     def base_activation_bytes(self) -> float:
         s, d = self.spec, self.training.dtype_bytes
@@ -108,8 +127,9 @@ class MemoryModel:
             layers = s.layers * d * s.hidden + per_layer   # layer inputs, one layer recomputed
         else:
             layers = s.layers * per_layer
-        logits = s.vocab * (d + 4 + 4)                      # logits, fp32 copy, log-softmax
-        return self.tokens * (layers + logits + 4 * s.hidden)
+        head = self.labelled_tokens * (4 * s.vocab + 8)     # fp32 log-softmax and the target, labelled only
+        first = 4 * s.hidden + 4  # the first norm's input is the frozen embedding's: it needs no gradient
+        return self.tokens * (layers - first + 4 * s.hidden + 4 + 1) + head  # + the final norm, the mask
 
     def fixed_bytes(self) -> dict[str, float]:
         return {"rest": self.spec.other_params * self.training.dtype_bytes,

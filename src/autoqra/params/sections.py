@@ -181,6 +181,10 @@ class SearchParams:
     refine: RefineParams = field(default_factory=RefineParams, metadata={"help": "stage 2"})
     backend: str = spec("auto", help="weight backend of fidelity runs ('auto': packed on GPU, dequant on CPU)",
                         choices=["auto", "packed", "dequant"])
+    frontier: str = spec("maximal", help="uniform configurations the evolve stage scores at the arms' steps to "
+                         "choose best_uniform: 'all' that fit the budget, or the 'maximal' ones (none with both "
+                         "more bits and more rank fits; README: every dominated one scored worse)",
+                         choices=["maximal", "all"])
 
 
 @dataclass

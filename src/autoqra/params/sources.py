@@ -18,6 +18,11 @@ def check_model_source(source: str) -> None:
     if path.exists():
         if path.is_dir() and not (path / "config.json").exists() and not list(path.glob("*.gguf")):
             raise ParamError(f"model.source={source!r}: folder has no config.json or .gguf file")
+        if path.is_dir() and (path / "config.json").exists() and not list(path.glob("*.safetensors")):
+            found = sorted(f.name for f in path.glob("*.bin"))
+            raise ParamError(f"model.source={source!r}: folder has no .safetensors weights"
+                             f"{f' (only {found[0]}…: PyTorch pickles)' if found else ''}; allowed: a folder with "
+                             "safetensors (model.save_pretrained(folder, safe_serialization=True) writes them)")
         if path.is_file() and path.suffix != ".gguf":
             raise ParamError(f"model.source={source!r}: a file source must be a .gguf file")
         return

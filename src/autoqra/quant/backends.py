@@ -7,7 +7,8 @@ Both have one method, `build(bits_by_module, workdir) -> model` (frozen base, no
   model's tensors and these cached weights (frozen, never written to), so it costs neither a disk
   read nor a dequantization after the first time. Fastest on the CPU.
 - `PackedBackend`: a real mixed-precision GPTQ checkpoint (per-module bits in GPTQModel's `dynamic`
-  config) loaded with GPTQModel's trainable quantized layers: real memory savings (a GPU run).
+  config) loaded with GPTQModel's trainable quantized layers, their matmul routed through
+  `quant.matmul.PackedMatmul` (no dense weight saved for backward): real memory savings (a GPU run).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from autoqra import models, quant
+from autoqra.quant.matmul import keep_packed
 
 
 class DequantBackend:
@@ -72,6 +74,7 @@ class PackedBackend:
         model = quant.load_packed(path, self.device, self.dtype)
         for p in model.parameters():
             p.requires_grad_(False)
+        keep_packed(model)  # no dense weight alive between forward and backward
         return model
 
 

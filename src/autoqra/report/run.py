@@ -60,7 +60,7 @@ def write(p: Params, dirs: dict[str, str], final: Path, out: Path) -> dict[str, 
     budget = next(iter(arms.values()))["budget_limit"]
     plots.pareto(pd.concat(trials.values()) if trials else pd.DataFrame(), arms, budget,
                  p.search.metric).savefig(out / "pareto.png", dpi=120)
-    space, _, _ = from_params(p, ModelSpec.from_pretrained(Path(dirs["prepare"]) / "model", p.quant.targets))
+    space, _, _ = from_params(p, ModelSpec.from_pretrained(Path(dirs["prepare"]) / "model", p.quant.targets))  # units
     if "autoqra" in arms:
         winner = space.parse(arms["autoqra"]["config"])
         i_q, i_r = priors.unit_priors(pd.read_parquet(Path(dirs["profile"]) / "priors.parquet"), space)

@@ -32,10 +32,15 @@ def greedy_config(space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray
     return repair(space.uniform(space.bits[-1], space.ranks[-1]), budget, i_q, i_r)
 
 
-def feasible_uniforms(space: Space, budget: Budget) -> list[Config]:
-    """Uniform configurations on the ladders that fit the budget, most expensive first."""
+def feasible_uniforms(space: Space, budget: Budget, maximal: bool = False) -> list[Config]:
+    """Uniform configurations on the ladders that fit the budget, most expensive first; `maximal`: only
+    those that no other fitting one dominates (at least as many bits and as high a rank)."""
     out = [space.uniform(b, r) for b in space.bits for r in space.ranks]
-    return sorted((c for c in out if budget.feasible(c)), key=budget.cost, reverse=True)
+    fits = [c for c in out if budget.feasible(c)]
+    if maximal:
+        fits = [c for c in fits if not any(o != c and o.bits[0] >= c.bits[0] and o.ranks[0] >= c.ranks[0]
+                                           for o in fits)]
+    return sorted(fits, key=budget.cost, reverse=True)
 
 
 def jitter(config: Config, space: Space, rng: np.random.Generator, p: float = 0.3) -> Config:

@@ -49,6 +49,12 @@ def refine_settings(p: Params) -> RefineSettings:
                           failure_tolerance=r.failure_tolerance)
 
 
+def prepared_labelled(prepare: Path) -> int | None:
+    """The most labelled tokens of one training sequence, as the prepare stage counted them."""
+    metrics = prepare / "metrics.json"
+    return json.loads(metrics.read_text()).get("train_labelled_max") if metrics.exists() else None
+
+
 def prepared_fingerprints(prepare: Path) -> dict[str, str] | None:
     """The model and task fingerprints the prepare stage computed (no need to hash them again)."""
     metrics = prepare / "metrics.json"
@@ -81,7 +87,7 @@ class SearchSetup:
         """With `arm_ladders`, the evaluator's ladders are widened to the final arms' (unquantized, `arm_rank`)."""
         self.p, self.dirs = p, dirs
         self.spec = ModelSpec.from_pretrained(Path(dirs["prepare"]) / "model", p.quant.targets)
-        self.space, self.memory, self.budget = from_params(p, self.spec)
+        self.space, self.memory, self.budget = from_params(p, self.spec, prepared_labelled(Path(dirs["prepare"])))
         self.arm_space = arms.arm_space(self.space, [p.finetune.arm_rank])
         self.i_q, self.i_r = priors.unit_priors(pd.read_parquet(Path(dirs["profile"]) / "priors.parquet"), self.space)
         caches = {b: quant.QuantCache(Path(dirs["quantize"]) / f"b{b}") for b in p.quant.bits if b != quant.UNQUANTIZED}
@@ -162,15 +168,15 @@ class SearchSetup:
                 "failed": [sd for sd, r in records.items() if r["status"] != "ok"]}
 
     def frontier(self) -> dict[str, Any]:
-        """The uniform frontier: every uniform configuration that fits the budget, scored at the arms'
-        steps (`finetune.steps`) under the search's top-rung seeds on the validation split, most expensive
-        first; `chosen` (the `best_uniform` arm) is the lowest mean (ties: the cheaper one). The test split
-        is never looked at."""
+        """The uniform frontier: the uniform configurations that fit the budget (`search.frontier`: all, or
+        the maximal ones), scored at the arms' steps (`finetune.steps`) under the search's top-rung seeds
+        on the validation split, most expensive first; `chosen` (the `best_uniform` arm) is the lowest mean
+        (ties: the cheaper one). The test split is never looked at."""
         settings = evolve_settings(self.p)
         seeds = settings.seeds(len(settings.fidelities) - 1)
         rows = [{"bits": c.bits[0], "rank": c.ranks[0], "config": c.to_dict(), **self.scored(c, self.p.finetune.steps,
                                                                                              seeds)}
-                for c in ops.feasible_uniforms(self.space, self.budget)]
+                for c in ops.feasible_uniforms(self.space, self.budget, self.p.search.frontier == "maximal")]
         ok = [r for r in rows if r["mean"] is not None and not r["failed"]]
         if not ok:
             raise SearchFailed(f"no uniform configuration within the budget trained under seeds {list(seeds)}: "

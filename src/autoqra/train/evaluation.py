@@ -26,10 +26,13 @@ def evaluation_key(train_key: str, max_length: int, params: Any) -> str:
     """The key of a test-split evaluation: the training record (model, task with its test split, caches,
     configuration, steps, seed, training code) plus what the evaluation adds (`params`: the `evaluate`
     section)."""
+    from importlib.metadata import version
+
     return fingerprint.of_data({"train": train_key, "max_length": max_length, "split": "test",
                                 "evaluate": {"exact_match": params.exact_match, "batch_size": params.batch_size,
                                              "lm_eval_tasks": list(params.lm_eval_tasks)},
-                                "code": fingerprint.of_code(*TEST_CODE, *VALUE_CODE)})
+                                "code": fingerprint.of_code(*TEST_CODE, *VALUE_CODE),
+                                "lm_eval": version("lm_eval")})
 
 
 def write_task(tokenizer: Any, examples: list[dict[str, Any]], folder: Path, max_length: int) -> Path:

@@ -72,7 +72,7 @@ class Evaluator:
                                      if k not in ("steps", "dtype", "seeds", "arms", "arm_rank")},
                         "metric": metric, "backend": name, "dtype": str(self.dtype),
                         "targets": sorted(m for ms in space.members.values() for m in ms),
-                        "code": fingerprint.of_code(*VALUE_CODE)}
+                        "code": fingerprint.of_code(*VALUE_CODE), "platform": models.platform(self.device)}
         self.steps_trained = 0  # optimizer steps actually run by this evaluator (cached records add none)
 
     @property

@@ -35,6 +35,8 @@ def batch_order(lengths: list[int], batch_size: int, seed: int, pool: int = 16) 
     pool's batches come in random order."""
     rng = random.Random(seed)
     n = len(lengths)
+    if n < batch_size:  # no batch would ever be cut: the loop below would spin for ever
+        raise ValueError(f"{n} training examples: fewer than one batch of {batch_size}")
     while True:
         perm = list(range(n))
         rng.shuffle(perm)
