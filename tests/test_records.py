@@ -135,3 +135,12 @@ def test_stores_of_one_folder_read_each_other_share_locks_and_write_only_their_o
     legacy = RecordStore(shared)
     legacy.write("aa" + "3" * 62, body)
     assert finetune.read("aa" + "3" * 62)["score"] == 1.0
+
+
+def test_a_stores_own_failure_does_not_shadow_another_stores_success(tmp_path):
+    shared = tmp_path / "records"
+    mine, theirs = RecordStore(shared / "finetune/a", shared=shared), RecordStore(shared / "evolve", shared=shared)
+    mine.write(KEY, {"status": "failed", "score": None, "reason": "out of memory", "transient": True, "attempts": 3})
+    assert mine.read(KEY)["status"] == "failed"  # alone, the failure is what there is
+    theirs.write(KEY, {"status": "ok", "score": 1.5, "reason": None})
+    assert mine.read(KEY)["score"] == 1.5

@@ -275,3 +275,28 @@ def test_four_workers_with_random_delays_never_train_an_evaluation_twice():
     for seed in range(3):  # bench/stress_workers.py repeats this 50 times with processes
         r = stress.one_repeat(seed, workers=4, threads=True)
         assert r["duplicates"] == 0 and r["steps_trained"] == r["steps_needed"] and r["jobs"] > 20
+
+
+def test_an_injected_out_of_memory_is_retried_within_the_search_and_the_configuration_is_scored(tmp_path):
+    """The first evaluation runs out of memory (a co-worker's fault, say) with attempts left: the trial is
+    failed without an evaluation's status, the plan hands the same job out again, and the study ends with
+    that configuration scored, as the search without the OOM would have."""
+    obj = SyntheticObjective(SPACE, 0)
+    settings = _settings(0)
+    hit = []
+
+    def once_out_of_memory(config, fidelity, seed):
+        if not hit:
+            hit.append((config.key, fidelity, seed))
+            return {"score": None, "status": "failed", "reason": "out of memory: injected", "retry": True}
+        return obj(config, fidelity, seed)
+
+    sampler = PlanSampler(Evolution(SPACE, BUDGET, *obj.priors(), settings))
+    study = open_study("oom", None, str(tmp_path / "s.journal"), sampler)
+    drive(study, sampler, once_out_of_memory)
+    done = {(r.config.key, r.fidelity, r.seed): r.score for r in history(study, SPACE)}
+    assert hit[0] in done and done[hit[0]] is not None  # retried and scored
+    assert failure_counts(study) == {}  # no evaluation counts as failed
+    assert [t.user_attrs["status"] for t in study.trials if t.state == optuna.trial.TrialState.FAIL] == ["retry"]
+    reference, _ = evolve(obj, SPACE, BUDGET, *obj.priors(), settings)
+    assert sorted(done) == sorted((r.config.key, r.fidelity, r.seed) for r in history(reference, SPACE))

@@ -130,11 +130,14 @@ class SearchSetup:
         return self.open(name, sampler, self.dirs.get("store", "refine")), sampler, prior
 
     def objective(self, config: Config, fidelity: int, seed: int) -> dict[str, Any]:
-        """A fidelity evaluation (a rung's validation subset, `search.val_per_rung`; off the rungs: all of it)."""
+        """A fidelity evaluation (a rung's validation subset, `search.val_per_rung`; off the rungs: all of it);
+        a transient failure with attempts left (`search.oom_attempts`) is marked `retry`."""
         s = self.p.search
         rung = s.fidelities.index(fidelity) if fidelity in s.fidelities else None
         val = s.val_per_rung[rung] if s.val_per_rung and rung is not None else 0
-        return self.evaluator(config, fidelity, seed, val_samples=val)
+        record = self.evaluator(config, fidelity, seed, val_samples=val)
+        # out of memory with attempts left: not a result yet, the search hands the job out again
+        return {**record, "retry": not self.evaluator.store.usable(record)}
 
     def describe(self, config: Config) -> dict[str, Any]:
         m = self.memory.breakdown(self.space, config)

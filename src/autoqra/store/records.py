@@ -110,16 +110,17 @@ class RecordStore:
 
     # ------------------------------------------------------------------ reading
     def read(self, key: str) -> dict[str, Any] | None:
-        """The valid record of `key` in this store or another under `shared`, or None (absent, or
-        damaged: in this store it is moved aside, in another only skipped)."""
+        """The valid record of `key` in this store or another under `shared` (a success anywhere before a
+        failure here), or None (absent, or damaged: in this store it is moved aside, in another only
+        skipped)."""
         own = self._read(self.path(key), key, own=True)
-        if own is not None:
+        if own is not None and own["status"] == "ok":
             return own
-        for root in self.others():
+        for root in self.others():  # another store's success wins over this store's failure
             record = self._read(root / key[:2] / f"{key}.json", key, own=False)
-            if record is not None:
+            if record is not None and (own is None or record["status"] == "ok"):
                 return record
-        return None
+        return own
 
     def _read(self, path: Path, key: str, own: bool) -> dict[str, Any] | None:
         try:

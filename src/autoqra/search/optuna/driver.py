@@ -97,6 +97,13 @@ def drive(study: optuna.Study, sampler: PlanSampler, objective: ObjectiveFn,
         with beating(trial):
             out = objective(config, fidelity, job.seed)
         out = {"score": out, "status": "ok"} if isinstance(out, (int, float)) else dict(out)
+        if out.get("score") is None and out.get("retry"):
+            # a transient failure (out of memory: perhaps a co-worker's) with attempts left: the trial
+            # fails without an evaluation's status, so the plan hands the same job out again
+            trial.set_user_attr("status", "retry")
+            trial.set_user_attr("reason", str(out.get("reason"))[:300])
+            study.tell(trial, state=TrialState.FAIL)
+            continue
         if out.get("score") is None:
             out.update(status="failed", reason=out.get("reason") or "no score")
         for k in ("status", "reason", "key"):
