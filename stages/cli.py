@@ -5,6 +5,9 @@
     autoqra dvc [--write FILE]                      print (or write) dvc.yaml, generated from stages/registry.py
     autoqra check [OVERRIDE ...] [--prepare DIR]    validate a composition and run every check that needs
                                                     at most the model's shapes (budget, group size, storage...)
+    autoqra records rehydrate [--data data] [--records data/records]
+                                                    write into the record cache every record, adapter and
+                                                    study of the outputs' manifests it lacks (after a pull)
 
 Overrides use Hydra's syntax: `experiment=smoke search.population=16`.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from autoqra.params import ParamError, params_schema
 from stages import params as P
@@ -41,7 +45,18 @@ def main(argv: list[str] | None = None) -> int:
             sp.add_argument("--search", default="data/search", help="where the study journal would live")
     for name in ("schema", "dvc"):
         sub.add_parser(name).add_argument("--write", metavar="FILE")
+    records = sub.add_parser("records")
+    records.add_argument("action", choices=["rehydrate"])
+    records.add_argument("--data", default="data", help="the folder of the pipeline's outputs")
+    records.add_argument("--records", default="data/records", help="the record cache")
     args = ap.parse_args(argv)
+    if args.cmd == "records":
+        from autoqra.store import manifest
+        from autoqra.store.records import RecordStore
+
+        counts = manifest.rehydrate(RecordStore(args.records), Path(args.data))
+        print(json.dumps(counts))
+        return 0
     try:
         if args.cmd == "schema":
             _emit(json.dumps(params_schema(), indent=2) + "\n", args.write)

@@ -22,7 +22,8 @@ environment()  # offline, before anything imports the hubs
 DIRS = {"prepare": ("data/prepare", "the prepare stage's folder"),
         "quantize": ("data/quantize", "folder holding the b{bits}/ GPTQ caches"),
         "profile": ("data/profile", "the profile stage's folder (priors)"),
-        "search": ("data/search", "record store, study journal and the search stages' folders")}
+        "search": ("data/search", "the search stages' folders"),
+        "records": ("data/records", "the record cache: records, adapters, study journals (no stage's output)")}
 
 
 def parser(description: str, dirs: bool = True) -> argparse.ArgumentParser:

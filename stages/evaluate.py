@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: --train {train}: no runs.json (run the finetune stage for {args.arm})")
     args.store = args.store or f"evaluate/{args.arm}"
     dirs = common.dirs(args)
-    common.finish(Path(args.out or f"data/final/{args.arm}/metrics.json"),
-                  lambda: arms.evaluate(SearchSetup(p, dirs, arm_ladders=True), args.arm, train),
+    out = Path(args.out or f"data/final/{args.arm}/metrics.json")  # its records' manifest beside it
+    common.finish(out, lambda: arms.evaluate(SearchSetup(p, dirs, arm_ladders=True), args.arm, train, out.parent),
                   preflight_s=checked_s)
 
 

@@ -2,9 +2,10 @@
 
 Trials live in an Optuna study (`search.storage`, default the journal of the stage's record store) whose
 name hashes everything that defines the search, so a killed run resumes it and a changed search
-starts a new one. Fidelity evaluations are records in data/search/records/evolve/ (read by every other
-store there, and reading them), shared by every search: a repeated or extended search pays only for
-evaluations it has not made before. Writes `<out>/trials.parquet`, `front.parquet`, `best.json`,
+starts a new one. Fidelity evaluations are records in the record cache (`--records`, data/records:
+no stage's output, so no orchestrator deletes it), shared by every search: a repeated or extended
+search pays only for evaluations it has not made before; the stage's output carries a manifest of
+them (records.json) and a snapshot of its study. Writes `<out>/trials.parquet`, `front.parquet`, `best.json`,
 `trace.png` and `metrics.json` (see `autoqra.search.runs`).
 """
 

@@ -25,9 +25,6 @@ class Stage(NamedTuple):
     outs: tuple[str, ...] = ()
     foreach: str | None = None     # DVC's foreach expression (Snakemake: a wildcard)
     matrix: dict[str, str] | None = None  # DVC's matrix (Snakemake: one wildcard per key, same order)
-    # DVC outputs a re-run extends rather than replaces (`persist: true`): the stage's record store and
-    # study journal. Snakemake does not declare them (it would delete them before a re-run).
-    persist: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()  # metrics files outside `outs` (cached outputs too)
 
 
@@ -50,12 +47,15 @@ def _code(stage: str, *more: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys((f"stages/{stage}.py", *more)))
 
 
-# stage 1 reads every search key but stage 2's own
+# stage 1 reads every search key but stage 2's own, and but where the study lives (`search.storage`: a URL
+# may carry a password, and it changes no result, so it is in no stage's params and no dvc.lock)
+LOCATIONS = ("search.storage",)
 SEARCH = tuple(f"search.{k}" for k in ("granularity", "population", "generations", "offspring", "candidates",
-                                       "fidelities", "eta", "max_steps", "metric", "storage", "workers", "backend",
+                                       "fidelities", "eta", "max_steps", "metric", "workers", "backend",
                                        "seeds_per_rung", "val_per_rung", "max_failures",
                                        "oom_attempts", "ablation", "frontier"))
-DIRS = "--prepare data/prepare --quantize data/quantize --profile data/profile --search data/search"
+DIRS = ("--prepare data/prepare --quantize data/quantize --profile data/profile --search data/search "
+        "--records data/records")
 SEARCH_PARAMS = ("seed", *SEARCH, "budget", "lora", "finetune", "task.max_length", "quant.bits", "quant.group_size",
                  "quant.targets")
 
@@ -80,30 +80,28 @@ STAGES: dict[str, Stage] = {
     "evolve": Stage(params=SEARCH_PARAMS,
                     code=_code("evolve", *SEARCH_CODE, *VALUE),
                     cmd=f"python -m stages.evolve --params params.yaml {DIRS} --out data/search/evolve",
-                    deps=("data/prepare", "data/quantize", "data/profile"), outs=("data/search/evolve",),
-                    persist=("data/search/records/evolve",)),
+                    deps=("data/prepare", "data/quantize", "data/profile"), outs=("data/search/evolve",)),
     "refine": Stage(params=(*SEARCH_PARAMS[:len(SEARCH) + 1], "search.refine", *SEARCH_PARAMS[len(SEARCH) + 1:]),
                     code=_code("refine", *SEARCH_CODE, *REFINE_CODE, *VALUE),
                     cmd=f"python -m stages.refine --params params.yaml {DIRS} --evolve data/search/evolve "
                         "--out data/search/refine",
                     deps=("data/prepare", "data/quantize", "data/profile", "data/search/evolve"),
-                    outs=("data/search/refine",), persist=("data/search/records/refine",)),
+                    outs=("data/search/refine",)),
     "finetune": Stage(params=(*SEARCH_PARAMS[:len(SEARCH) + 1], "search.refine", *SEARCH_PARAMS[len(SEARCH) + 1:]),
                       code=_code("finetune", *ARMS_CODE, *VALUE),
                       cmd=f"python -m stages.finetune --params params.yaml --arm ${{item}} {DIRS} "
                           "--out data/final/${item}/train",
                       deps=("data/prepare", "data/quantize", "data/profile", "data/search/evolve",
                             "data/search/refine"),
-                      outs=("data/final/${item}/train",), foreach="${finetune.arms}",
-                      persist=("data/search/records/finetune/${item}",)),
+                      outs=("data/final/${item}/train",), foreach="${finetune.arms}"),
     "evaluate": Stage(params=("evaluate", "finetune.seeds", "task.max_length", "quant.group_size", "quant.targets",
                               "lora", "finetune.dtype"),
                       code=_code("evaluate", *ARMS_CODE, *files(*TEST_CODE), *VALUE),
                       cmd=f"python -m stages.evaluate --params params.yaml --arm ${{item}} {DIRS} "
                           "--train data/final/${item}/train --out data/final/${item}/metrics.json",
                       deps=("data/prepare", "data/quantize", "data/profile", "data/final/${item}/train"),
-                      metrics=("data/final/${item}/metrics.json",), foreach="${finetune.arms}",
-                      persist=("data/search/records/evaluate/${item}",)),
+                      outs=("data/final/${item}/records.json",), metrics=("data/final/${item}/metrics.json",),
+                      foreach="${finetune.arms}"),
     "report": Stage(params=("finetune.arms", "finetune.seeds", "budget", "search.metric", "search.granularity",
                             "quant.bits", "quant.targets", "lora.ranks", "model.source"),
                     code=_code("report", *files("autoqra.report.run", "autoqra.report.arms", "autoqra.report.plots",
@@ -133,7 +131,6 @@ STAGES["sweep_cell"] = Stage(
     cmd=f"python -m stages.sweep cell --params params.yaml {DIRS} --ablation ${{item.ablation}} "
         "--seed ${item.seed} --budget ${item.budget} --out " + _CELL,
     deps=("data/prepare", "data/quantize", "data/profile"), outs=(_CELL,),
-    persist=(f"data/search/records/cells/{_ITEM}",),
     matrix={"ablation": "${sweep.ablations}", "seed": "${sweep.seeds}", "budget": "${sweep.budgets}"})
 STAGES["sweep_summary"] = Stage(
     params=("sweep",), code=_code("sweep", *files("autoqra.sweep", "autoqra.report.sweep", "autoqra.report.plots")),
@@ -158,8 +155,8 @@ def dvc_yaml() -> dict[str, Any]:
     stages: dict[str, Any] = {}
     for name, st in STAGES.items():
         body: dict[str, Any] = {"cmd": st.cmd, "deps": [*st.code, *st.deps], "params": list(st.params)}
-        if st.outs or st.persist:
-            body["outs"] = [*st.outs, *({path: {"persist": True}} for path in st.persist)]
+        if st.outs:
+            body["outs"] = list(st.outs)
         if st.metrics:
             body["metrics"] = list(st.metrics)  # cached like any output: `dvc push` shares them
         if st.foreach:

@@ -153,7 +153,7 @@ def snakemake_config(overrides: list[str]) -> list[str]:
 def trained_records(root: Path) -> dict[str, int]:
     """{record key: steps} of every training record in a project's record stores (every stage's)."""
     out = {}
-    for path in (root / "data/search/records").rglob("*.json"):
+    for path in (root / "data/records").rglob("*.json"):
         r = json.loads(path.read_text())
         if "train_steps" in r:
             out[r["key"]] = r["train_steps"]

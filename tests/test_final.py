@@ -114,3 +114,25 @@ def test_the_exported_model_reloads_in_a_fresh_process_and_reproduces_the_test_l
 def test_a_finished_run_has_nothing_to_do(finished):
     again = run_tool(["snakemake", "-n", "--config", "experiment=smoke"], cwd=finished)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def _planned(root, edited: str) -> set[str]:
+    """The rules `snakemake -n` plans after appending a comment to `edited` (restored afterwards)."""
+    import re
+
+    path = root / edited
+    text = path.read_text()
+    path.write_text(text + "\n# an edit that changes no result\n")
+    try:
+        res = run_tool(["snakemake", "-n", "--config", "experiment=smoke"], cwd=root)
+    finally:
+        path.write_text(text)
+    return set(re.findall(r"^(?:local)?rule (\w+):", res.stdout + res.stderr, re.M))
+
+
+def test_the_value_code_reruns_the_stages_whose_results_it_computes_and_the_report_code_the_report(finished):
+    """The stages' code dependencies come from the list the record keys hash: a change to the scoring
+    code re-runs the search and the arms (whose records it computes); one to the report, the report."""
+    scoring = _planned(finished, "src/autoqra/train/scoring.py")
+    assert {"evolve", "refine", "finetune", "evaluate"} <= scoring and not {"prepare", "quantize"} & scoring
+    assert _planned(finished, "src/autoqra/report/arms.py") == {"report"}

@@ -30,9 +30,9 @@ def test_stage_one_declares_every_search_key_but_stage_twos():
     import dataclasses
 
     from autoqra.params import SearchParams
-    from stages.registry import SEARCH
+    from stages.registry import LOCATIONS, SEARCH
 
-    assert set(SEARCH) | {"search.refine"} == {f"search.{f.name}" for f in dataclasses.fields(SearchParams)}
+    assert set(SEARCH) | {"search.refine", *LOCATIONS} == {f"search.{f.name}" for f in dataclasses.fields(SearchParams)}
 
 
 def test_default_composition_validates_and_round_trips():

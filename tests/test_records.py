@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -98,18 +99,20 @@ def test_records_are_written_whole_and_read_back(tmp_path):
     assert store.keys() == [KEY]
 
 
-def test_stores_of_one_folder_read_each_other_share_locks_and_write_only_their_own(tmp_path):
-    shared = tmp_path / "records"
-    evolve, finetune = RecordStore(shared / "evolve", shared=shared), RecordStore(shared / "finetune/a", shared=shared)
+def test_the_cache_reads_legacy_per_stage_stores_and_changes_none_of_their_files(tmp_path):
+    """Projects of the earlier layout kept a store per stage under data/search/records/<stage>: the cache
+    reads them (a record there is not computed again) and writes only to itself."""
+    legacy = tmp_path / "search/records"
+    old = legacy / "evolve"
+    old.mkdir(parents=True)
+    (old / "STORE").write_text("record store\n")
     body = {"status": "ok", "score": 1.0, "reason": None}
-    first, computed = evolve.get(KEY, lambda: body)
-    assert computed and (shared / "evolve/STORE").exists() and evolve.path(KEY).exists()
-    again, computed = finetune.get(KEY, lambda: pytest.fail("recomputed a record another store holds"))
-    assert not computed and again == first and not finetune.path(KEY).exists()
-    # a store is its stage's declared output: it exists even when every record came from elsewhere
-    assert (shared / "finetune/a/STORE").exists()
-    assert finetune.locks == evolve.locks == shared / "locks"
-    # contending stores compute a key once between them
+    RecordStore(old).write(KEY, body)
+    cache = RecordStore(tmp_path / "records", legacy=legacy)
+    again, computed = cache.get(KEY, lambda: pytest.fail("recomputed a record a legacy store holds"))
+    assert not computed and again["score"] == 1.0 and not cache.path(KEY).exists()
+    assert cache.locks == tmp_path / "records/locks"
+    # concurrent getters compute a key once
     other = "cd" + "1" * 62
     calls = []
 
@@ -118,29 +121,77 @@ def test_stores_of_one_folder_read_each_other_share_locks_and_write_only_their_o
         time.sleep(0.2)
         return body
 
-    threads = [threading.Thread(target=s.get, args=(other, slow)) for s in (evolve, finetune, evolve, finetune)]
+    threads = [threading.Thread(target=RecordStore(tmp_path / "records", legacy=legacy).get, args=(other, slow))
+               for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert len(calls) == 1
-    # another store's damaged record is skipped, not moved: it is not this store's to change
+    # a legacy store's damaged record is skipped, not moved: it is not the cache's to change
     damaged = "ef" + "2" * 62
-    evolve.path(damaged).parent.mkdir(parents=True, exist_ok=True)
-    evolve.path(damaged).write_text("{ truncated")
-    assert finetune.read(damaged) is None and evolve.path(damaged).exists()
-    record, computed = finetune.get(damaged, lambda: body)
-    assert computed and finetune.path(damaged).exists() and evolve.path(damaged).read_text() == "{ truncated"
-    # records written before stores were per stage (directly under the folder) are read too
-    legacy = RecordStore(shared)
-    legacy.write("aa" + "3" * 62, body)
-    assert finetune.read("aa" + "3" * 62)["score"] == 1.0
+    RecordStore(old).path(damaged).parent.mkdir(parents=True, exist_ok=True)
+    RecordStore(old).path(damaged).write_text("{ truncated")
+    assert cache.read(damaged) is None and RecordStore(old).path(damaged).exists()
+    record, computed = cache.get(damaged, lambda: body)
+    assert computed and cache.path(damaged).exists() and RecordStore(old).path(damaged).read_text() == "{ truncated"
+    # records of the layout before per-stage stores (directly under the legacy folder) are read too
+    RecordStore(legacy).write("aa" + "3" * 62, body)
+    assert cache.read("aa" + "3" * 62)["score"] == 1.0
 
 
-def test_a_stores_own_failure_does_not_shadow_another_stores_success(tmp_path):
-    shared = tmp_path / "records"
-    mine, theirs = RecordStore(shared / "finetune/a", shared=shared), RecordStore(shared / "evolve", shared=shared)
-    mine.write(KEY, {"status": "failed", "score": None, "reason": "out of memory", "transient": True, "attempts": 3})
-    assert mine.read(KEY)["status"] == "failed"  # alone, the failure is what there is
-    theirs.write(KEY, {"status": "ok", "score": 1.5, "reason": None})
-    assert mine.read(KEY)["score"] == 1.5
+def test_a_failure_in_the_cache_does_not_shadow_a_legacy_stores_success(tmp_path):
+    legacy = tmp_path / "legacy"
+    cache = RecordStore(tmp_path / "records", legacy=legacy)
+    cache.write(KEY, {"status": "failed", "score": None, "reason": "out of memory", "transient": True, "attempts": 3})
+    assert cache.read(KEY)["status"] == "failed"  # alone, the failure is what there is
+    RecordStore(legacy).write(KEY, {"status": "ok", "score": 1.5, "reason": None})
+    assert cache.read(KEY)["score"] == 1.5
+
+
+def test_a_damaged_record_is_moved_aside_only_if_still_damaged_under_its_lock(tmp_path):
+    store = RecordStore(tmp_path)
+    store.path(KEY).parent.mkdir(parents=True)
+    store.path(KEY).write_text("{ cut")
+    good = {"status": "ok", "score": 2.0, "reason": None}
+
+    def repair_while_waiting():  # another worker holds the key's lock and writes a good record
+        with RecordStore(tmp_path).lock(KEY):
+            time.sleep(0.3)
+            RecordStore(tmp_path).write(KEY, good)
+
+    t = threading.Thread(target=repair_while_waiting)
+    t.start()
+    time.sleep(0.1)
+    assert store.read(KEY)["score"] == 2.0  # waited for the lock, looked again: nothing to move aside
+    t.join()
+    assert not list(store.path(KEY).parent.glob("*.damaged-*")) and store.damaged == 0
+
+
+def test_manifests_carry_the_records_adapters_and_study_and_rebuild_the_cache(tmp_path):
+    from autoqra.store import manifest
+
+    cache = RecordStore(tmp_path / "data/records")
+    keys = {f"{i:02d}" + "4" * 62 for i in range(3)}
+    for k in keys:
+        cache.write(k, {"status": "ok", "score": 1.0, "reason": None, "train_steps": 4})
+    out = tmp_path / "data/search/evolve"
+    out.mkdir(parents=True)
+    (out / "seed0.safetensors").write_bytes(b"adapter")
+    journal = manifest.journal_path(cache.root, "evolve")
+    journal.parent.mkdir(parents=True)
+    journal.write_text("line 1\nline 2\n")
+    held = manifest.write(out, cache, keys | {"ff" + "0" * 62}, {sorted(keys)[0]: "seed0.safetensors"},
+                          journal=("evolve", journal))
+    assert held == {"records": 3, "adapters": 1}  # a key the cache lacks is not invented
+    # a clone: the outputs, no cache
+    clone = tmp_path / "clone"
+    (clone / "data/search").mkdir(parents=True)
+    shutil.copytree(out, clone / "data/search/evolve")
+    fresh = RecordStore(clone / "data/records")
+    counts = manifest.rehydrate(fresh, clone / "data")
+    assert counts == {"manifests": 1, "records": 3, "adapters": 1, "journals": 1, "damaged": 0}
+    assert {k for k in keys if fresh.read(k)} == keys
+    assert (fresh.root / f"adapters/{sorted(keys)[0]}.safetensors").read_bytes() == b"adapter"
+    assert manifest.journal_path(fresh.root, "evolve").read_text() == "line 1\nline 2\n"
+    assert manifest.rehydrate(fresh, clone / "data")["records"] == 0  # nothing twice

@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from conftest import ROOT, copy_project, nested_config, run_tool
+from conftest import BIN, ROOT, copy_project, nested_config, run_tool
 from workflow_util import dvc_stages, snakemake_jobs
 
 from autoqra.store import fingerprint
@@ -121,6 +121,20 @@ def test_search_lora_finetune_changes_rerun_neither_quantize_nor_profile(tmp_pat
     assert "Running stage 'profile'" in res.stdout and "Running stage 'quantize" not in res.stdout, res.stdout
 
 
+def _changed_stages(root, edited: str) -> set[str]:
+    """The stages `dvc status` lists after appending a comment to `edited` (restored afterwards)."""
+    import re
+
+    path = root / edited
+    text = path.read_text()
+    path.write_text(text + "\n# an edit that changes no result\n")
+    try:
+        status = run_tool(["dvc", "status"], cwd=root).stdout
+    finally:
+        path.write_text(text)
+    return set(re.findall(r"^(\S+):$", status, re.M))
+
+
 @pytest.mark.slow
 def test_dvc_runs_the_whole_smoke_pipeline_and_then_has_nothing_to_do(tmp_path):
     root = copy_project(tmp_path / "dvc", git_commit=True)
@@ -149,6 +163,11 @@ def test_dvc_runs_the_whole_smoke_pipeline_and_then_has_nothing_to_do(tmp_path):
     status = run_tool(["dvc", "status"], cwd=root)
     print(f"dvc status after a complete run: {time.monotonic() - start:.1f} s")
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
+    # code deps come from the list the record keys hash: scoring re-runs the search and the arms' stages
+    scoring = _changed_stages(root, "src/autoqra/train/scoring.py")
+    assert {"evolve", "refine", *(f"finetune@{a}" for a in arms), *(f"evaluate@{a}" for a in arms)} <= scoring
+    assert not {"prepare", "report"} & scoring and not any(s.startswith("quantize") for s in scoring)
+    assert _changed_stages(root, "src/autoqra/report/arms.py") == {"report"}
 
     # share through a local DVC remote: a fresh clone pulls and has nothing to run (so trains nothing)
     remote = tmp_path / "remote"
@@ -162,11 +181,64 @@ def test_dvc_runs_the_whole_smoke_pipeline_and_then_has_nothing_to_do(tmp_path):
     pulled = run_tool(["dvc", "pull"], cwd=clone)
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
     assert (clone / "data/report/summary.md").exists() and (clone / "data/final/autoqra/export/model").is_dir()
-    # the record stores and studies are DVC outputs too: the clone has every record, and trains nothing
+    # the record cache is no output, but the stages' manifests carry it: rebuilt from them, the clone has
+    # every record (and its studies), and trains nothing
     from conftest import trained_records
 
+    assert not trained_records(clone)
+    res = run_tool(["autoqra", "records", "rehydrate"], cwd=clone)
+    assert res.returncode == 0 and json.loads(res.stdout)["records"] > 0, res.stdout + res.stderr
     assert trained_records(clone) == trained_records(root) and trained_records(clone)
-    assert (clone / "data/search/records/evolve/optuna.journal").exists()
+    assert (clone / "data/records/studies/evolve.journal").exists()
+    assert (clone / "data/search/evolve/study.journal").exists()
     repro = run_tool(["dvc", "repro"], cwd=clone)
     assert repro.returncode == 0 and "Running stage" not in repro.stdout, repro.stdout
     assert trained_records(clone) == trained_records(root)
+
+
+@pytest.mark.slow
+def test_a_dvc_experiment_neither_loses_nor_retrains_records_even_after_a_kill(searchable_project, tmp_path):
+    """DVC checks an experiment's outputs out before it runs (deleting what its lock does not list): the
+    record cache is no output, so a search Snakemake ran survives `dvc exp run` untouched and is not
+    trained again, and a `dvc exp run` killed mid-search keeps every record it wrote and resumes."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+
+    from conftest import SMALL_SEARCH, snakemake_config, trained_records
+
+    root = tmp_path / "project"
+    shutil.copytree(searchable_project, root, symlinks=True)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=root, check=True)
+    res = run_tool(["snakemake", "--cores", "2", "data/search/evolve", *snakemake_config(SMALL_SEARCH)], cwd=root)
+    assert res.returncode == 0, res.stderr[-3000:]
+    before = trained_records(root)
+    assert before
+    dotted = [a for o in SMALL_SEARCH for a in ("-S", o)]
+    res = run_tool(["dvc", "exp", "run", *dotted, "evolve"], cwd=root, timeout=1500)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert trained_records(root) == before  # nothing lost, nothing trained again
+    assert json.loads((root / "data/search/evolve/metrics.json").read_text())["steps_trained_this_run"] == 0
+
+    # a new search, killed once it has written a few records of its own, then run again
+    bigger = [*dotted, "-S", "search.population=6"]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen(["dvc", "exp", "run", *bigger, "evolve"], cwd=root, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 900
+    while len(trained_records(root)) < len(before) + 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = trained_records(root)
+    assert len(killed) >= len(before) + 3, "the search finished or wrote nothing before the kill"
+    res = run_tool(["dvc", "exp", "run", *bigger, "evolve"], cwd=root, timeout=1500)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    after = trained_records(root)
+    assert killed.items() <= after.items()  # every record of the killed run is still there
+    metrics = json.loads((root / "data/search/evolve/metrics.json").read_text())
+    trained = metrics["steps_trained_this_run"] + metrics["comparison"]["steps_trained"]  # search + frontier
+    assert trained == sum(after.values()) - sum(killed.values())  # and was not trained again

@@ -24,12 +24,12 @@ import json
 import logging
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoqra.space import UNQUANTIZED
+from autoqra.store import manifest
 from autoqra.store.files import write_json
 
 if TYPE_CHECKING:
@@ -148,14 +148,17 @@ def finetune(setup: SearchSetup, arm: str, out: Path, search: Path) -> dict[str,
         "budget_limit": setup.budget.limit, "within_budget": bool(setup.budget.fits(cost)),
         "steps": p.finetune.steps, "seeds": list(p.finetune.seeds)})
     write_json(out / "runs.json", {"runs": runs})
-    return {"arm": arm, "summary": config.describe(), "trained_steps": setup.evaluator.steps_trained,
+    adapters = {r["key"]: f"seed{r['seed']}.safetensors" for r in runs if r["status"] == "ok"}
+    held = manifest.write(out, setup.evaluator.store, {r["key"] for r in runs}, adapters)
+    return {"arm": arm, "manifest": held, "summary": config.describe(), "trained_steps": setup.evaluator.steps_trained,
             "records_computed": setup.evaluator.computed, "failed": sum(r["status"] != "ok" for r in runs)}
 
 
-def evaluate(setup: SearchSetup, arm: str, train: Path) -> dict[str, Any]:
+def evaluate(setup: SearchSetup, arm: str, train: Path, out: Path) -> dict[str, Any]:
     """Score every seed of a trained arm (`train`: the finetune stage's folder) on the test split: one
-    record per seed in the shared store, keyed by the training record (two arms that are one
-    configuration are scored once). Returns the arm's metrics: per seed scores, memory, bits, steps."""
+    record per seed in the shared store, keyed by the training record and the adapter's bytes (two arms
+    that are one configuration are scored once), their manifest in `out`. Returns the arm's metrics:
+    per seed scores, memory, bits, steps."""
     from autoqra.data import read_split
     from autoqra.train import evaluation
 
@@ -164,8 +167,8 @@ def evaluate(setup: SearchSetup, arm: str, train: Path) -> dict[str, Any]:
     runs = {r["seed"]: r for r in json.loads((train / "runs.json").read_text())["runs"]}
     config = setup.arm_space.parse(spec["config"])
     test = read_split(Path(setup.dirs["prepare"]) / "task", "test")
-    seeds, built = [], []
-    with tempfile.TemporaryDirectory() as tmp:
+    seeds, built, used = [], [], set()
+    with ev.workdir() as tmp:  # a packed checkpoint, the harness's files: under the cache, never /tmp
         for seed in p.finetune.seeds:
             start = time.perf_counter()
             run = runs[seed]
@@ -173,15 +176,19 @@ def evaluate(setup: SearchSetup, arm: str, train: Path) -> dict[str, Any]:
                                    "train_s": run["train_s"], "steps": run["train_steps"],
                                    "peak_memory_bytes": run.get("peak_memory_bytes")}
             if row["status"] == "ok":
-                key = evaluation.evaluation_key(run["key"], p.task.max_length, p.evaluate)
+                adapter = train / f"seed{seed}.safetensors"
+                key = evaluation.evaluation_key(run["key"], p.task.max_length, p.evaluate, adapter)
                 record, computed = ev.store.get(key, lambda s=seed: evaluation.score_seed(
-                    ev, config, train / f"seed{s}.safetensors", test, p.task.max_length, p.evaluate, Path(tmp), built))
+                    ev, config, train / f"seed{s}.safetensors", test, p.task.max_length, p.evaluate, tmp, built))
                 row.update(record["scores"], test_record=record["key"], test_cached=not computed)
+                used.add(key)
             row["eval_s"] = round(time.perf_counter() - start, 2)
             log.info("%s seed %d: %s", arm, seed, {k: row.get(k) for k in ("answer_loss", "exact_match")})
             seeds.append(row)
     mem = spec["memory"]
-    return {"arm": arm, "key": spec["key"], "summary": spec["summary"], "config": spec["config"],
+    out.mkdir(parents=True, exist_ok=True)
+    held = manifest.write(out, ev.store, used)
+    return {"arm": arm, "key": spec["key"], "manifest": held, "summary": spec["summary"], "config": spec["config"],
             "steps": spec["steps"],
             "memory": {k: mem[k] for k in ("total", "weights", "metadata", "lora", "activations", "avg_bits",
                                            "avg_bits_with_lora")},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -17,20 +18,38 @@ from urllib.parse import urlparse
 from autoqra.params import GROUP_SIZES, ParamError, Params
 
 
-def check_storage(url: str | None, search_dir: str | Path = "data/search") -> None:
+def storage_url(value: str | None) -> str | None:
+    """`search.storage` as a URL: `env:NAME` reads it from the environment variable NAME, so that a
+    password never stands in a params file, dvc.lock or a log."""
+    if value is None or not value.startswith("env:"):
+        return value
+    name = value[4:]
+    if not os.environ.get(name):
+        raise ParamError(f"search.storage={value!r}: the environment variable {name} is not set")
+    return os.environ[name]
+
+
+def redact(url: str) -> str:
+    """A storage URL fit to print: its password replaced by ***."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+def check_storage(value: str | None, search_dir: str | Path = "data/search") -> None:
     """`search.storage` must be openable: a journal or SQLite file in a writable folder, or an RDB
-    server that answers."""
-    if url is None:
-        return _writable(Path(search_dir), "search.storage=null (journal file under the search folder)")
+    server that answers. Errors never print a password."""
+    if value is None:
+        return _writable(Path(search_dir), "search.storage=null (journal file in the record cache)")
+    url = storage_url(value)
+    shown = value if value.startswith("env:") else redact(url)
     scheme = urlparse(url).scheme.split("+")[0]
     if scheme == "sqlite":
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
-            _writable(Path(path).expanduser().resolve().parent, f"search.storage={url!r}")
+            _writable(Path(path).expanduser().resolve().parent, f"search.storage={shown!r}")
         return
     if scheme not in ("postgresql", "mysql"):
-        raise ParamError(f"search.storage={url!r}: unsupported URL (allowed: null for a journal file, "
-                         "sqlite:///path, postgresql://..., mysql://...)")
+        raise ParamError(f"search.storage={shown!r}: unsupported URL (allowed: null for a journal file, "
+                         "sqlite:///path, postgresql://..., mysql://..., or env:NAME holding one)")
     import sqlalchemy
 
     args = {"connect_timeout": 3}
@@ -39,7 +58,7 @@ def check_storage(url: str | None, search_dir: str | Path = "data/search") -> No
             pass
     except Exception as exc:  # driver missing, host unreachable, bad credentials: all one line
         detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise ParamError(f"search.storage={url!r}: cannot be opened ({detail})") from None
+        raise ParamError(f"search.storage={shown!r}: cannot be opened ({redact(detail)})") from None
 
 
 def _writable(folder: Path, what: str) -> None:

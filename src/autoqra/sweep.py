@@ -51,7 +51,7 @@ def run_cell(p: Any, params_path: Path, dirs: dict[str, str], out: Path, threads
         train, metrics = out / "final" / arm / "train", out / "final" / arm / "metrics.json"
         trained = arms.finetune(setup, arm, train, out)  # the cell's own evolve/ and refine/
         write_json(train / "metrics.json", trained)
-        test = arms.evaluate(setup, arm, train)
+        test = arms.evaluate(setup, arm, train, metrics.parent)
         write_json(metrics, test)
         tested[arm] = {"train": trained, "test": test}
     return {

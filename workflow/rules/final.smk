@@ -30,6 +30,7 @@ rule evaluate:
         train="data/final/{arm}/train",
     output:
         "data/final/{arm}/metrics.json",
+        "data/final/{arm}/records.json",
     wildcard_constraints:
         arm="|".join(ARMS),
     params:

@@ -161,8 +161,9 @@ class SearchParams:
     max_steps: int = spec(2400, help="compute budget of stage 1 in training steps (0 = unlimited)", min=0)
     metric: str = spec("answer_loss", help="search objective on the validation split",
                        choices=["answer_loss", "exact_match"])
-    storage: str | None = spec(None, help="Optuna storage URL; null = a journal file in the stage's record "
-                                "store (data/search/records/<store>/optuna.journal)")
+    storage: str | None = spec(None, help="Optuna storage URL, or env:NAME to read it from an environment "
+                                "variable (a password stays out of params files); null = a journal file in the "
+                                "record cache (data/records/studies/<stage>.journal)")
     workers: int = spec(1, help="search workers sharing one study", min=1)
     seeds_per_rung: list[int] = spec([1, 1, 2], help="training seeds per configuration at each rung (paired: "
                                      "every configuration sees the same seeds; the score is their mean)",

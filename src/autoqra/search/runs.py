@@ -20,8 +20,9 @@ from autoqra.report import plots
 from autoqra.report.search import fidelity_agreement, front, trials_frame
 from autoqra.search.history import Evidence, ranking, seed_scores
 from autoqra.search.optuna import JOB, SearchFailed, describe_failures, drive, history
-from autoqra.search.setup import SearchSetup, evolve_settings, refine_settings
+from autoqra.search.setup import SearchSetup, evolve_settings, records_root, refine_settings
 from autoqra.search.workers import run_workers
+from autoqra.store import manifest
 from autoqra.store.files import write_json
 
 log = logging.getLogger("autoqra")
@@ -71,6 +72,7 @@ def evolve(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads
     front(trials).to_parquet(out / "front.parquet", index=False)
     write_json(out / "best.json", setup.best_json(best, compared["arms"]["pick"]))
     write_json(out / "frontier.json", frontier)
+    held = _manifest(setup, trials, out, dirs.get("store", "evolve"))
     plots.search_trace(trials, f"evolve: {p.search.metric}").savefig(out / "trace.png", dpi=120)
     fidelities = evolve_settings(p).fidelities
     return {
@@ -95,6 +97,7 @@ def evolve(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads
         "ablation": p.search.ablation,
         "surrogate": (sampler.plan.surrogate_quality(hist) if hasattr(sampler.plan, "surrogate_quality") else []),
         "fidelity_agreement": fidelity_agreement(trials),
+        "manifest": held,
         "search_s": round(search_s, 1),
     }
 
@@ -128,6 +131,7 @@ def refine(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads
     write_json(out / "best.json", setup.best_json(Evidence(rs.fidelity, m, best, se, rs.seeds), top))
     trace = [{"proposal": s.index, "key": s.config.key, "centre": s.centre.key, "radius": s.length,
               "restarts": s.restarts, "score": s.value, "success": s.success} for s in steps]
+    held = _manifest(setup, trials, out, dirs.get("store", "refine"))
     plots.refine_trace(trace, stage_one=float(sum(first[s] for s in rs.seeds) / len(rs.seeds)),
                        title=f"refine: {p.search.metric} at {rs.fidelity} steps, seeds {list(rs.seeds)}"
                        ).savefig(out / "refine.png", dpi=120)
@@ -147,8 +151,17 @@ def refine(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads
                  {s.config.key for s in steps}, "memory_bytes": setup.memory.total(setup.space, best)},
         "best_minus_stage1": pick_minus,
         "all_within_budget": bool(all(setup.budget.feasible(s.config) for s in steps)),
+        "manifest": held,
         "search_s": round(search_s, 1),
     }
+
+
+def _manifest(setup: SearchSetup, trials: Any, out: Path, store: str) -> dict[str, int]:
+    """The stage's manifest: the records of its trials (every worker's) and of what this process scored
+    beyond them (frontier, comparisons), and a snapshot of its study journal."""
+    keys = {k for k in trials["record_key"] if isinstance(k, str)} | set(setup.evaluator.used)
+    journal = manifest.journal_path(records_root(setup.dirs), store)
+    return manifest.write(out, setup.evaluator.store, keys, journal=(store, journal))
 
 
 SEARCHES = {"evolve": search_evolve, "refine": search_refine}  # what one worker job of each stage runs

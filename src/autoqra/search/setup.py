@@ -1,8 +1,9 @@
 """The search's composition root: from parameters and the prepared folders to the space, memory model,
 budget, priors, evaluator and studies every search stage and final arm works with.
 
-`dirs` names the folders a run reads and writes (`prepare`, `quantize`, `profile`, `search`; `store`:
-this stage's record store under `<search>/records/`, `stage1_store`: the store holding stage 1's study).
+`dirs` names the folders a run reads and writes (`prepare`, `quantize`, `profile`, `search`; `records`:
+the record cache, default `data/records`; `store`: the name of this stage's study journal in it,
+`stage1_store`: the one holding stage 1's study).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from autoqra.search.history import Evidence, Result
 from autoqra.search.optuna import PlanSampler, SearchFailed, history, open_study
 from autoqra.search.refinement import Refinement, RefineSettings
 from autoqra.space import Config
-from autoqra.store import fingerprint
+from autoqra.store import fingerprint, manifest
 from autoqra.train.fidelity import Evaluator
 
 
@@ -67,9 +68,15 @@ def prepared_fingerprints(prepare: Path) -> dict[str, str] | None:
 
 
 def records_root(dirs: dict[str, str]) -> Path:
-    """The folder of record stores: `<search>/records/`, one store per stage (`evolve`, `refine`,
-    `finetune/<arm>`, `evaluate/<arm>`, `cells/<cell>`), each reading all the others."""
-    return Path(dirs["search"]) / "records"
+    """The record cache: one store for every stage and worker, at a path no stage declares as an
+    output (so no orchestrator's clean-up or checkout deletes it); manifests in the stages' outputs
+    carry its records (`autoqra.store.manifest`)."""
+    return Path(dirs.get("records") or Path(dirs["search"]).parent / "records")
+
+
+def data_root(dirs: dict[str, str]) -> Path:
+    """The folder holding the pipeline's outputs (and their manifests)."""
+    return Path(dirs["search"]).parent
 
 
 def check_inputs(p: Params, dirs: dict[str, str]) -> None:
@@ -95,10 +102,11 @@ class SearchSetup:
         self.evaluator = Evaluator(model_dir=prepare / "model", task_dir=prepare / "task", caches=caches,
                                    space=self.arm_space if arm_ladders else self.space, lora=p.lora,
                                    finetune=p.finetune, max_length=p.task.max_length,
-                                   records=records_root(dirs) / dirs.get("store", "evolve"),
-                                   shared_records=records_root(dirs), metric=p.search.metric,
+                                   records=records_root(dirs),
+                                   legacy_records=Path(dirs["search"]) / "records", metric=p.search.metric,
                                    backend=p.search.backend, oom_attempts=p.search.oom_attempts,
                                    fingerprints=prepared_fingerprints(prepare), progress=progress)
+        self.rehydrated = manifest.rehydrate(self.evaluator.store, data_root(dirs))  # after a pull: records back
 
     def identity(self, settings: Settings) -> dict[str, Any]:
         """Everything that defines stage 1's search: its study's name hashes it."""
@@ -108,9 +116,9 @@ class SearchSetup:
                 "evaluator": self.evaluator.key(self.space.minimum(), 0, self.p.seed)}
 
     def open(self, name: str, sampler: Any, store: str, readonly: bool = False) -> Any:
-        """A study in `search.storage`, by default the journal file of record store `store` (so the
-        studies travel with the records: both are the stage's DVC output)."""
-        journal = records_root(self.dirs) / store / "optuna.journal"
+        """A study in `search.storage`, by default the journal `store` in the record cache (the search
+        stages snapshot it into their outputs: `manifest.write`)."""
+        journal = manifest.journal_path(records_root(self.dirs), store)
         return open_study(name, self.p.search.storage, str(journal), sampler, readonly=readonly)
 
     def study(self, readonly: bool = False) -> tuple[Any, PlanSampler]:

@@ -7,8 +7,10 @@ Where `/proc` is missing (macOS) `start` is empty and liveness falls back to the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -72,3 +74,22 @@ def environment() -> None:
         os.environ.setdefault(name, value)
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count() or 2)))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@contextlib.contextmanager
+def scratch(parent: Path) -> Iterator[Path]:
+    """A temporary folder under `parent` named after this worker, removed at the end; the folders of
+    workers on this host that no longer run (killed: nothing cleaned up after them) are removed first."""
+    import shutil
+    import tempfile
+
+    parent.mkdir(parents=True, exist_ok=True)
+    for old in parent.iterdir():
+        owner = old.name.rsplit("~", 1)[0].replace("_", ":")
+        if old.is_dir() and "~" in old.name and is_dead(owner):
+            shutil.rmtree(old, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=worker_id().replace(":", "_") + "~"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -11,12 +11,18 @@ machine or many sharing a filesystem. Its promises:
   version or lacks a field is moved aside (`<key>.json.damaged-<n>`), reported and recomputed.
 - **Transient failures are retried.** A record marked `transient` (out of memory: perhaps a co-worker's
   fault) is recomputed up to `max_attempts` times; every attempt's reason is kept.
-- **One store per stage, one key space.** A store can read through every store of a shared folder
-  (each stage's its own DVC output) and they share one lock folder.
-- **No wait on the dead.** Locks are `flock` locks on `<locks>/<key>.lock`: the kernel releases
+- **One cache, outside every pipeline output.** One store serves every stage and worker (the
+  `records` folder, `data/records` by default): no orchestrator declares it, so neither Snakemake's
+  clean-up nor DVC's experiment checkout ever deletes a record; each stage writes a manifest of the
+  records it used into its own output (`autoqra.store.manifest`), from which a pulled project
+  rebuilds the cache. Stores of earlier layouts (one per stage under `legacy`) are still read.
+- **No wait on the dead.** Locks are `flock` locks on `<root>/locks/<key>.lock`: the kernel releases
   them when their holder dies (SIGKILL included), and on NFS the server does when the holder's host
-  stops renewing its lease. A lock file is unlinked by its holder only while held; a waiter that
-  locked an unlinked file notices (its inode differs from the path's) and tries again.
+  stops renewing its lease; a lock whose holder, named in the file, is a dead process on this host is
+  broken after `LOCK_STALE_S`, and a stale NFS handle (`ESTALE`) is reopened. A lock file is unlinked
+  by its holder only while held; a waiter that locked an unlinked file notices (its inode differs from
+  the path's) and tries again. A damaged record is moved aside under its key's lock, after a second
+  look (a worker may have just written a good one).
 """
 
 from __future__ import annotations
@@ -34,13 +40,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from autoqra.store.process import worker_id
+from autoqra.store.process import is_dead, worker_id
 
 FORMAT = 2  # the layout of a record file (not of its value: code changes enter the key)
 REQUIRED = ("format", "key", "status", "score", "reason")
 POLL_S = 0.5
+LOCK_STALE_S = float(os.environ.get("AUTOQRA_LOCK_STALE_S", 600))
 
 log = logging.getLogger(__name__)
+
+
+def _dead_holder(path: Path) -> bool:
+    """Whether the worker named in a lock file is a process on this host that no longer runs."""
+    try:
+        return is_dead(path.read_text())
+    except OSError:
+        return False
 
 
 class RecordError(ValueError):
@@ -69,37 +84,28 @@ def validate(record: Any, key: str) -> dict[str, Any]:
 class RecordStore:
     """Records under `root/<key[:2]>/<key>.json`, locks under `root/locks/`.
 
-    With `shared` (a folder of stores: `shared/<name>/` or `shared/<group>/<name>/`, each marked by a
-    `STORE` file, plus any records directly under `shared/`), a record is looked up in this store first
-    and then in every other store there, and locks live in `shared/locks/`, so stores written by
-    different stages (each its own DVC output) compute every key once between them. New records are
-    written to this store only; another store's files are never changed."""
+    With `legacy` (the folder of an earlier layout's per-stage stores: `legacy/<name>/` or
+    `legacy/<group>/<name>/`, each marked by a `STORE` file, plus any records directly under it), a
+    record missing here (or failed here) is looked up there too; those files are never changed."""
 
-    def __init__(self, root: str | Path, max_attempts: int = 3, shared: str | Path | None = None):
+    def __init__(self, root: str | Path, max_attempts: int = 3, legacy: str | Path | None = None):
         self.root, self.max_attempts = Path(root), max_attempts
-        self.shared = Path(shared) if shared is not None else None
-        self.locks = (self.shared or self.root) / "locks"
-        if self.shared is not None:
-            # a stage's store is its declared output: it exists (marked, so the other stores find it)
-            # even when every record it needed was read from another store (issue 20)
-            self.root.mkdir(parents=True, exist_ok=True)
-            marker = self.root / "STORE"
-            if not marker.exists():
-                marker.write_text(f"record store, format {FORMAT}\n")
+        self.legacy = Path(legacy) if legacy is not None else None
+        self.locks = self.root / "locks"
         self.computed = 0   # records this store computed (and wrote)
         self.damaged = 0    # damaged records found and moved aside
         self.retried = 0    # transient failures recomputed
+        self._held: set[str] = set()  # keys whose lock this store holds now
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
 
     def others(self) -> list[Path]:
-        """The other stores under `shared` (rescanned at every call: a stage running beside this one
-        may have created one), and `shared` itself (records written before stores were per stage)."""
-        if self.shared is None:
+        """The legacy stores (and the legacy folder itself: records of the layout before that)."""
+        if self.legacy is None or not self.legacy.exists():
             return []
-        marked = [m.parent for pattern in ("*/STORE", "*/*/STORE") for m in self.shared.glob(pattern)]
-        return [r for r in sorted({self.shared, *marked}) if r.resolve() != self.root.resolve()]
+        marked = [m.parent for pattern in ("*/STORE", "*/*/STORE") for m in self.legacy.glob(pattern)]
+        return [r for r in sorted({self.legacy, *marked}) if r.resolve() != self.root.resolve()]
 
     def find(self, relative: str) -> Path | None:
         """The first of this store's and the other stores' `relative` paths that exists."""
@@ -110,9 +116,8 @@ class RecordStore:
 
     # ------------------------------------------------------------------ reading
     def read(self, key: str) -> dict[str, Any] | None:
-        """The valid record of `key` in this store or another under `shared` (a success anywhere before a
-        failure here), or None (absent, or damaged: in this store it is moved aside, in another only
-        skipped)."""
+        """The valid record of `key` in this store or a legacy one (a success there before a failure
+        here), or None (absent, or damaged: in this store it is moved aside, in a legacy one skipped)."""
         own = self._read(self.path(key), key, own=True)
         if own is not None and own["status"] == "ok":
             return own
@@ -131,7 +136,8 @@ class RecordStore:
             return validate(json.loads(text), key)
         except (json.JSONDecodeError, RecordError) as exc:
             if own:
-                self._set_aside(path, str(exc))
+                self._set_aside(path, str(exc), key)
+                return self._read(path, key, own=False) if path.exists() else None  # rewritten meanwhile
             else:
                 log.warning("damaged record %s in another store (%s): not used", path, exc)
             return None
@@ -142,15 +148,29 @@ class RecordStore:
             return False
         return not (record.get("transient") and record.get("attempts", 1) < self.max_attempts)
 
-    def _set_aside(self, path: Path, why: str) -> None:
-        for n in range(1000):
-            target = path.with_name(f"{path.name}.damaged-{n}")
-            if not target.exists():
-                break
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(path, target)
-            self.damaged += 1
-            log.warning("damaged record %s (%s): moved to %s, it will be recomputed", path.name, why, target.name)
+    def _set_aside(self, path: Path, why: str, key: str) -> None:
+        """Move a damaged record aside, holding its key's lock and only if it is still damaged (another
+        worker may have written a good one since it was read)."""
+        held = key in self._held
+        with contextlib.ExitStack() as stack:
+            if not held:
+                stack.enter_context(self.lock(key))
+            try:
+                validate(json.loads(path.read_text()), key)
+                return  # repaired meanwhile
+            except FileNotFoundError:
+                return
+            except (json.JSONDecodeError, RecordError):
+                pass
+            for n in range(1000):
+                target = path.with_name(f"{path.name}.damaged-{n}")
+                if not target.exists():
+                    break
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, target)
+                self.damaged += 1
+                log.warning("damaged record %s (%s): moved to %s, it will be recomputed", path.name, why,
+                            target.name)
 
     # ------------------------------------------------------------------ writing
     def write(self, key: str, record: dict[str, Any]) -> dict[str, Any]:
@@ -176,17 +196,26 @@ class RecordStore:
         `ready()` says the wait is over (the record appeared)."""
         path = self.locks / f"{key}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
+        waited = time.monotonic()
         while True:
-            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
+                fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
-                os.close(fd)
+                with contextlib.suppress(OSError, UnboundLocalError):
+                    os.close(fd)
+                if exc.errno == errno.ESTALE:  # NFS lost the file under us: open the path again
+                    time.sleep(POLL_S)
+                    continue
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
                 if ready():
                     yield False
                     return
+                if time.monotonic() - waited > LOCK_STALE_S and _dead_holder(path):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)  # its holder died without the kernel noticing (a lost NFS lease)
+                    log.warning("lock %s of a dead worker broken", path.name)
                 time.sleep(POLL_S)
                 continue
             try:
@@ -196,11 +225,13 @@ class RecordStore:
             if same:
                 break
             os.close(fd)  # locked a file its holder had already unlinked: try the path again
+        self._held.add(key)
         try:
             os.ftruncate(fd, 0)
             os.write(fd, worker_id().encode())  # who holds it, for whoever looks
             yield True
         finally:
+            self._held.discard(key)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # still ours: nobody else can lock it before we close
             os.close(fd)

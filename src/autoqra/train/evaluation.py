@@ -22,17 +22,18 @@ from autoqra.train import scoring
 TASK = "autoqra_test"
 
 
-def evaluation_key(train_key: str, max_length: int, params: Any) -> str:
+def evaluation_key(train_key: str, max_length: int, params: Any, adapter: Path | None = None) -> str:
     """The key of a test-split evaluation: the training record (model, task with its test split, caches,
     configuration, steps, seed, training code) plus what the evaluation adds (`params`: the `evaluate`
-    section)."""
+    section) and the adapter's bytes (a file replaced under the same training record is scored again)."""
     from importlib.metadata import version
 
     return fingerprint.of_data({"train": train_key, "max_length": max_length, "split": "test",
                                 "evaluate": {"exact_match": params.exact_match, "batch_size": params.batch_size,
                                              "lm_eval_tasks": list(params.lm_eval_tasks)},
                                 "code": fingerprint.of_code(*TEST_CODE, *VALUE_CODE),
-                                "lm_eval": version("lm_eval")})
+                                "lm_eval": version("lm_eval"),
+                                "adapter": fingerprint.of_file(adapter) if adapter is not None else None})
 
 
 def write_task(tokenizer: Any, examples: list[dict[str, Any]], folder: Path, max_length: int) -> Path:
@@ -46,7 +47,8 @@ def write_task(tokenizer: Any, examples: list[dict[str, Any]], folder: Path, max
             fh.write(json.dumps({"text": text, "target": ex["answer"].strip(), "id": ex.get("id")}) + "\n")
     eos = tokenizer.decode([tokenizer.eos_token_id])
     spec = {
-        "task": TASK, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data.resolve())}},
+        "task": TASK, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data.resolve())},
+                                             "cache_dir": str((folder / "datasets").resolve())},  # removed with it
         "test_split": "test", "output_type": "generate_until", "doc_to_text": "{{text}}",
         "doc_to_target": "{{target}}", "target_delimiter": "",
         "generation_kwargs": {"until": [eos], "do_sample": False, "max_gen_toks": new_tokens},

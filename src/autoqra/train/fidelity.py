@@ -14,7 +14,6 @@ dropout masks, so two configurations trained under one seed are compared pairwis
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -29,10 +28,11 @@ from autoqra.quant import backends
 from autoqra.space import Config, Space
 from autoqra.store import fingerprint
 from autoqra.store.fingerprint import VALUE_CODE
+from autoqra.store.process import scratch
 from autoqra.store.records import RecordStore
 from autoqra.train import scoring
 from autoqra.train.loop import train
-from autoqra.train.lora import attach_lora, save_adapter
+from autoqra.train.lora import adapter_ok, attach_lora, save_adapter
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -46,10 +46,11 @@ class Evaluator:
                  space: Space, lora: LoraParams, finetune: FinetuneParams, records: str | Path, max_length: int,
                  metric: str = "answer_loss", backend: str = "auto", device: str | None = None,
                  oom_attempts: int = 3, fingerprints: dict[str, str] | None = None, progress: bool = False,
-                 shared_records: str | Path | None = None):
+                 legacy_records: str | Path | None = None):
         self.model_dir, self.space, self.lora, self.ft = Path(model_dir), space, lora, finetune
         self.caches, self.metric, self.progress, self.max_length = caches, metric, progress, max_length
-        self.store = RecordStore(records, max_attempts=oom_attempts, shared=shared_records)
+        self.store = RecordStore(records, max_attempts=oom_attempts, legacy=legacy_records)
+        self.used: dict[str, dict[str, Any]] = {}  # every record this evaluator returned, by key (manifests)
         self.device = device or models.default_device()
         name = ("packed" if self.device.startswith("cuda") else "dequant") if backend == "auto" else backend
         self.dtype = models.compute_dtype(finetune.dtype, self.device)
@@ -113,12 +114,19 @@ class Evaluator:
         if horizon and horizon < fidelity:
             raise ValueError(f"horizon={horizon}: must be 0 or at least fidelity={fidelity}")
         key = self.key(config, fidelity, seed, horizon, val_samples)
-        require = (lambda r: r["status"] != "ok" or self.adapter_path(key).exists()) if keep_adapter else None
+        require = (lambda r: r["status"] != "ok" or adapter_ok(self.adapter_path(key))) if keep_adapter else None
         own = self.store.root / "adapters" / f"{key}.safetensors"
         record, _ = self.store.get(key, lambda: self._run(config, fidelity, seed, horizon, val_samples,
                                                           own if keep_adapter else None),
                                    require=require)
+        self.used[key] = record
         return record
+
+    def workdir(self) -> Any:
+        """A temporary folder for one run's files (a packed checkpoint), under the cache's `tmp/`, named
+        after this worker: whoever starts next removes the folders of workers that died (a SIGKILL
+        leaves no clean-up behind)."""
+        return scratch(self.store.root / "tmp")
 
     def build(self, config: Config, workdir: Path | None = None, seed: int | None = None) -> Any:
         """The configuration's quantized model with its adapters attached (checked)."""
@@ -134,8 +142,7 @@ class Evaluator:
                                   "device": self.device, "dtype": str(self.dtype), "metric": self.metric,
                                   "status": "ok", "reason": None}
         try:
-            with tempfile.TemporaryDirectory(dir=self.store.root.parent if self.store.root.parent.exists()
-                                             else None) as tmp:
+            with self.workdir() as tmp:
                 torch.manual_seed(seed)  # dropout masks
                 if self.device.startswith("cuda"):
                     torch.cuda.reset_peak_memory_stats()

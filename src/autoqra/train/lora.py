@@ -67,14 +67,29 @@ def init_lora(layers: dict[str, Any], seed: int) -> None:
 
 
 def save_adapter(model: Any, path: Path) -> None:
-    """The trained LoRA weights (fp32), written atomically."""
+    """The trained LoRA weights (fp32), written atomically and durably (synced before the rename)."""
+    import os
+
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if "lora_" in n}
     tmp = path.with_suffix(".tmp")
     save_file(tensors, tmp)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
     tmp.replace(path)
+
+
+def adapter_ok(path: Path) -> bool:
+    """Whether `path` holds a readable adapter file (a crash can leave a zero-length or cut one)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, "pt") as fh:
+            return bool(list(fh.keys()))
+    except Exception:  # missing, empty, truncated header: not an adapter
+        return False
 
 
 def load_adapter(model: Any, path: Path) -> Any:

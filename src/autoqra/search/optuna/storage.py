@@ -17,6 +17,9 @@ def open_study(name: str, storage: str | None, journal: str | None, sampler: Bas
     journal file is used (several processes on one machine may share it). `readonly` loads an
     existing study without writing to its storage (creating, even an existing study, appends to a
     journal: another stage's journal, a DVC output of that stage, must not change when read)."""
+    from autoqra.preflight import storage_url
+
+    storage = storage_url(storage)
     if storage is None:
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
