@@ -6,7 +6,8 @@
 `--objective synthetic` (default): the synthetic objective, judged by its true (noise-free) value.
 `--objective embedded`: real fidelity evaluations (GPTQ caches, PEFT fine-tuning, validation scores) of
 the model in `--prepare` with the priors of `--profile`, through the pipeline's evaluator and record
-cache (`data/records`, shared with the pipeline: an evaluation any run or method made is not repeated), at a small search size (`--population` ... `--refine`); an incumbent's
+cache (`data/records`, shared with the pipeline: an evaluation any run or method made is not
+repeated), at a small search size (`--population` ... `--refine`); an incumbent's
 value is its top-fidelity validation mean over the top rung's training seeds, and each method's final
 incumbent is scored again under `--fresh-seeds` unseen training seeds (the selected mean is biased
 low: it is the best of several noisy means).
