@@ -17,12 +17,15 @@ pytestmark = pytest.mark.slow
 
 
 def _records(search_dir):
-    return {p: (p.stat().st_mtime_ns, p.read_text()) for p in (search_dir / "records").rglob("*.json")}
+    """The evaluation records of the record cache `_evolve_cmd` gives `search_dir` (not the adapters)."""
+    return {p: (p.stat().st_mtime_ns, p.read_text()) for p in (search_dir / "records").glob("??/*.json")}
 
 
 def _evolve_cmd(search, params="smoke.yaml"):
+    """The evolve stage on its own search folder and its own record cache (`<search>/records`), so that
+    what it computes is not already in the project's cache from another test."""
     return [sys.executable, "-m", "stages.evolve", "--params", params, "--search", search, "--out", f"{search}/evolve",
-            "--threads", "2"]
+            "--records", f"{search}/records", "--threads", "2"]
 
 
 # uniform (bits, rank) within the smoke budget (the memory of uniform4_r8 on the tiny model)
