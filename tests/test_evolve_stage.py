@@ -22,8 +22,9 @@ def _records(search_dir):
 
 
 def _evolve_cmd(search, params="smoke.yaml"):
-    """The evolve stage on its own search folder and its own record cache (`<search>/records`), so that
-    what it computes is not already in the project's cache from another test."""
+    """The evolve stage on its own search folder `runs/<name>/search` and its own record cache beside it:
+    its data root (`runs/<name>`) holds no other stage's manifests, so it starts from nothing (no record
+    or study of another test is rehydrated into its cache)."""
     return [sys.executable, "-m", "stages.evolve", "--params", params, "--search", search, "--out", f"{search}/evolve",
             "--records", f"{search}/records", "--threads", "2"]
 
@@ -77,37 +78,39 @@ def test_killed_evolve_resumes_on_another_host_without_recomputing_finished_eval
     # another node): the dead worker's pid means nothing there, its trial is judged by its heartbeat
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "AUTOQRA_HOSTNAME": "node-a",
            "AUTOQRA_HEARTBEAT_S": "1"}
-    search = smoke_project / "data/search_kill"
-    proc = subprocess.Popen(_evolve_cmd("data/search_kill"), cwd=smoke_project, env=env, start_new_session=True,
+    search = smoke_project / "runs/kill/search"
+    proc = subprocess.Popen(_evolve_cmd("runs/kill/search"), cwd=smoke_project, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and len(_records(search)) < 8 and proc.poll() is None:
         time.sleep(0.2)
+    assert proc.poll() is None, "the search ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = _records(search)
     assert len(before) >= 8 and not (search / "evolve/metrics.json").exists()
 
     start = time.monotonic()
-    res = subprocess.run(_evolve_cmd("data/search_kill"), cwd=smoke_project, capture_output=True, text=True,
+    res = subprocess.run(_evolve_cmd("runs/kill/search"), cwd=smoke_project, capture_output=True, text=True,
                          timeout=900, env={**env, "AUTOQRA_HOSTNAME": "node-b", "AUTOQRA_STALE_S": "3"})
     assert res.returncode == 0, res.stderr[-3000:]
     print(f"resumed on another host in {time.monotonic() - start:.1f} s")
     after = _records(search)
     assert all(after[p] == before[p] for p in before)  # no finished evaluation was redone or rewritten
     new = [json.loads(after[p][1]) for p in after if p not in before]
+    assert new  # the resumed run had work left
     metrics = json.loads((search / "evolve/metrics.json").read_text())
     compared = metrics["comparison"]
     assert metrics["steps_trained_this_run"] + compared["steps_trained"] == sum(r["train_steps"] for r in new)
     assert metrics["records_computed_this_run"] + compared["records_computed"] == len(new)
 
-    reference = run_tool(_evolve_cmd("data/search_ref"), cwd=smoke_project)
+    reference = run_tool(_evolve_cmd("runs/ref/search"), cwd=smoke_project)
     assert reference.returncode == 0, reference.stderr[-3000:]
     columns = ["config_key", "fidelity", "seed"]
     jobs = [set(map(tuple, pd.read_parquet(d / "evolve/trials.parquet")[columns].values))
-            for d in (search, smoke_project / "data/search_ref")]
+            for d in (search, smoke_project / "runs/ref/search")]
     assert jobs[0] == jobs[1]  # the resumed search made exactly the evaluations of an uninterrupted one
-    best = [(d / "evolve/best.json").read_bytes() for d in (search, smoke_project / "data/search_ref")]
+    best = [(d / "evolve/best.json").read_bytes() for d in (search, smoke_project / "runs/ref/search")]
     assert best[0] == best[1]
 
 
@@ -117,7 +120,7 @@ def _untimed(metrics):
 
 
 def test_same_params_same_seed_from_scratch_gives_the_same_search(smoke_project):
-    runs = ["data/search_a", "data/search_b"]
+    runs = ["runs/a/search", "runs/b/search"]
     for search in runs:
         res = run_tool(_evolve_cmd(search), cwd=smoke_project)
         assert res.returncode == 0, res.stderr[-3000:]
@@ -132,14 +135,14 @@ def test_a_search_where_every_evaluation_fails_stops_with_the_reasons_and_keeps_
 
     (smoke_project / "nan.yaml").write_text(to_yaml(compose(["experiment=smoke", "finetune.lr=1e30",
                                                              "finetune.max_grad_norm=0", "search.max_failures=4"])))
-    res = run_tool(_evolve_cmd("data/search_nan", "nan.yaml"), cwd=smoke_project)
+    res = run_tool(_evolve_cmd("runs/nan/search", "nan.yaml"), cwd=smoke_project)
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error: search.max_failures=4: 4 evaluations failed in a row") and "non-finite" in last
     assert "Traceback" not in res.stderr
-    assert len(_records(smoke_project / "data/search_nan")) == 4  # kept
+    assert len(_records(smoke_project / "runs/nan/search")) == 4  # kept
     (smoke_project / "nan100.yaml").write_text(to_yaml(compose(["experiment=smoke", "finetune.lr=1e30",
                                                                 "finetune.max_grad_norm=0"])))
-    res = run_tool(_evolve_cmd("data/search_nan", "nan100.yaml"), cwd=smoke_project)
+    res = run_tool(_evolve_cmd("runs/nan/search", "nan100.yaml"), cwd=smoke_project)
     last = res.stderr.strip().splitlines()[-1]
     assert res.returncode != 0 and last.startswith("error: no evaluation of the evolve stage succeeded (6 × non-finite")
