@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             sp.add_argument("--prepare", help="a prepared folder (model/, task/) to check against; default: the "
                             "model's config read from model.source itself")
-            sp.add_argument("--search", default="data/search", help="where the study journal would live")
+            sp.add_argument("--records", default="data/records",
+                            help="the record cache (where the study journal would live)")
     for name in ("schema", "dvc"):
         sub.add_parser(name).add_argument("--write", metavar="FILE")
     records = sub.add_parser("records")
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     try:
-        info = preflight.check(typed, args.prepare, args.search)
+        info = preflight.check(typed, args.prepare, args.records)
     except ParamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

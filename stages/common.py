@@ -37,9 +37,9 @@ def parser(description: str, dirs: bool = True) -> argparse.ArgumentParser:
 
 
 def add_store_args(ap: argparse.ArgumentParser, default: str | None) -> None:
-    """--store (this stage's record store under <search>/records/, its DVC output) and --stage1-store."""
-    ap.add_argument("--store", default=default, help=f"this stage's record store and study journal, under "
-                    f"<search>/records/ (default {default}); every store there is read")
+    """--store (the name of this stage's study journal in the record cache) and --stage1-store."""
+    ap.add_argument("--store", default=default, help=f"the name of this stage's study journal in the record "
+                    f"cache, <records>/studies/<store>.journal (default {default})")
     ap.add_argument("--stage1-store", default="evolve", help="the store holding stage 1's study (default evolve)")
 
 
@@ -95,7 +95,7 @@ def finish(out: str | Path, fn: Callable[[], dict[str, Any]], **extra: Any) -> N
     write_json(out, {**metrics, "wall_s": round(time.perf_counter() - begin, 2), **extra})
 
 
-def preflight(p: Params, prepare: str | Path | None, search: str | Path = "data/search") -> float:
+def preflight(p: Params, prepare: str | Path | None, records: str | Path = "data/records") -> float:
     """Every check that needs at most the model's shapes, before any expensive work (see
     `autoqra.preflight`); the model's config comes from the prepared folder, or from the source when
     there is none yet. Returns the seconds it took."""
@@ -103,7 +103,7 @@ def preflight(p: Params, prepare: str | Path | None, search: str | Path = "data/
 
     begin = time.perf_counter()
     with user_errors():
-        checks.check(p, prepare, search)
+        checks.check(p, prepare, records)
     return round(time.perf_counter() - begin, 2)
 
 
@@ -112,7 +112,7 @@ def start_arm(args: argparse.Namespace) -> tuple[Params, float]:
     p = start(args)
     if args.arm not in p.finetune.arms:
         raise SystemExit(f"error: --arm {args.arm}: not in finetune.arms={p.finetune.arms}")
-    return p, preflight(p, args.prepare, args.search)
+    return p, preflight(p, args.prepare, args.records)
 
 
 def run_search(args: argparse.Namespace, p: Params, dirs: dict[str, str], search: Callable, run: Callable) -> None:
@@ -122,7 +122,7 @@ def run_search(args: argparse.Namespace, p: Params, dirs: dict[str, str], search
     from autoqra.search.setup import check_inputs
     from autoqra.search.workers import run_worker_job
 
-    checked_s = preflight(p, args.prepare, args.search)
+    checked_s = preflight(p, args.prepare, args.records)
     with user_errors():
         check_inputs(p, dirs)
         if args.worker_out:

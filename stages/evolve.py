@@ -1,6 +1,6 @@
 """evolve: stage 1 of the search, multi-fidelity evolution warm-started by the priors (Optuna).
 
-Trials live in an Optuna study (`search.storage`, default the journal of the stage's record store) whose
+Trials live in an Optuna study (`search.storage`, default data/records/studies/evolve.journal) whose
 name hashes everything that defines the search, so a killed run resumes it and a changed search
 starts a new one. Fidelity evaluations are records in the record cache (`--records`, data/records:
 no stage's output, so no orchestrator deletes it), shared by every search: a repeated or extended

@@ -2,9 +2,9 @@
 
 `cell`: one cell, the composed params with `search.ablation`, `seed` and `budget.value` set, written to
 `<out>/params.yaml`; it runs evolve, refine and, for each of `sweep.arms`, finetune and evaluate into
-`<out>/` (`autoqra.sweep.run_cell`), reading the shared GPTQ caches and priors; its records and studies
-go to its own store `<search>/records/cells/<cell>/`, which reads every other store: a cell trains only
-what no single run and no other cell has trained. `<out>/metrics.json` gathers what the summary needs.
+`<out>/` (`autoqra.sweep.run_cell`), reading the shared GPTQ caches and priors; its records go to the
+one record cache (`--records`) and its studies to the cache's journal `studies/cells/<cell>.journal`: a
+cell trains only what no single run and no other cell has trained. `<out>/metrics.json` gathers what the summary needs.
 
 `summary`: every cell of the sweep into `<out>/summary.csv`, `summary.md`, `score_vs_budget.png` and
 `best_so_far.png` (`autoqra.report.sweep`).

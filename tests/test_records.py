@@ -190,8 +190,25 @@ def test_manifests_carry_the_records_adapters_and_study_and_rebuild_the_cache(tm
     shutil.copytree(out, clone / "data/search/evolve")
     fresh = RecordStore(clone / "data/records")
     counts = manifest.rehydrate(fresh, clone / "data")
-    assert counts == {"manifests": 1, "records": 3, "adapters": 1, "journals": 1, "damaged": 0}
+    assert counts == {"manifests": 1, "records": 3, "adapters": 1, "journals": 1, "damaged": 0, "skipped": 0}
     assert {k for k in keys if fresh.read(k)} == keys
-    assert (fresh.root / f"adapters/{sorted(keys)[0]}.safetensors").read_bytes() == b"adapter"
+    adapter = fresh.root / f"adapters/{sorted(keys)[0]}.safetensors"
+    assert adapter.read_bytes() == b"adapter"
     assert manifest.journal_path(fresh.root, "evolve").read_text() == "line 1\nline 2\n"
     assert manifest.rehydrate(fresh, clone / "data")["records"] == 0  # nothing twice
+
+    # a live journal is never replaced (a worker may be appending to it), even by a longer snapshot;
+    # an adapter a kill cut short is copied again; a record written meanwhile is kept; a malformed
+    # manifest is skipped with the rest still read
+    manifest.journal_path(fresh.root, "evolve").write_text("line 1\n")
+    adapter.write_bytes(b"ada")
+    newer = sorted(keys)[1]
+    fresh.path(newer).unlink()
+    fresh.write(newer, {"status": "ok", "score": 0.5, "reason": None, "train_steps": 4})
+    assert not fresh.write_new(newer, {"status": "ok", "score": 1.0, "reason": None, "train_steps": 4})
+    (clone / "data/other").mkdir()
+    (clone / "data/other/records.json").write_text('["not", "a", "manifest"]')
+    counts = manifest.rehydrate(fresh, clone / "data")
+    assert counts["skipped"] == 1 and counts["manifests"] == 1 and counts["adapters"] == 1
+    assert counts["journals"] == 0 and manifest.journal_path(fresh.root, "evolve").read_text() == "line 1\n"
+    assert adapter.read_bytes() == b"adapter" and fresh.read(newer)["score"] == 0.5

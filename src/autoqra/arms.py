@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autoqra.params import ParamError
 from autoqra.space import UNQUANTIZED
 from autoqra.store import manifest
 from autoqra.store.files import write_json
@@ -177,6 +178,9 @@ def evaluate(setup: SearchSetup, arm: str, train: Path, out: Path) -> dict[str, 
                                    "peak_memory_bytes": run.get("peak_memory_bytes")}
             if row["status"] == "ok":
                 adapter = train / f"seed{seed}.safetensors"
+                if not adapter.exists():
+                    raise ParamError(f"--train {train}: {adapter.name} is missing (seed {seed} trained, its adapter "
+                                     "gone: run the finetune stage again)")
                 key = evaluation.evaluation_key(run["key"], p.task.max_length, p.evaluate, adapter)
                 record, computed = ev.store.get(key, lambda s=seed: evaluation.score_seed(
                     ev, config, train / f"seed{s}.safetensors", test, p.task.max_length, p.evaluate, tmp, built))

@@ -34,11 +34,11 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
-def check_storage(value: str | None, search_dir: str | Path = "data/search") -> None:
+def check_storage(value: str | None, records: str | Path = "data/records") -> None:
     """`search.storage` must be openable: a journal or SQLite file in a writable folder, or an RDB
     server that answers. Errors never print a password."""
     if value is None:
-        return _writable(Path(search_dir), "search.storage=null (journal file in the record cache)")
+        return _writable(Path(records) / "studies", "search.storage=null (journal file in the record cache)")
     url = storage_url(value)
     shown = value if value.startswith("env:") else redact(url)
     scheme = urlparse(url).scheme.split("+")[0]
@@ -110,11 +110,11 @@ def check_splits(p: Params, task_dir: str | Path) -> None:
                              f"allowed: {key} <= {sizes['calib']}")
 
 
-def check(p: Params, prepare: str | Path | None, search_dir: str | Path = "data/search") -> dict[str, Any]:
+def check(p: Params, prepare: str | Path | None, records: str | Path = "data/records") -> dict[str, Any]:
     """Every check that applies, cheapest first: the storage (it needs no model), shapes and budget
     (from the prepared model's config, or the source's when nothing is prepared yet), and the splits
     when they exist."""
-    check_storage(p.search.storage, search_dir)
+    check_storage(p.search.storage, records)
     model_dir = Path(prepare) / "model" if prepare else None
     if model_dir is not None and (model_dir / "config.json").exists():
         from transformers import AutoConfig

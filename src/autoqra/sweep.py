@@ -31,8 +31,8 @@ def cell_tree(tree: dict[str, Any], ablation: str, seed: int, budget: float) -> 
 def run_cell(p: Any, params_path: Path, dirs: dict[str, str], out: Path, threads: int = 0) -> dict[str, Any]:
     """One cell (`p`: the cell's params, as written to `params_path`): evolve, refine, then every arm of
     `sweep.arms` trained and tested, into `out/` (the stages' own outputs, each with its metrics.json),
-    its records and studies in the cell's own store `<search>/records/cells/<cell>/`, which reads every
-    other store there. Returns what the summary needs of the cell."""
+    its records in the one record cache every run shares and its studies in the cache's journal
+    `studies/cells/<cell>.journal`. Returns what the summary needs of the cell."""
     from autoqra import arms
     from autoqra.report.sweep import arm_summary, best_so_far
     from autoqra.search import runs

@@ -169,7 +169,13 @@ class SearchSetup:
     def scored(self, config: Config, fidelity: int, seeds: tuple[int, ...]) -> dict[str, Any]:
         """`config` at `fidelity` under `seeds` (records reused, the missing ones computed): per seed the
         score and per-example values, the mean ± standard error over seeds and examples, the failures."""
-        records = {sd: self.objective(config, fidelity, sd) for sd in seeds}
+        records = {}
+        for sd in seeds:
+            records[sd] = self.objective(config, fidelity, sd)
+            for _ in range(self.evaluator.store.max_attempts):  # out of memory with attempts left: again
+                if not records[sd]["retry"]:
+                    break
+                records[sd] = self.objective(config, fidelity, sd)
         ok = {sd: r for sd, r in records.items() if r["status"] == "ok"}
         values = {sd: self.values(r) for sd, r in ok.items()}
         spread = stats.difference([values[sd] for sd in sorted(values)]) if values else None

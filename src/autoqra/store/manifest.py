@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ def write(folder: Path, store: RecordStore, keys: set[str], adapters: dict[str, 
     records = {k: r for k in sorted(keys) if (r := store.read(k)) is not None}
     body: dict[str, Any] = {"records": records, "adapters": dict(adapters or {})}
     if journal is not None and journal[1].exists():
-        shutil.copyfile(journal[1], folder / JOURNAL)
+        _copy(journal[1], folder / JOURNAL, replace=True)
         body["journal"] = {"store": journal[0], "file": JOURNAL}
     write_json(folder / NAME, body)
     return {"records": len(records), "adapters": len(body["adapters"])}
@@ -56,38 +57,66 @@ def manifests(data: Path, skip: Path) -> list[Path]:
     return sorted(out)
 
 
+def _copy(source: Path, target: Path, replace: bool) -> bool:
+    """Copy `source` to `target` whole (a temporary file synced, then renamed or linked into place: a
+    kill leaves no cut file, and without `replace` a file another worker wrote meanwhile is kept)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name[:16]}", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out)
+            out.flush()
+            os.fsync(out.fileno())
+        if replace:
+            os.replace(tmp, target)
+            return True
+        try:
+            os.link(tmp, target)
+            return True
+        except FileExistsError:
+            return False
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _rehydrate_one(store: RecordStore, path: Path, counts: dict[str, int]) -> None:
+    body = json.loads(path.read_text())
+    if not isinstance(body, dict):
+        raise ValueError(f"not a JSON object ({type(body).__name__})")
+    counts["manifests"] += 1
+    for key, record in dict(body.get("records", {})).items():
+        if store.path(key).exists():
+            continue
+        try:
+            counts["records"] += store.write_new(key, validate(record, key))  # never over a newer one
+        except RecordError:
+            counts["damaged"] += 1
+    for key, name in dict(body.get("adapters", {})).items():
+        source, target = path.parent / str(name), store.root / "adapters" / f"{key}.safetensors"
+        if not source.exists():
+            continue
+        # a copy a kill cut short has another size: copied again (the adapter's bytes are in its key)
+        cut = target.exists() and target.stat().st_size != source.stat().st_size
+        if (cut or not target.exists()) and _copy(source, target, replace=cut):
+            counts["adapters"] += 1
+    journal = body.get("journal")
+    snapshot = path.parent / str(journal["file"]) if isinstance(journal, dict) and "file" in journal else None
+    # only into a cache without that journal: a live journal (a worker may be appending to it, or it
+    # holds another history) is never replaced; its study's records are back either way
+    if snapshot is not None and snapshot.exists() and _copy(snapshot, journal_path(store.root, str(journal["store"])),
+                                                            replace=False):
+        counts["journals"] += 1
+
+
 def rehydrate(store: RecordStore, data: Path) -> dict[str, int]:
     """Write into `store` every record of the manifests under `data` that it lacks (each validated
-    against its key), with the adapters and journals it lacks; returns the counts."""
-    counts = {"manifests": 0, "records": 0, "adapters": 0, "journals": 0, "damaged": 0}
+    against its key), with the adapters and journals it lacks; returns the counts. An unreadable or
+    malformed manifest is skipped with a warning."""
+    counts = {"manifests": 0, "records": 0, "adapters": 0, "journals": 0, "damaged": 0, "skipped": 0}
     for path in manifests(data, store.root):
         try:
-            body = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            _rehydrate_one(store, path, counts)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             log.warning("manifest %s unreadable (%s): skipped", path, exc)
-            continue
-        counts["manifests"] += 1
-        for key, record in body.get("records", {}).items():
-            if store.path(key).exists():
-                continue
-            try:
-                store.write(key, validate(record, key))
-                counts["records"] += 1
-            except RecordError:
-                counts["damaged"] += 1
-        for key, name in body.get("adapters", {}).items():
-            target = store.root / "adapters" / f"{key}.safetensors"
-            if not target.exists() and (path.parent / name).exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path.parent / name, target)
-                counts["adapters"] += 1
-        journal = body.get("journal")
-        snapshot = path.parent / journal["file"] if journal else None
-        if snapshot is not None and snapshot.exists():
-            target = journal_path(store.root, journal["store"])
-            # journals only grow: a longer snapshot holds everything a shorter journal does
-            if not target.exists() or target.stat().st_size < snapshot.stat().st_size:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(snapshot, target)
-                counts["journals"] += 1
+            counts["skipped"] += 1
     return counts

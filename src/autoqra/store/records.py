@@ -175,6 +175,15 @@ class RecordStore:
     # ------------------------------------------------------------------ writing
     def write(self, key: str, record: dict[str, Any]) -> dict[str, Any]:
         record = validate({**record, "format": FORMAT, "key": key}, key)
+        self._put(key, record, replace=True)
+        return record
+
+    def write_new(self, key: str, record: dict[str, Any]) -> bool:
+        """Write `record` only if `key` has no record file yet (atomically: never over one a worker
+        wrote meanwhile); whether it was written."""
+        return self._put(key, validate({**record, "format": FORMAT, "key": key}, key), replace=False)
+
+    def _put(self, key: str, record: dict[str, Any], replace: bool) -> bool:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:8]}", suffix=".tmp")
@@ -183,11 +192,16 @@ class RecordStore:
                 json.dump(record, fh, indent=1)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
+            if replace:
+                os.replace(tmp, path)
+                return True
+            try:
+                os.link(tmp, path)  # fails if the path exists: no check-then-write race
+                return True
+            except FileExistsError:
+                return False
+        finally:
             Path(tmp).unlink(missing_ok=True)
-            raise
-        return record
 
     # ------------------------------------------------------------------ locking
     @contextlib.contextmanager
@@ -198,12 +212,14 @@ class RecordStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         waited = time.monotonic()
         while True:
+            fd = -1  # this pass's descriptor: never one an earlier pass closed
             try:
                 fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
-                with contextlib.suppress(OSError, UnboundLocalError):
-                    os.close(fd)
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
                 if exc.errno == errno.ESTALE:  # NFS lost the file under us: open the path again
                     time.sleep(POLL_S)
                     continue
@@ -229,11 +245,13 @@ class RecordStore:
         try:
             os.ftruncate(fd, 0)
             os.write(fd, worker_id().encode())  # who holds it, for whoever looks
+            os.fsync(fd)  # on NFS too, before anyone judges the holder by it
             yield True
         finally:
             self._held.discard(key)
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)  # still ours: nobody else can lock it before we close
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:  # not a successor's (after a broken lock)
+                    os.unlink(path)  # still ours: nobody else can lock it before we close
             os.close(fd)
 
     # ------------------------------------------------------------------ the one entry point
