@@ -15,11 +15,10 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from autoqra.store.files import write_json
+from autoqra.store.files import place, write_json
 from autoqra.store.records import RecordError, RecordStore, validate
 
 NAME = "records.json"
@@ -58,25 +57,12 @@ def manifests(data: Path, skip: Path) -> list[Path]:
 
 
 def _copy(source: Path, target: Path, replace: bool) -> bool:
-    """Copy `source` to `target` whole (a temporary file synced, then renamed or linked into place: a
-    kill leaves no cut file, and without `replace` a file another worker wrote meanwhile is kept)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name[:16]}", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-            shutil.copyfileobj(src, out)
-            out.flush()
-            os.fsync(out.fileno())
-        if replace:
-            os.replace(tmp, target)
-            return True
-        try:
-            os.link(tmp, target)
-            return True
-        except FileExistsError:
-            return False
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    """Copy `source` to `target` whole (`autoqra.store.files.place`)."""
+    def write(fh: Any) -> None:
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, fh)
+
+    return place(target, write, replace=replace, binary=True)
 
 
 def _rehydrate_one(store: RecordStore, path: Path, counts: dict[str, int]) -> None:

@@ -34,12 +34,12 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from autoqra.store.files import place
 from autoqra.store.process import is_dead, worker_id
 
 FORMAT = 2  # the layout of a record file (not of its value: code changes enter the key)
@@ -184,24 +184,7 @@ class RecordStore:
         return self._put(key, validate({**record, "format": FORMAT, "key": key}, key), replace=False)
 
     def _put(self, key: str, record: dict[str, Any], replace: bool) -> bool:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:8]}", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(record, fh, indent=1)
-                fh.flush()
-                os.fsync(fh.fileno())
-            if replace:
-                os.replace(tmp, path)
-                return True
-            try:
-                os.link(tmp, path)  # fails if the path exists: no check-then-write race
-                return True
-            except FileExistsError:
-                return False
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        return place(self.path(key), lambda fh: json.dump(record, fh, indent=1), replace=replace)
 
     # ------------------------------------------------------------------ locking
     @contextlib.contextmanager
