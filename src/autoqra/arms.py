@@ -182,8 +182,8 @@ def evaluate(setup: SearchSetup, arm: str, train: Path, out: Path) -> dict[str, 
                     raise ParamError(f"--train {train}: {adapter.name} is missing (seed {seed} trained, its adapter "
                                      "gone: run the finetune stage again)")
                 key = evaluation.evaluation_key(run["key"], p.task.max_length, p.evaluate, adapter)
-                record, computed = ev.store.get(key, lambda s=seed: evaluation.score_seed(
-                    ev, config, train / f"seed{s}.safetensors", test, p.task.max_length, p.evaluate, tmp, built))
+                record, computed = ev.store.get(key, lambda a=adapter: evaluation.score_seed(
+                    ev, config, a, test, p.task.max_length, p.evaluate, tmp, built))
                 row.update(record["scores"], test_record=record["key"], test_cached=not computed)
                 used.add(key)
             row["eval_s"] = round(time.perf_counter() - start, 2)
