@@ -300,3 +300,80 @@ def test_an_injected_out_of_memory_is_retried_within_the_search_and_the_configur
     assert [t.user_attrs["status"] for t in study.trials if t.state == optuna.trial.TrialState.FAIL] == ["retry"]
     reference, _ = evolve(obj, SPACE, BUDGET, *obj.priors(), settings)
     assert sorted(done) == sorted((r.config.key, r.fidelity, r.seed) for r in history(reference, SPACE))
+
+
+def test_the_boundary_warm_start_holds_the_repairs_of_the_uniforms_just_over_the_budget():
+    obj = SyntheticObjective(SPACE, 0)
+    i_q, i_r = obj.priors()
+    over = ops.boundary_uniforms(SPACE, BUDGET)
+    assert over and not any(BUDGET.feasible(c) for c in over)
+    fits = set(ops.feasible_uniforms(SPACE, BUDGET))
+    for c in over:  # each has a one-rung-lower neighbour that fits, and nothing over the budget is left out
+        b, r = SPACE.bits.index(c.bits[0]), SPACE.ranks.index(c.ranks[0])
+        assert {SPACE.uniform(SPACE.bits[b - 1], c.ranks[0]) if b else None,
+                SPACE.uniform(c.bits[0], SPACE.ranks[r - 1]) if r else None} & fits
+    members = Evolution(SPACE, BUDGET, i_q, i_r, _settings(0, warm_start="boundary")).warm_start()
+    plain = Evolution(SPACE, BUDGET, i_q, i_r, _settings(0)).warm_start()
+    repaired = [repair(c, BUDGET, i_q, i_r) for c in over]
+    assert all(c in members for c in repaired) and not all(c in plain for c in repaired)
+    assert all(BUDGET.feasible(c) for c in members) and len(members) == 12
+    assert _settings(0, warm_start="boundary").options() == {"warm_start": "boundary"} and not _settings(0).options()
+
+
+def test_model_promotion_keeps_the_quota_and_what_already_runs_and_reports_against_raw():
+    from autoqra.search import promotion
+
+    a, b, c = SPACE.uniform(2, 4), SPACE.uniform(3, 4), SPACE.uniform(4, 4)
+    means = {a.key: 1.0, b.key: 2.0, c.key: 3.0}
+    assert promotion.choose([a, b, c], means, None, 1) == [a]  # raw: the rung's mean
+    assert promotion.choose([a, b, c], means, {a.key: 5.0, b.key: 4.0, c.key: 0.5}, 1) == [c]
+    assert promotion.choose([a, b, c], means, {a.key: 5.0, b.key: 4.0, c.key: 0.5}, 2, running=[b.key]) == [b, c]
+    obj = SyntheticObjective(SPACE, 2, crossing=1.0)
+    settings = _settings(2, population=9, offspring=6, generations=3, max_steps=0, promotion="model")
+    study, evo = evolve(obj, SPACE, BUDGET, *obj.priors(), settings)
+    hist = history(study, SPACE)
+    report_ = evo.promotions(hist)
+    assert report_["decisions"] == 6 and report_["model_ready"] >= 3  # generation 0 has nothing above its rungs
+    for row in report_["rows"]:
+        assert len(row["promoted"]) == math.ceil(row["members"] / 3)
+        assert set(row["promoted"]) == set(row["model"] if row["model"] is not None else row["raw"])
+    again, _ = evolve(SyntheticObjective(SPACE, 2, crossing=1.0), SPACE, BUDGET, *obj.priors(), settings)
+    assert [t.params for t in again.trials] == [t.params for t in study.trials]
+
+
+def test_a_fidelity_surrogate_can_rank_otherwise_at_the_top_than_at_the_lowest_rung():
+    from autoqra.search.surrogate import Surrogate
+
+    obj = SyntheticObjective(SPACE, 3, crossing=1.0, sigma=0.0)
+    i_q, i_r = obj.priors()
+    rng = np.random.default_rng(0)
+    configs = [repair(SPACE.random(rng), BUDGET, i_q, i_r) for _ in range(40)]
+    xs = [(c, f) for c in configs for f in (1, 9)]
+    fit = dict(configs=[c for c, _ in xs], fidelities=[f for _, f in xs], lower=[None] * len(xs),
+               scores=[obj(c, f) for c, f in xs])
+    new = [repair(SPACE.random(rng), BUDGET, i_q, i_r) for _ in range(30)]
+    true_top = [obj.true_value(c) + obj.bias(c) / 3 for c in new]
+    from scipy.stats import spearmanr
+
+    at_top = {}
+    for top, differs in ((None, False), (9, True)):
+        model = Surrogate(SPACE, BUDGET, i_q, i_r, top=top).fit(**fit)
+        low, high = model.predict(new, [1] * 30), model.predict(new, [9] * 30)
+        assert (np.argsort(low) == np.argsort(high)).all() != differs
+        at_top[top] = spearmanr(high, true_top).statistic
+    print(f"rank correlation at the top fidelity: additive {at_top[None]:.3f}, fidelity terms {at_top[9]:.3f}")
+    assert at_top[9] > max(at_top[None], 0.5)  # measured 0.817 against 0.760
+
+
+def test_repair_exchange_rate_is_checked_against_the_measured_steps():
+    from autoqra.search.repair import exchange_rates
+
+    cells = {(b, r): 0.0 for b in (3, 4) for r in (8, 16)}
+    cells = {SPACE.uniform(b, r): (4 - b) * 1.0 + (16 - r) * 0.01 for b, r in cells}
+    rows = exchange_rates({(c, 9): m for c, m in cells.items()}, BUDGET, np.ones(len(SPACE)), np.ones(len(SPACE)))
+    assert [r["fidelity"] for r in rows] == [9] and rows[0]["pairs_bit"] == 2 and rows[0]["pairs_rank"] == 2
+    gib = 2.0**30
+    bit = 1.0 / ((BUDGET.cost(SPACE.uniform(4, 8)) - BUDGET.cost(SPACE.uniform(3, 8))) / gib)
+    bit2 = 1.0 / ((BUDGET.cost(SPACE.uniform(4, 16)) - BUDGET.cost(SPACE.uniform(3, 16))) / gib)
+    assert rows[0]["measured_bit_per_gib"] == pytest.approx((bit + bit2) / 2)
+    assert rows[0]["measured_ratio"] > 1 and rows[0]["charged_ratio"] > 0

@@ -18,7 +18,7 @@ its history, and several workers can share one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ import numpy as np
 from autoqra.memory import Budget
 from autoqra.params.rules import search_seeds
 from autoqra.search import operators as ops
+from autoqra.search import promotion
 from autoqra.search.history import DONE, WAIT, Job, Result, ranking, seed_scores
 from autoqra.search.repair import repair
 from autoqra.search.surrogate import Surrogate, rank_correlation
@@ -46,6 +47,16 @@ class Settings:
     priors: bool = True     # ablation off: generation 0 random feasible, mutation and repair without priors
     surrogate: bool = True  # ablation off: the offspring are drawn at random among the candidates
     method: str = "evolution"  # or an alternative search of `autoqra.search.baselines` ("random", "tpe")
+    # options added after the first studies were named: out of the repr (the study name hashes it) and in
+    # the identity only when they differ from these defaults (`options`)
+    promotion: str = field(default="raw", repr=False)   # or "model": the predicted top-rung score
+    warm_start: str = field(default="uniforms", repr=False)  # or "boundary": also repaired just-over uniforms
+    surrogate_model: str = field(default="additive", repr=False)  # or "fidelity": gene × fidelity terms
+
+    def options(self) -> dict[str, str]:
+        """The options of this search that are not at their defaults."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if not f.repr and getattr(self, f.name) != f.default}
 
     def seeds(self, rung: int) -> tuple[int, ...]:
         """The training seeds of a rung: the same for every configuration, so scores are paired."""
@@ -71,6 +82,8 @@ class Evolution:
             return _unique(pool)[: s.population]
         prior = ops.prior_config(self.space, self.budget, self.i_q, self.i_r)
         pool = [prior, ops.greedy_config(self.space, self.budget, self.i_q, self.i_r)]
+        if s.warm_start == "boundary":  # the region just inside the budget next to the uniforms just over it
+            pool += [repair(c, self.budget, self.i_q, self.i_r) for c in ops.boundary_uniforms(self.space, self.budget)]
         pool += ops.feasible_uniforms(self.space, self.budget)
         attempts = 0
         while len({c.key for c in pool}) < s.population and attempts < 50 * s.population:
@@ -108,19 +121,21 @@ class Evolution:
         predicted = None
         if not s.surrogate:
             picks = rng.permutation(len(children))[: s.offspring]
-            out = {"chosen": [children[i] for i in sorted(picks)], "candidates": len(children), "predicted": None}
+            out = {"chosen": [children[i] for i in sorted(picks)], "candidates": len(children), "predicted": None,
+                   "predicted_at": None}
             self._memo[memo_key] = out
             return out
         surrogate = self._surrogate(before)
         if surrogate.ready and children:
             top = surrogate.predict(children, [s.fidelities[-1]] * len(children))
             order = np.argsort(top, kind="stable")
-            predicted = dict(zip((c.key for c in children),
-                                 surrogate.predict(children, [s.fidelities[0]] * len(children))))
+            predicted_at = {f: dict(zip((c.key for c in children), surrogate.predict(children, [f] * len(children))))
+                            for f in s.fidelities}
+            predicted = predicted_at[s.fidelities[0]]
             chosen = [children[i] for i in order[: s.offspring]]
         else:
-            chosen = children[: s.offspring]
-        out = {"chosen": chosen, "candidates": len(children), "predicted": predicted}
+            chosen, predicted_at = children[: s.offspring], None
+        out = {"chosen": chosen, "candidates": len(children), "predicted": predicted, "predicted_at": predicted_at}
         self._memo[memo_key] = out
         return out
 
@@ -135,7 +150,8 @@ class Evolution:
         for key, fidelity in obs:
             below = [means[(k, f)] for k, f in obs if k == key and f < fidelity]
             lower.append(min(below) if below else None)
-        model = Surrogate(self.space, self.budget, self.i_q, self.i_r)
+        model = Surrogate(self.space, self.budget, self.i_q, self.i_r,
+                          top=self.fidelities[-1] if self.settings.surrogate_model == "fidelity" else None)
         return model.fit([configs[k] for k, _ in obs], [f for _, f in obs], lower, [means[o] for o in obs])
 
     def members(self, generation: int, history: list[Result]) -> list[Config]:
@@ -167,13 +183,28 @@ class Evolution:
             if any((c.key, sd) not in at_k or not at_k[(c.key, sd)].done for c in rungs[k] for sd in seeds):
                 break
             scores = {c.key: [at_k[(c.key, sd)].score for sd in seeds] for c in rungs[k]}
-            ok = sorted((float(np.mean(v)), key) for key, v in scores.items() if None not in v)
-            by_key = {c.key: c for c in rungs[k]}
-            keep = [by_key[key] for _, key in ok[: math.ceil(len(rungs[k]) / s.eta)]]
+            means = {key: float(np.mean(v)) for key, v in scores.items() if None not in v}
+            quota = math.ceil(len(rungs[k]) / s.eta)
+            if s.promotion == "model":
+                running = sorted({r.config.key for r in mine if r.rung == k + 1})
+                keep = promotion.choose(rungs[k], means, self.predicted(generation, k, rungs[k], history), quota,
+                                        running)
+            else:
+                keep = promotion.choose(rungs[k], means, None, quota)
             if not keep:
                 break
             rungs.append(keep)
         return rungs
+
+    def predicted(self, generation: int, rung: int, members: list[Config], history: list[Result]) -> dict | None:
+        """The model's predicted top-rung score of each member of a finished rung (None: not ready)."""
+        evidence = promotion.evidence_at(history, generation, rung)
+        memo_key = ("promote", generation, rung, self._history_key(evidence))
+        if memo_key not in self._memo:
+            self._memo[memo_key] = promotion.predicted_top(
+                self.space, evidence, members, self.fidelities[rung], self.fidelities[-1],
+                seed=self.settings.seed * 1000 + 10 * generation + rung)
+        return self._memo[memo_key]
 
     def generation_done(self, generation: int, history: list[Result]) -> bool:
         """Every member of the last rung there will be has finished under all its seeds (`rungs` adds
@@ -218,8 +249,48 @@ class Evolution:
                      if None not in v.values()}
             keys = [k for k in truth if k in view["predicted"]]
             corr = rank_correlation([view["predicted"][k] for k in keys], [truth[k] for k in keys])
-            out.append({"generation": g, "candidates": view["candidates"], **corr})
+            # and at every rung: the prediction at that rung's fidelity against the scores there
+            by_rung = {}
+            for f, pred in view["predicted_at"].items():
+                at_f = {key: float(np.mean(list(v.values()))) for (key, ff), v in
+                        seed_scores([r for r in history if r.generation == g]).items() if ff == f and None not in v.values()}
+                ks = [k for k in at_f if k in pred]
+                by_rung[str(f)] = rank_correlation([pred[k] for k in ks], [at_f[k] for k in ks])
+            out.append({"generation": g, "candidates": view["candidates"], **corr, "by_fidelity": by_rung})
         return out
+
+
+    def promotions(self, history: list[Result]) -> dict[str, Any]:
+        """Each promotion made so far, raw (the rung's mean) next to the model's (the predicted top-rung
+        score), whichever the search used; `differs` counts the decisions where the model was ready and
+        chose another set."""
+        rows = []
+        for g in range(max((r.generation for r in history), default=-1) + 1):
+            rungs = self.rungs(g, history)
+            for k, (low, high) in enumerate(zip(rungs, rungs[1:])):
+                means = seed_means(history, g, k, self.settings.seeds(k), low)
+                quota = math.ceil(len(low) / self.settings.eta)
+                raw = promotion.choose(low, means, None, quota)
+                predicted = self.predicted(g, k, low, history)
+                model = promotion.choose(low, means, predicted, quota) if predicted else None
+                rows.append({"generation": g, "rung": k, "members": len(low), "promoted": [c.key for c in high],
+                             "raw": [c.key for c in raw], "model": None if model is None else [c.key for c in model],
+                             "differs": model is not None and {c.key for c in model} != {c.key for c in raw}})
+        ready = [r for r in rows if r["model"] is not None]
+        return {"used": self.settings.promotion, "decisions": len(rows), "model_ready": len(ready),
+                "differs": sum(r["differs"] for r in ready), "rows": rows}
+
+
+def seed_means(history: list[Result], generation: int, rung: int, seeds: tuple[int, ...],
+               members: list[Config]) -> dict[str, float]:
+    """Each member's mean over the rung's seeds (members with a failed or missing seed left out)."""
+    got = {(r.config.key, r.seed): r.score for r in history if r.generation == generation and r.rung == rung and r.done}
+    out = {}
+    for c in members:
+        v = [got.get((c.key, sd)) for sd in seeds]
+        if None not in v:
+            out[c.key] = float(np.mean(v))
+    return out
 
 
 def _unique(configs: list[Config]) -> list[Config]:

@@ -43,6 +43,19 @@ def feasible_uniforms(space: Space, budget: Budget, maximal: bool = False) -> li
     return sorted(fits, key=budget.cost, reverse=True)
 
 
+def boundary_uniforms(space: Space, budget: Budget) -> list[Config]:
+    """Uniform configurations just over the budget: over it, with a one-rung-lower neighbour (in bits or in
+    rank) that fits; their repairs are the configurations just inside the budget next to them."""
+    out = []
+    for i, b in enumerate(space.bits):
+        for j, r in enumerate(space.ranks):
+            c = space.uniform(b, r)
+            below = [space.uniform(space.bits[i - 1], r)] * (i > 0) + [space.uniform(b, space.ranks[j - 1])] * (j > 0)
+            if not budget.feasible(c) and any(budget.feasible(o) for o in below):
+                out.append(c)
+    return sorted(out, key=budget.cost)
+
+
 def jitter(config: Config, space: Space, rng: np.random.Generator, p: float = 0.3) -> Config:
     """Move each gene one rung up or down with probability `p` (clamped to the ladder)."""
     x = space.encode(config)

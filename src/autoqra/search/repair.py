@@ -68,3 +68,39 @@ def repair(config: Config, budget: Budget, i_q: np.ndarray | None = None, i_r: n
             ri[u] -= 1
         cost += budget.table[u, bi[u], ri[u]] - old
     return space.decode(np.concatenate([bi, ri]))
+
+
+def exchange_rates(means: dict[tuple[Config, int], float], budget: Budget, i_q: np.ndarray,
+                   i_r: np.ndarray) -> list[dict[str, float]]:
+    """Repair's exchange rate between a bit step and a rank step, checked against measured scores.
+
+    `means`: (configuration, fidelity) -> mean score. Per fidelity with uniform configurations one bit
+    step apart (same rank) and one rank step apart (same bits): the measured score lost per GiB saved by
+    each kind of step (mean over the pairs), and what repair charges per GiB for the same steps over all
+    units (importance lost); `measured_ratio` / `charged_ratio` = bit step's rate over rank step's. A
+    charged ratio above the measured one means repair gives up bits where ranks would cost less."""
+    space, gib = budget.space, 2.0**30
+    noise, gain = _quality_bits(space.bits), _quality_ranks(space.ranks)
+    i_q, i_r = np.asarray(i_q, float), np.asarray(i_r, float)
+    at: dict[int, dict[tuple[int, int], float]] = {}
+    for (c, f), m in means.items():
+        if len(set(c.bits)) == 1 and len(set(c.ranks)) == 1:
+            at.setdefault(f, {})[(space.bits.index(c.bits[0]), space.ranks.index(c.ranks[0]))] = m
+    out = []
+    for f, cells in sorted(at.items()):
+        steps: dict[str, list[tuple[float, float]]] = {"bit": [], "rank": []}
+        for (i, j), m in cells.items():
+            for kind, lo in (("bit", (i - 1, j)), ("rank", (i, j - 1))):
+                if lo in cells:
+                    saved = (budget.cost(space.uniform(space.bits[i], space.ranks[j]))
+                             - budget.cost(space.uniform(space.bits[lo[0]], space.ranks[lo[1]]))) / gib
+                    lost = (i_q * (noise[i - 1] - noise[i])).sum() if kind == "bit" else \
+                        (i_r * (gain[j] - gain[j - 1])).sum()
+                    steps[kind].append(((cells[lo] - m) / saved, (lost + EPS * len(space)) / saved))
+        if steps["bit"] and steps["rank"]:
+            bit, rank = np.mean(steps["bit"], axis=0), np.mean(steps["rank"], axis=0)
+            out.append({"fidelity": f, "pairs_bit": len(steps["bit"]), "pairs_rank": len(steps["rank"]),
+                        "measured_bit_per_gib": float(bit[0]), "measured_rank_per_gib": float(rank[0]),
+                        "measured_ratio": float(bit[0] / rank[0]) if rank[0] else float("nan"),
+                        "charged_ratio": float(bit[1] / rank[1])})
+    return out

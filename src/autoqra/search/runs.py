@@ -20,6 +20,7 @@ from autoqra.report import plots
 from autoqra.report.search import fidelity_agreement, front, trials_frame
 from autoqra.search.history import Evidence, ranking, seed_scores
 from autoqra.search.optuna import JOB, SearchFailed, describe_failures, drive, history
+from autoqra.search.repair import exchange_rates
 from autoqra.search.setup import SearchSetup, evolve_settings, records_root, refine_settings
 from autoqra.search.workers import run_workers
 from autoqra.store import manifest
@@ -97,9 +98,22 @@ def evolve(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads
         "ablation": p.search.ablation,
         "surrogate": (sampler.plan.surrogate_quality(hist) if hasattr(sampler.plan, "surrogate_quality") else []),
         "fidelity_agreement": fidelity_agreement(trials),
+        "promotion": (sampler.plan.promotions(hist) if hasattr(sampler.plan, "promotions") else None),
+        "exchange_rates": exchange_rates(_means(hist, frontier, setup), setup.budget, setup.i_q, setup.i_r),
         "manifest": held,
         "search_s": round(search_s, 1),
     }
+
+
+def _means(hist: list, frontier: dict[str, Any], setup: SearchSetup) -> dict:
+    """(configuration, fidelity) -> mean score over its seeds: the search's and the frontier's."""
+    configs = {r.config.key: r.config for r in hist}
+    out = {(configs[k], f): sum(v.values()) / len(v) for (k, f), v in seed_scores(hist).items()
+           if None not in v.values()}
+    for u in frontier["uniforms"]:
+        if u["mean"] is not None:
+            out[(setup.space.parse(u["config"]), frontier["steps"])] = u["mean"]
+    return out
 
 
 def refine(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: int = 0,

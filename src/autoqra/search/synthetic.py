@@ -5,7 +5,8 @@ configuration sums, per unit, a quantization penalty s_u·4^-(b-2) that a larger
 (LoRA compensates quantization error), a capacity penalty h_u·(1 - log(1+r)/log(1+r_max)), and a
 penalty t_u when two neighbouring units are both at the lowest bit-width (interaction). A fidelity-f
 observation adds a bias 1/√f and noise of scale σ/√f, fixed by (configuration, fidelity, seed); with
-`shared` > 0 part of it is common to all configurations under the same training seed.
+`shared` > 0 part of it is common to all configurations under the same training seed; with `crossing`
+> 0 the bias grows with the ranks (large ranks start slower), so a low rung ranks otherwise than the top.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from autoqra.store import fingerprint
 
 
 class SyntheticObjective:
-    def __init__(self, space: Space, seed: int, sigma: float = 0.3, shared: float = 0.0):
+    def __init__(self, space: Space, seed: int, sigma: float = 0.3, shared: float = 0.0, crossing: float = 0.0):
         rng = np.random.default_rng(seed)
         n = len(space)
-        self.space, self.seed, self.sigma, self.shared = space, seed, sigma, shared
+        self.space, self.seed, self.sigma, self.shared, self.crossing = space, seed, sigma, shared, crossing
         self.s = rng.uniform(0.2, 2.0, n)   # quantization sensitivity
         self.h = rng.uniform(0.1, 1.0, n)   # capacity need
         self.t = rng.uniform(0.0, 1.0, n)   # interaction with the next unit
@@ -51,7 +52,13 @@ class SyntheticObjective:
         own = np.random.default_rng(int(fingerprint.of_data([config.key, fidelity, self.seed, seed])[:12], 16))
         shared = np.random.default_rng(int(fingerprint.of_data([fidelity, self.seed, seed])[:12], 16))
         z = self.shared * shared.normal() + np.sqrt(1 - self.shared**2) * own.normal()
-        return self.true_value(config) + 1.0 / np.sqrt(fidelity) + self.sigma / np.sqrt(fidelity) * z
+        return self.true_value(config) + self.bias(config) / np.sqrt(fidelity) + self.sigma / np.sqrt(fidelity) * z
+
+    def bias(self, config: Config) -> float:
+        """How far above its true value a configuration starts: 1, plus `crossing` times its mean rank (on a
+        log scale, 0 to 1): with `crossing` > 0 larger ranks learn more slowly, so learning curves cross."""
+        rq = np.log1p(np.array(config.ranks, float)) / np.log1p(max(self.space.ranks))
+        return 1.0 + self.crossing * float(rq.mean()) * len(self.space)
 
     def priors(self, noise: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
         """Noisy importance priors in [0, 1], as a profile stage would measure them."""
