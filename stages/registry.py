@@ -38,7 +38,8 @@ SEARCH_CODE = files("autoqra.search.setup", "autoqra.search.runs", "autoqra.sear
                     "autoqra.memory.budget", "autoqra.search.evolution", "autoqra.search.history",
                     "autoqra.search.ablations", "autoqra.search.operators", "autoqra.search.repair",
                     "autoqra.search.surrogate", "autoqra.search.baselines", "autoqra.search.optuna.sampler",
-                    "autoqra.search.optuna.driver", "autoqra.search.optuna.liveness", "autoqra.search.optuna.storage")
+                    "autoqra.search.optuna.driver", "autoqra.search.optuna.liveness", "autoqra.search.optuna.storage",
+                    "autoqra.search.promotion", "autoqra.search.gp")
 REFINE_CODE = files("autoqra.search.refinement", "autoqra.search.trust_region", "autoqra.search.gp")
 ARMS_CODE = (*SEARCH_CODE, *files("autoqra.arms"))
 
@@ -53,7 +54,8 @@ LOCATIONS = ("search.storage",)
 SEARCH = tuple(f"search.{k}" for k in ("granularity", "population", "generations", "offspring", "candidates",
                                        "fidelities", "eta", "max_steps", "metric", "workers", "backend",
                                        "seeds_per_rung", "val_per_rung", "max_failures",
-                                       "oom_attempts", "ablation", "frontier"))
+                                       "oom_attempts", "ablation", "frontier", "promotion",
+                                       "warm_start", "surrogate_model"))
 DIRS = ("--prepare data/prepare --quantize data/quantize --profile data/profile --search data/search "
         "--records data/records")
 SEARCH_PARAMS = ("seed", *SEARCH, "budget", "lora", "finetune", "task.max_length", "quant.bits", "quant.group_size",

@@ -179,6 +179,15 @@ class SearchParams:
                          "1's pick is final), random (random feasible search), tpe (Optuna's TPE, the budget as "
                          "a constraint); random and tpe get stage 1's and refine's steps and replace both",
                          choices=list(ABLATIONS))
+    promotion: str = spec("raw", help="successive halving's promotion: 'raw' (a rung's own mean) or 'model' (a GP "
+                          "over configuration and fidelity predicts each member's top-rung score)",
+                          choices=["raw", "model"])
+    warm_start: str = spec("uniforms", help="generation 0 beside the priors' configurations: the 'uniforms' that "
+                           "fit, or also ('boundary') the repairs of the uniforms just over the budget",
+                           choices=["uniforms", "boundary"])
+    surrogate_model: str = spec("additive", help="the screening surrogate: fidelity an 'additive' term (one ranking "
+                                "at every fidelity) or, with 'fidelity', gene × fidelity terms", choices=["additive",
+                                                                                                         "fidelity"])
     refine: RefineParams = field(default_factory=RefineParams, metadata={"help": "stage 2"})
     backend: str = spec("auto", help="weight backend of fidelity runs ('auto': packed on GPU, dequant on CPU)",
                         choices=["auto", "packed", "dequant"])

@@ -35,7 +35,8 @@ def evolve_settings(p: Params) -> Settings:
     s = p.search
     base = Settings(population=s.population, offspring=s.offspring, candidates=s.candidates,
                     generations=s.generations, fidelities=tuple(s.fidelities), eta=s.eta, max_steps=s.max_steps,
-                    seed=p.seed, seeds_per_rung=tuple(s.seeds_per_rung))
+                    seed=p.seed, seeds_per_rung=tuple(s.seeds_per_rung), promotion=s.promotion,
+                    warm_start=s.warm_start, surrogate_model=s.surrogate_model)
     return ablated(base, s.ablation, s.refine.evaluations * s.seeds_per_rung[-1] * s.fidelities[-1])
 
 
@@ -110,10 +111,11 @@ class SearchSetup:
 
     def identity(self, settings: Settings) -> dict[str, Any]:
         """Everything that defines stage 1's search: its study's name hashes it."""
-        return {"units": self.space.units, "bits": self.space.bits, "ranks": self.space.ranks,
-                "budget": [self.budget.kind, round(self.budget.limit, 3)], "settings": settings,
-                "priors": [np.round(self.i_q, 6).tolist(), np.round(self.i_r, 6).tolist()],
-                "evaluator": self.evaluator.key(self.space.minimum(), 0, self.p.seed)}
+        out = {"units": self.space.units, "bits": self.space.bits, "ranks": self.space.ranks,
+               "budget": [self.budget.kind, round(self.budget.limit, 3)], "settings": settings,
+               "priors": [np.round(self.i_q, 6).tolist(), np.round(self.i_r, 6).tolist()],
+               "evaluator": self.evaluator.key(self.space.minimum(), 0, self.p.seed)}
+        return {**out, "options": settings.options()} if settings.options() else out  # defaults: the old names
 
     def open(self, name: str, sampler: Any, store: str, readonly: bool = False) -> Any:
         """A study in `search.storage`, by default the journal `store` in the record cache (the search
