@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -133,10 +135,13 @@ def test_a_relative_budget_scales_what_the_allocation_can_move_and_binds_on_eith
 @pytest.mark.parametrize("arch", ["llama", "llama_bias", "llama_mlp_bias", "qwen2", "mistral"])
 @pytest.mark.parametrize("targets", [["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                                      ["v_proj", "down_proj"]])
-def test_shapes_from_the_config_equal_the_meta_models(arch, targets):
-    """The preflight computes the Llama family's shapes from the config (no modeling import): they
-    must equal the model's own, biases and tied embeddings included."""
+def test_shapes_from_the_config_equal_the_meta_models(tmp_path, arch, targets):
+    """The preflight computes the Llama family's shapes from the config (no modeling import), and from
+    the saved config.json read without transformers: both must equal the model's own, biases and tied
+    embeddings included."""
     from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    from autoqra.preflight import json_config
 
     common = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=200)
@@ -147,6 +152,27 @@ def test_shapes_from_the_config_equal_the_meta_models(arch, targets):
               "mistral": lambda: MistralConfig(**common)}[arch]()
     fast = ModelSpec._llama_family(config, targets)
     assert fast is not None and fast == ModelSpec.from_meta(config, targets)
+    config.save_pretrained(tmp_path)
+    light = json_config(tmp_path / "config.json")
+    assert light is not None and ModelSpec.from_config(light, targets) == fast
+
+
+def test_the_tiny_models_shapes_are_known_without_building_its_tokenizer(smoke, tiny_dir):
+    """The shape checks of the smoke experiment read the tiny model's config from its params (no
+    transformers import); it must describe the model the prepare stage builds."""
+    from autoqra import models
+    from autoqra.preflight import TINY_VOCAB, json_config, shapes_config
+
+    targets = smoke.quant.targets
+    assert TINY_VOCAB == len(models.char_tokenizer())
+    built = ModelSpec.from_pretrained(tiny_dir, targets)
+    assert ModelSpec.from_config(shapes_config(smoke, None), targets) == built
+    assert ModelSpec.from_config(json_config(tiny_dir / "config.json"), targets) == built
+    (tiny_dir.parent / "cut").mkdir(exist_ok=True)
+    cut = json.loads((tiny_dir / "config.json").read_text())
+    del cut["vocab_size"]  # a key the shapes need, left to transformers' default: not guessed
+    (tiny_dir.parent / "cut" / "config.json").write_text(json.dumps(cut))
+    assert json_config(tiny_dir.parent / "cut" / "config.json") is None
 
 
 def _packed_step(tmp_path, tiny_dir, task_dir, tiny_caches, bits, keep):

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import string
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlparse
 
@@ -92,14 +94,32 @@ def check_shapes(p: Params, config: Any, labelled: int | None = None) -> dict[st
 
 
 def check_splits(p: Params, task_dir: str | Path) -> None:
-    """Every split has examples and the calibration split holds what GPTQ and the priors take."""
+    """Every split of a prepared task folder has examples and the calibration split holds what GPTQ and
+    the priors take."""
     from autoqra.data import SPLITS
 
     sizes = {}
     for split in SPLITS:
         path = Path(task_dir) / f"{split}.jsonl"
         sizes[split] = sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
-        if sizes[split] == 0:
+    check_split_sizes(p, sizes)
+
+
+def check_task(p: Params) -> None:
+    """A local or synthetic task as the prepare stage will split it (read, parsed and split in memory: 0.03 s
+    for the default task, no model, no torch), so a defect in the data is one line before any heavy import."""
+    from autoqra import data
+
+    if p.task.source.startswith("hf:"):
+        return  # loading a dataset costs what the prepare stage will pay once; its splits are checked there
+    splits = data.build(p.task.source, p.task.families, {s: getattr(p.task, s) for s in data.SPLITS}, p.task.seed,
+                        p.task.prompt_column, p.task.answer_column, p.task.system_prompt)
+    check_split_sizes(p, {s: len(rows) for s, rows in splits.items()})
+
+
+def check_split_sizes(p: Params, sizes: dict[str, int]) -> None:
+    for split, n in sizes.items():
+        if n == 0:
             raise ParamError(f"task.source={p.task.source!r}: the {split} split is empty after splitting")
     if sizes["train"] < p.finetune.batch_size:
         raise ParamError(f"finetune.batch_size={p.finetune.batch_size}: the train split holds only {sizes['train']} "
@@ -110,20 +130,58 @@ def check_splits(p: Params, task_dir: str | Path) -> None:
                              f"allowed: {key} <= {sizes['calib']}")
 
 
+def shapes_config(p: Params, prepare: str | Path | None) -> Any:
+    """The base model's config for the shape checks (the prepared model's, else the source's): a Llama-family
+    `config.json` read as attributes, and the tiny model's from its params, with neither transformers nor torch
+    imported (that import is most of a check's time); any other model's through transformers."""
+    model_dir = Path(prepare) / "model" if prepare else None
+    source = Path(p.model.source).expanduser()
+    folder = next((d for d in (model_dir, source) if d is not None and (d / "config.json").is_file()), None)
+    if folder is not None:
+        light = json_config(folder / "config.json")
+        if light is not None:
+            return light
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(folder)
+    if p.model.source == "tiny":
+        t = p.model.tiny
+        return SimpleNamespace(model_type="llama", hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+                               num_hidden_layers=t.layers, num_attention_heads=t.heads, num_key_value_heads=t.kv_heads,
+                               vocab_size=TINY_VOCAB, tie_word_embeddings=True, attention_bias=t.attention_bias)
+    from autoqra import models
+
+    return models.source_config(p.model.source, p.model.tiny)
+
+
+# the tiny model's character tokenizer (`models.char_tokenizer`): six specials and printable ASCII but three
+# control characters (a test checks the count against the tokenizer)
+TINY_VOCAB = 6 + len(string.printable) - 3
+LIGHT_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+
+
+def json_config(path: Path) -> SimpleNamespace | None:
+    """A config.json as attributes when it describes a Llama-family model completely (the keys the shapes
+    need are written; a default transformers would fill in is not guessed), else None."""
+    from autoqra.memory.spec import LLAMA_FAMILY
+
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if d.get("model_type") not in LLAMA_FAMILY or "quantization_config" in d or not all(k in d for k in LIGHT_KEYS):
+        return None
+    return SimpleNamespace(**d)
+
+
 def check(p: Params, prepare: str | Path | None, records: str | Path = "data/records") -> dict[str, Any]:
     """Every check that applies, cheapest first: the storage (it needs no model), shapes and budget
     (from the prepared model's config, or the source's when nothing is prepared yet), and the splits
     when they exist."""
     check_storage(p.search.storage, records)
-    model_dir = Path(prepare) / "model" if prepare else None
-    if model_dir is not None and (model_dir / "config.json").exists():
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(model_dir)
-    else:
-        from autoqra import models
-
-        config = models.source_config(p.model.source, p.model.tiny)
+    if not (prepare and (Path(prepare) / "task").exists()):
+        check_task(p)  # nothing prepared yet: the data as they will be split, before the model's config
+    config = shapes_config(p, prepare)
     labelled = None
     if prepare and (Path(prepare) / "metrics.json").exists():  # the head term's bound, once the data exist
         labelled = json.loads((Path(prepare) / "metrics.json").read_text()).get("train_labelled_max")

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from autoqra import data, models, preflight
+from autoqra import data, preflight
 from autoqra.params import ParamError, Params
 from autoqra.store import fingerprint
 
@@ -19,6 +19,8 @@ log = logging.getLogger("autoqra")
 
 
 def prepare(p: Params, out: Path) -> dict[str, Any]:
+    from autoqra import models  # torch and transformers: after the task data are read and checked
+
     sizes = {s: getattr(p.task, s) for s in data.SPLITS}
     splits = data.build(p.task.source, p.task.families, sizes, p.task.seed, p.task.prompt_column,
                         p.task.answer_column, p.task.system_prompt)

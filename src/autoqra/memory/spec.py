@@ -15,6 +15,9 @@ class ModuleShape:
     bias: bool = False
 
 
+LLAMA_FAMILY = ("llama", "mistral", "qwen2")  # the architectures whose shapes are computed from the config
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What the memory model needs to know about the base model (read from its config alone)."""
@@ -45,7 +48,7 @@ class ModelSpec:
     @classmethod
     def _llama_family(cls, c: Any, targets: list[str]) -> ModelSpec | None:
         kind = getattr(c, "model_type", None)
-        if kind not in ("llama", "mistral", "qwen2") or getattr(c, "quantization_config", None) is not None:
+        if kind not in LLAMA_FAMILY or getattr(c, "quantization_config", None) is not None:
             return None
         hidden, inter, layers = c.hidden_size, c.intermediate_size, c.num_hidden_layers
         heads = c.num_attention_heads

@@ -23,6 +23,10 @@ def check_model_source(source: str) -> None:
             raise ParamError(f"model.source={source!r}: folder has no .safetensors weights"
                              f"{f' (only {found[0]}…: PyTorch pickles)' if found else ''}; allowed: a folder with "
                              "safetensors (model.save_pretrained(folder, safe_serialization=True) writes them)")
+        if path.is_dir() and (path / "tokenizer_config.json").exists() and not _has_chat_template(path):
+            raise ParamError(f"model.source={source!r}: its tokenizer has no chat template (prompts and answers "
+                             "are formatted with it); allowed: a chat/instruct model, or a folder whose "
+                             "tokenizer_config.json sets chat_template")
         if path.is_file() and path.suffix != ".gguf":
             raise ParamError(f"model.source={source!r}: a file source must be a .gguf file")
         return
@@ -35,6 +39,19 @@ def check_model_source(source: str) -> None:
         raise ParamError(f"model.source={source!r}: not in the local Hugging Face cache and the hub is "
                          "offline; download it once or give a local folder")
 
+
+def _has_chat_template(folder: Path) -> bool:
+    """Whether an HF folder's tokenizer carries a chat template, read from its files (no transformers):
+    `tokenizer_config.json`'s `chat_template`, or the separate files transformers also reads."""
+    import json
+
+    if any((folder / name).exists() for name in ("chat_template.jinja", "chat_template.json",
+                                                  "additional_chat_templates")):
+        return True
+    try:
+        return bool(json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template"))
+    except (OSError, ValueError):
+        return True  # unreadable here: transformers decides when it loads the tokenizer
 
 
 def check_task_source(source: str) -> None:
