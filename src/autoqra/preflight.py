@@ -9,6 +9,7 @@ source itself before it is prepared (`models.source_config`); `check_splits` che
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import string
@@ -174,6 +175,20 @@ def json_config(path: Path) -> SimpleNamespace | None:
     return SimpleNamespace(**d)
 
 
+def warn_slow_backend(backend: str) -> None:
+    """The packed backend computes in bf16: on a CPU without BF16 instructions a bf16 matmul is tens of times
+    slower than fp32 (77x measured on an AMD EPYC, README "Benchmarks"), so a forced `packed` on a CPU is
+    warned about (`auto` picks dequant there)."""
+    if backend != "packed":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        logging.getLogger("autoqra").warning(
+            "search.backend=packed on a CPU: it computes in bf16, which is tens of times slower than the dequant "
+            "backend's fp32 on a CPU without BF16 instructions; search.backend=auto picks dequant here")
+
+
 def check(p: Params, prepare: str | Path | None, records: str | Path = "data/records") -> dict[str, Any]:
     """Every check that applies, cheapest first: the storage (it needs no model), shapes and budget
     (from the prepared model's config, or the source's when nothing is prepared yet), and the splits
@@ -181,6 +196,7 @@ def check(p: Params, prepare: str | Path | None, records: str | Path = "data/rec
     check_storage(p.search.storage, records)
     if not (prepare and (Path(prepare) / "task").exists()):
         check_task(p)  # nothing prepared yet: the data as they will be split, before the model's config
+    warn_slow_backend(p.search.backend)
     config = shapes_config(p, prepare)
     labelled = None
     if prepare and (Path(prepare) / "metrics.json").exists():  # the head term's bound, once the data exist
