@@ -26,7 +26,8 @@ DIRECT = """
 import sys, json, torch
 from gptqmodel import GPTQModel, QuantizeConfig
 from autoqra import models, data
-from autoqra.quant import target_modules, _regex
+from autoqra.quant.cache import target_modules
+from autoqra.quant.packed import _regex
 from torch import nn
 p = json.loads(sys.argv[1])
 tok = models.load_tokenizer(p["model"])
@@ -74,11 +75,14 @@ def main() -> None:
                        "--prepare", args.prepare, "--out", f"{tmp}/stage"])
         inner = json.loads(Path(tmp, "stage", "metrics.json").read_text())
     row = {"bits": args.bits, "calib_samples": q.calib_samples, "direct_s": direct, "stage_s": stage,
-           "ratio": stage / direct, "stage_gptq_s": inner.get("gptq_s"), "stage_preflight_s": inner.get("preflight_s")}
+           "ratio": stage / direct, "stage_gptq_s": inner.get("gptq_s"), "stage_preflight_s": inner.get("preflight_s"),
+           "stage_fingerprint_s": inner.get("fingerprint_s"), "stage_val_s": inner.get("val_s")}
+    rest = stage - sum(row[k] or 0 for k in ("stage_gptq_s", "stage_preflight_s", "stage_fingerprint_s", "stage_val_s"))
     print(f"GPTQ {args.bits}-bit, {q.calib_samples} calibration sequences, group {q.group_size}:")
     print(f"  direct GPTQModel call   {direct:8.1f} s")
     print(f"  quantize stage          {stage:8.1f} s   (GPTQ inside it {row['stage_gptq_s']} s, "
-          f"checks {row['stage_preflight_s']} s)")
+          f"checks {row['stage_preflight_s']} s, cache fingerprint {row['stage_fingerprint_s']} s, held-out loss pass "
+          f"{row['stage_val_s'] if row['stage_val_s'] is not None else 'skipped (quant.eval_examples=0)'} s, start-up, imports and calibration encoding {rest:.1f} s)")
     verdict = "" if row["ratio"] <= 1.05 else f"  (target 1.05 missed by {row['ratio'] - 1.05:.2f})"
     print(f"  ratio stage / direct    {row['ratio']:8.3f}{verdict}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,10 @@
 """quantize: GPTQ (GPTQModel) of every target linear at one bit-width, cached for assembly.
 
 Writes `<out>/` = a GPTQModel checkpoint (`model.safetensors`, `quantize_config.json`, GPTQ's
-per-module `quant_log.csv`) and `metrics.json` with wall times and the held-out (validation) loss and
-perplexity of the fully quantized model. For bits 16 nothing is quantized: the folder holds only
-the unquantized model's metrics, the reference the other bit-widths are read against.
+per-module `quant_log.csv`) and `metrics.json` with wall times and, with `quant.eval_examples`, the
+held-out (validation) loss and perplexity of the fully quantized model. For bits 16 nothing is quantized:
+the folder holds only the metrics (with `quant.eval_examples`, the unquantized model's held-out loss, the
+reference the other bit-widths are read against).
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ STAGES: dict[str, Stage] = {
                      cmd="python -m stages.prepare --params params.yaml --out data/prepare",
                      outs=("data/prepare",)),
     "quantize": Stage(params=("quant.group_size", "quant.sym", "quant.desc_act", "quant.damp", "quant.calib_samples",
-                              "quant.max_length", "quant.targets"),
+                              "quant.max_length", "quant.targets", "quant.eval_examples"),
                       code=_code("quantize", *files("autoqra.quant.gptq")),
                       cmd="python -m stages.quantize --params params.yaml --bits ${item} --prepare data/prepare "
                           "--out data/quantize/b${item}",

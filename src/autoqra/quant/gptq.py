@@ -46,13 +46,12 @@ def gptq_quantize(model_dir: str | Path, calibration: list[list[int]], bits: int
 
 
 EVAL_BATCH = 16  # only speed depends on it: losses are token-weighted means
-EVAL_EXAMPLES = 64
 
 
 def quantize(p: Any, bits: int, prepare: Path, out: Path) -> dict[str, Any]:
     """The quantize stage's work: GPTQ of every target linear at `bits` from the prepared folder into the
-    cache `out` (bits 16: nothing to quantize), and the quantized model's held-out loss, for orientation.
-    Returns the metrics (timings, fingerprints, validation loss)."""
+    cache `out` (bits 16: nothing to quantize), and, with `quant.eval_examples`, the quantized model's
+    held-out loss, for orientation. Returns the metrics (timings, fingerprints, validation loss)."""
     from autoqra import data, models, quant
     from autoqra.store import fingerprint
     from autoqra.train import scoring
@@ -70,17 +69,22 @@ def quantize(p: Any, bits: int, prepare: Path, out: Path) -> dict[str, Any]:
         metrics.update(gptq_quantize(model_dir, calib, bits, p.quant.group_size, p.quant.sym, p.quant.desc_act,
                                      p.quant.damp, p.quant.targets, out, device))
         metrics["gptq_s"] = round(time.perf_counter() - start, 2)
+        begin = time.perf_counter()
         metrics["cache_fingerprint"] = quant.cache_fingerprint(out)
+        metrics["fingerprint_s"] = round(time.perf_counter() - begin, 2)
         log.info("GPTQ %d-bit: %d modules in %.1f s", bits, metrics["modules"], metrics["gptq_s"])
+    if not p.quant.eval_examples:  # the held-out pass is optional: it was 18 % of GPTQ's time (quantize_overhead)
+        return metrics
     # a few validation examples in the compute dtype of fine-tuning, so the stage costs little beyond GPTQ
-    # itself (bench/quantize_overhead.py)
+    begin = time.perf_counter()
     dtype = models.compute_dtype("auto", device)
     model = models.load_model(model_dir, dtype, device)
     if bits != quant.UNQUANTIZED:
         names = quant.target_modules(model, p.quant.targets)
         quant.apply_dequant(model, dict.fromkeys(names, bits), {bits: quant.QuantCache(out)})
-    val = data.read_split(task_dir, "val")[:EVAL_EXAMPLES]
+    val = data.read_split(task_dir, "val")[:p.quant.eval_examples]
     metrics["val"] = {**scoring.loss_report(model, tok, val, p.quant.max_length, EVAL_BATCH), "examples": len(val),
                       "dtype": str(dtype)}
+    metrics["val_s"] = round(time.perf_counter() - begin, 2)  # the held-out pass: loading, assembly, scoring
     log.info("%d-bit validation: %s", bits, metrics["val"])
     return metrics
