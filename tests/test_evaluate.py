@@ -38,20 +38,27 @@ def _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space, name="records",
 def test_training_changes_only_lora_and_loss_falls(tmp_path, tiny_dir, task_dir, tiny_caches, space):
     ev = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space)
     config = space.make([4, 2, 8, 4], [8, 4, 8, 4])
+    pad = ev.tokenizer.pad_token_id
+    kw = dict(batch_size=8, lr=3e-3, warmup_ratio=0.1, schedule="cosine", weight_decay=0.0, max_grad_norm=1.0)
+    # 60 steps on 16 examples: the adapters must fit them. (On the whole train split the pre-trained tiny
+    # model can sit at the loss its answers allow; whether 60 steps move it by 1 % depended on the processor.)
+    few = ev.train_data[:16]
     model = ev.build(config, tmp_path, seed=0)
-    seen = [collate(ev.train_data[i:i + 32], ev.tokenizer.pad_token_id) for i in range(0, 128, 32)]
+    seen = [collate(few, pad)]
     loss_before = mean_nll(model, seen)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    result = train(model, ev.train_data, ev.tokenizer.pad_token_id, 60, 0, batch_size=8, lr=3e-3, warmup_ratio=0.1,
-                   schedule="cosine", weight_decay=0.0, max_grad_norm=1.0)
+    result = train(model, few, pad, 60, 0, **kw)
     assert result.steps == 60 and result.failure is None
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all("lora_" in n for n in changed)
     assert {n for n in before if "lora_B" in n} <= changed  # every adapter learned
-    assert mean_nll(model, seen) < 0.99 * loss_before  # the answer loss on the training data falls
+    loss_after = mean_nll(model, seen)
+    print(f"answer loss on the 16 trained examples: {loss_before:.4f} -> {loss_after:.4f}")
+    assert loss_after < 0.9 * loss_before  # the answer loss on the training data falls
 
+    full = train(ev.build(config, tmp_path, seed=0), ev.train_data, pad, 60, 0, **kw)
     record = ev(config, 60, 0)
-    assert record["train_loss"] == pytest.approx(result.losses)  # same seed, same numbers
+    assert record["train_loss"] == pytest.approx(full.losses)  # same seed, same numbers
     assert ev.build(config).base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight.requires_grad is False
 
 
