@@ -80,9 +80,10 @@ def main() -> None:
     rest = stage - sum(row[k] or 0 for k in ("stage_gptq_s", "stage_preflight_s", "stage_fingerprint_s", "stage_val_s"))
     print(f"GPTQ {args.bits}-bit, {q.calib_samples} calibration sequences, group {q.group_size}:")
     print(f"  direct GPTQModel call   {direct:8.1f} s")
+    held_out = "skipped (quant.eval_examples=0)" if row["stage_val_s"] is None else f"{row['stage_val_s']} s"
     print(f"  quantize stage          {stage:8.1f} s   (GPTQ inside it {row['stage_gptq_s']} s, "
           f"checks {row['stage_preflight_s']} s, cache fingerprint {row['stage_fingerprint_s']} s, held-out loss pass "
-          f"{row['stage_val_s'] if row['stage_val_s'] is not None else 'skipped (quant.eval_examples=0)'} s, start-up, imports and calibration encoding {rest:.1f} s)")
+          f"{held_out}, start-up, imports and calibration encoding {rest:.1f} s)")
     verdict = "" if row["ratio"] <= 1.05 else f"  (target 1.05 missed by {row['ratio'] - 1.05:.2f})"
     print(f"  ratio stage / direct    {row['ratio']:8.3f}{verdict}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

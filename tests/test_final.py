@@ -108,7 +108,17 @@ def test_the_exported_model_reloads_in_a_fresh_process_and_reproduces_the_test_l
     """)
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     loss = float(next(line for line in res.stdout.splitlines() if line.startswith("LOSS")).split()[1])
-    assert abs(loss - expected) < 1e-4, (loss, expected)
+    exported = json.loads((export / "metrics.json").read_text())
+    assert abs(loss - exported["reloaded_test_answer_loss"]) < 1e-6  # the export stage's own reload, same numbers
+    # against the arm's own score: GPTQModel's layers compute in bf16 only, and the arm scored in bf16 too
+    # where the processor has native bf16; on one without (`compute_dtype` falls back to fp32: an AVX2-only
+    # AMD EPYC measured 1.8691 reloaded vs 1.8664, 0.15 %), bf16's rounding against fp32, at most 1 %
+    import torch
+
+    from autoqra import models
+
+    native = models.compute_dtype("auto", "cpu") == torch.bfloat16
+    assert abs(loss - expected) < (1e-4 if native else 0.01 * expected), (loss, expected)
 
 
 def test_a_finished_run_has_nothing_to_do(finished):

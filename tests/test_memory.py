@@ -164,7 +164,7 @@ def test_the_tiny_models_shapes_are_known_without_building_its_tokenizer(smoke, 
     from autoqra.preflight import TINY_VOCAB, json_config, shapes_config
 
     targets = smoke.quant.targets
-    assert TINY_VOCAB == len(models.char_tokenizer())
+    assert len(models.char_tokenizer()) == TINY_VOCAB
     built = ModelSpec.from_pretrained(tiny_dir, targets)
     assert ModelSpec.from_config(shapes_config(smoke, None), targets) == built
     assert ModelSpec.from_config(json_config(tiny_dir / "config.json"), targets) == built

@@ -95,7 +95,8 @@ class QuantParams:
     calib_samples: int = spec(128, help="calibration sequences (from the calib split)", min=1)
     max_length: int = spec(256, help="tokens per calibration sequence", min=8)
     eval_examples: int = spec(0, help="validation examples the quantize stage scores each quantized model on, for "
-                              "orientation (0: none; 64 cost 19 s per bit-width on 2 cores, a sixth of GPTQ itself)", min=0)
+                              "orientation (0: none; 64 cost 19 s per bit-width on 2 cores, a sixth of GPTQ itself)",
+                              min=0)
     targets: list[str] = spec(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                               help="target linears inside each block (quantized and adapted)",
                               min_items=1, unique=True)

@@ -252,8 +252,9 @@ class Evolution:
             # and at every rung: the prediction at that rung's fidelity against the scores there
             by_rung = {}
             for f, pred in view["predicted_at"].items():
-                at_f = {key: float(np.mean(list(v.values()))) for (key, ff), v in
-                        seed_scores([r for r in history if r.generation == g]).items() if ff == f and None not in v.values()}
+                scores = seed_scores([r for r in history if r.generation == g])
+                at_f = {key: float(np.mean(list(v.values()))) for (key, ff), v in scores.items()
+                        if ff == f and None not in v.values()}
                 ks = [k for k in at_f if k in pred]
                 by_rung[str(f)] = rank_correlation([pred[k] for k in ks], [at_f[k] for k in ks])
             out.append({"generation": g, "candidates": view["candidates"], **corr, "by_fidelity": by_rung})
