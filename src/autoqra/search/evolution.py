@@ -182,8 +182,7 @@ class Evolution:
             seeds = s.seeds(k)
             if any((c.key, sd) not in at_k or not at_k[(c.key, sd)].done for c in rungs[k] for sd in seeds):
                 break
-            scores = {c.key: [at_k[(c.key, sd)].score for sd in seeds] for c in rungs[k]}
-            means = {key: float(np.mean(v)) for key, v in scores.items() if None not in v}
+            means = seed_means(mine, generation, k, seeds, rungs[k])
             quota = math.ceil(len(rungs[k]) / s.eta)
             if s.promotion == "model":
                 running = sorted({r.config.key for r in mine if r.rung == k + 1})
@@ -251,15 +250,14 @@ class Evolution:
             corr = rank_correlation([view["predicted"][k] for k in keys], [truth[k] for k in keys])
             # and at every rung: the prediction at that rung's fidelity against the scores there
             by_rung = {}
+            scores = seed_scores([r for r in history if r.generation == g])
             for f, pred in view["predicted_at"].items():
-                scores = seed_scores([r for r in history if r.generation == g])
                 at_f = {key: float(np.mean(list(v.values()))) for (key, ff), v in scores.items()
                         if ff == f and None not in v.values()}
                 ks = [k for k in at_f if k in pred]
                 by_rung[str(f)] = rank_correlation([pred[k] for k in ks], [at_f[k] for k in ks])
             out.append({"generation": g, "candidates": view["candidates"], **corr, "by_fidelity": by_rung})
         return out
-
 
     def promotions(self, history: list[Result]) -> dict[str, Any]:
         """Each promotion made so far, raw (the rung's mean) next to the model's (the predicted top-rung
