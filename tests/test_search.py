@@ -316,6 +316,8 @@ def test_the_boundary_warm_start_holds_the_repairs_of_the_uniforms_just_over_the
     plain = Evolution(SPACE, BUDGET, i_q, i_r, _settings(0)).warm_start()
     repaired = [repair(c, BUDGET, i_q, i_r) for c in over]
     assert all(c in members for c in repaired) and not all(c in plain for c in repaired)
+    tight = Evolution(SPACE, BUDGET, i_q, i_r, _settings(0, warm_start="boundary", population=2 + len(fits)))
+    assert fits <= set(tight.warm_start())  # "also": at a population just big enough, no uniform gives way
     assert all(BUDGET.feasible(c) for c in members) and len(members) == 12
     assert _settings(0, warm_start="boundary").options() == {"warm_start": "boundary"} and not _settings(0).options()
 

@@ -82,9 +82,9 @@ class Evolution:
             return _unique(pool)[: s.population]
         prior = ops.prior_config(self.space, self.budget, self.i_q, self.i_r)
         pool = [prior, ops.greedy_config(self.space, self.budget, self.i_q, self.i_r)]
-        if s.warm_start == "boundary":  # the region just inside the budget next to the uniforms just over it
-            pool += [repair(c, self.budget, self.i_q, self.i_r) for c in ops.boundary_uniforms(self.space, self.budget)]
         pool += ops.feasible_uniforms(self.space, self.budget)
+        if s.warm_start == "boundary":  # also the region just inside the budget next to the uniforms just over it
+            pool += [repair(c, self.budget, self.i_q, self.i_r) for c in ops.boundary_uniforms(self.space, self.budget)]
         attempts = 0
         while len({c.key for c in pool}) < s.population and attempts < 50 * s.population:
             attempts += 1
