@@ -7,8 +7,9 @@ backend, builds the model as a fidelity run does, attaches the adapters and runs
 and AdamW step on a batch of `finetune.batch_size` sequences padded to `task.max_length` whose answers
 are the longest of the train split (the batch the memory model prices), counting every term with
 `autoqra.memory.measure.training_step`; prints predicted, measured and their ratio per term and writes
-JSON. The `dequant` backend keeps dense weights by design (the model prices the packed ones a GPU run
-holds): its weight and metadata rows are expected to differ, every other row to match.
+JSON. The `dequant` backend keeps dense weights by design: it is checked against the model priced as it
+holds them (`Training.dense_weights`: dense in the compute dtype, no metadata), while every budget prices
+the packed weights a GPU run holds; the dtype is the run's own (fp32 on a CPU without native bf16).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def main() -> None:
         # the model of the run as it executes here (CPU: eager attention); the budget's is a GPU run's
         labelled = max(sum(y != -100 for y in labels) for _, labels in ev.train_data)
         model = MemoryModel(setup.spec, p.quant.group_size, dataclasses.replace(
-            setup.memory.training, attention=attention(ev.device), labelled=labelled))
+            setup.memory.training, attention=attention(ev.device), labelled=labelled,
+            dtype_bytes=ev.dtype.itemsize, dense_weights=backend == "dequant"))
         for arm in arms:
             spec = json.loads((Path(args.final) / arm / "train/arm.json").read_text())
             config = setup.arm_space.parse(spec["config"])

@@ -23,7 +23,9 @@ bytes(config) = Σ over target linears of
                 layer's activations. (The first norm's input, the frozen embeddings', is not saved: nothing upstream
 needs a gradient. A unit at rank 0 saves less than this where no adapter precedes it.)
 
-The model is of a run in bf16 (the training dtype is a parameter). It does not count the CUDA context,
+The model is of a run in bf16 (the training dtype is a parameter) on the packed backend, which every budget
+prices (a GPU run's); `Training.dense_weights` prices the dequant backend instead (each quantized weight
+dense in the training dtype, no GPTQ metadata: what it holds on a CPU), for checking that backend's steps. It does not count the CUDA context,
 transient buffers or allocator fragmentation. Every term equals the real tensors of one training step
 on the CPU (tests; `bench/memory_check.py` per arm and backend); on a GPU the measured peak adds the
 transients (`bench/gpu_memory.py`). All terms are additive over units, so a budget check or a repair
@@ -55,6 +57,7 @@ class Training:
     dtype_bytes: int = 2  # bf16
     attention: str = "sdpa"  # or "eager" (`models.attention`: eager on the CPU)
     labelled: int | None = None  # labelled (answer) tokens per sequence at most; None: every position
+    dense_weights: bool = False  # the dequant backend: every quantized weight dense in the dtype, no metadata
 
 
 class MemoryModel:
@@ -66,15 +69,15 @@ class MemoryModel:
 
     # ------------------------------------------------------------------ per module
     def weight_bytes(self, m: ModuleShape, bits: int) -> int:
-        """Packed `qweight` (int32), or the dense weight at 16 bits; plus the bias."""
+        """Packed `qweight` (int32), or the dense weight at 16 bits (or under `dense_weights`); plus the bias."""
         bias = m.out_features * self.training.dtype_bytes if m.bias else 0
-        if bits >= UNQUANTIZED:
+        if bits >= UNQUANTIZED or self.training.dense_weights:
             return m.in_features * m.out_features * self.training.dtype_bytes + bias
         return m.in_features * bits // 32 * m.out_features * 4 + bias
 
     def metadata_bytes(self, m: ModuleShape, bits: int) -> int:
         """fp16 `scales`, int32 `qzeros` and int32 `g_idx`, as GPTQModel stores them."""
-        if bits >= UNQUANTIZED:
+        if bits >= UNQUANTIZED or self.training.dense_weights:
             return 0
         groups = math.ceil(m.in_features / self.group_size)
         return groups * m.out_features * 2 + groups * (m.out_features * bits // 32) * 4 + m.in_features * 4
