@@ -9,7 +9,8 @@ are the longest of the train split (the batch the memory model prices), counting
 `autoqra.memory.measure.training_step`; prints predicted, measured and their ratio per term and writes
 JSON. The `dequant` backend keeps dense weights by design: it is checked against the model priced as it
 holds them (`Training.dense_weights`: dense in the compute dtype, no metadata), while every budget prices
-the packed weights a GPU run holds; the dtype is the run's own (fp32 on a CPU without native bf16).
+the packed weights a GPU run holds. The step runs in `--dtype` (default bf16, the dtype the model prices:
+a CPU without native bf16 then computes slowly, and an fp32 run saves other tensors: no bf16→fp32 casts).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def main() -> None:
     ap.add_argument("--arms", nargs="*", help="default: every arm with a train/arm.json under --final")
     ap.add_argument("--backends", nargs="+", default=["dequant", "packed"])
     ap.add_argument("--json", default="data/bench/memory_check.json")
+    ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp32", "auto"), help="finetune.dtype of the step")
     args = ap.parse_args()
     p = load(args.params)
     dirs = {"prepare": args.prepare, "quantize": args.quantize, "profile": args.profile, "search": args.search,
@@ -42,7 +44,8 @@ def main() -> None:
     arms = args.arms or sorted(d.name for d in Path(args.final).iterdir() if (d / "train/arm.json").exists())
     rows = []
     for backend in args.backends:
-        setup = SearchSetup(dataclasses.replace(p, search=dataclasses.replace(p.search, backend=backend)), dirs,
+        setup = SearchSetup(dataclasses.replace(p, search=dataclasses.replace(p.search, backend=backend),
+                                                finetune=dataclasses.replace(p.finetune, dtype=args.dtype)), dirs,
                             arm_ladders=True)
         ev = setup.evaluator
         batch = priced_batch(ev.train_data, ev.tokenizer.pad_token_id, p.finetune.batch_size, p.task.max_length)
