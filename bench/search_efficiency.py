@@ -9,8 +9,16 @@ the model in `--prepare` with the priors of `--profile`, through the pipeline's 
 cache (`data/records`, shared with the pipeline: an evaluation any run or method made is not
 repeated), at a small search size (`--population` ... `--refine`); an incumbent's
 value is its top-fidelity validation mean over the top rung's training seeds, and each method's final
-incumbent is scored again under `--fresh-seeds` unseen training seeds (the selected mean is biased
-low: it is the best of several noisy means).
+incumbent is trained again under `--fresh-seeds` unseen training seeds (`1000 + 100·search seed + i`: a
+search seed's row is an independent replicate, the zero-search picks included) and scored on the
+validation split and, the cost–benefit table, on the test split (the selected mean is biased low: it is
+the best of several noisy means; nothing is chosen on the test split). The zero-search methods are
+scored alike: `greedy` (the priors' importance-per-byte allocation) and `prior` (the prior-derived
+configuration), both in generation 0 of the search, and `best_uniform` (the feasible uniform
+configurations, the maximal ones under `search.frontier=maximal`, each scored at the top fidelity under
+the top rung's seeds on validation; its steps are that frontier's). The test table: per method the test
+answer loss and its paired difference to `greedy` with 95 % intervals from `autoqra.stats` over search
+seeds × test examples (each search seed's per-example losses averaged over its fresh seeds).
 
 Methods (the values of `search.ablation`): `none` (AutoQRA: evolution + refine), `no_priors`,
 `no_surrogate`, `single_fidelity`, `no_refine`, `random`, `tpe`; random and tpe get stage 1's and
@@ -42,6 +50,7 @@ from autoqra.search.optuna import history
 from autoqra.search.synthetic import SyntheticObjective
 
 METHODS = ("none", "no_priors", "no_surrogate", "single_fidelity", "no_refine", "random", "tpe")
+ZERO_SEARCH = ("greedy", "prior", "best_uniform")  # embedded only: the picks that cost no search
 
 
 def incumbent(done: list[Result], top: int, seeds: tuple[int, ...]) -> tuple[str, float] | None:
@@ -85,7 +94,7 @@ def summarize(rows: list[dict], args: argparse.Namespace) -> list[dict]:
     own steps: median and mean; the mean is dominated by seeds where random found its best early)."""
     import statistics
 
-    get = {(r["method"], r["seed"]): r for r in rows}
+    get = {(r["method"], r["seed"]): r for r in rows if r["method"] in METHODS}
     # the seeds every method finished (a run stopped part-way is summarised over those)
     seeds = sorted(s for s in {r["seed"] for r in rows} if all((m, s) in get for m in METHODS))
     table = []
@@ -146,12 +155,92 @@ def save(args: argparse.Namespace, rows: list[dict], table: list[dict] | None = 
     Path(args.json).write_text(json.dumps({"args": vars(args), "table": table, "rows": rows}, indent=1))
 
 
+def fresh_scores(setup, config, steps: int, seeds: list[int], test: list[dict], tmp: Path) -> tuple[list, dict]:
+    """`config` trained `steps` steps under each fresh seed (records and adapters of the shared store):
+    the validation scores, and per seed the per-example shares of the test answer loss (answer loss only:
+    exact match is not needed here)."""
+    import dataclasses
+
+    from autoqra import stats
+    from autoqra.train import evaluation
+
+    ev, p = setup.evaluator, setup.p
+    params = dataclasses.replace(p.evaluate, exact_match=False, lm_eval_tasks=[])
+    built, val, out = [], [], {}
+    for sd in seeds:
+        record = ev(config, steps, sd, keep_adapter=True)
+        if record["status"] != "ok":
+            continue
+        val.append(record["score"])
+        adapter = ev.adapter_path(record["key"])
+        key = evaluation.evaluation_key(record["key"], p.task.max_length, params, adapter)
+        rec, _ = ev.store.get(key, lambda a=adapter: evaluation.score_seed(ev, config, a, test, p.task.max_length,
+                                                                           params, tmp, built))
+        out[sd] = stats.contributions(rec["scores"]["answer_nll"]).tolist()
+    return val, out
+
+
+def zero_search(setup, method: str, top: int, seeds: tuple[int, ...]) -> tuple[object, int, float | None]:
+    """(pick, steps spent finding it, its validation mean at `top` under `seeds`) of a zero-search method."""
+    from autoqra.search import operators as ops
+
+    if method == "greedy":
+        return ops.greedy_config(setup.space, setup.budget, setup.i_q, setup.i_r), 0, None
+    if method == "prior":
+        return ops.prior_config(setup.space, setup.budget, setup.i_q, setup.i_r), 0, None
+    uniforms = ops.feasible_uniforms(setup.space, setup.budget, setup.p.search.frontier == "maximal")
+    scored = [(setup.scored(c, top, seeds), c) for c in uniforms]
+    ok = [(r, c) for r, c in scored if r["mean"] is not None and not r["failed"]]
+    if not ok:
+        raise SystemExit(f"error: no feasible uniform configuration scored at {top} steps under seeds {seeds}")
+    r, c = min(ok, key=lambda rc: (rc[0]["mean"], rc[0]["memory_bytes"], rc[0]["key"]))
+    return c, len(uniforms) * len(seeds) * top, r["mean"]
+
+
+def test_table(rows: list[dict]) -> list[dict]:
+    """Per method: the test answer loss and its paired difference to `greedy`, each with its 95 % interval
+    over search seeds × test examples (`autoqra.stats.difference`; a search seed's row is its per-example
+    losses averaged over its fresh seeds, paired with greedy's under the same fresh seeds)."""
+    from autoqra import stats
+
+    get = {(r["method"], r["seed"]): r for r in rows if r.get("test")}
+    methods = [m for m in (*ZERO_SEARCH, *METHODS) if any(k[0] == m for k in get)]
+    seeds = sorted(s for s in {k[1] for k in get} if all((m, s) in get for m in methods))
+    if "greedy" not in methods or not seeds:
+        return []
+
+    def matrix(method: str) -> np.ndarray:
+        out = []
+        for s in seeds:
+            per_seed = get[(method, s)]["test"]
+            out.append(np.mean([per_seed[k] for k in sorted(per_seed)], axis=0))
+        return np.stack(out)
+
+    base = matrix("greedy")
+    table = []
+    for m in methods:
+        level, diff = stats.difference(matrix(m)), stats.difference(matrix(m) - base)
+        table.append({"method": m, "steps": float(np.mean([get[(m, s)]["steps"] for s in seeds])),
+                      "test": level["diff"], "test_ci": level["ci"], "minus_greedy": diff["diff"],
+                      "minus_greedy_ci": diff["ci"], "verdict": diff["verdict"], "search_seeds": len(seeds)})
+    print(f"\ntest split: {len(seeds)} search seeds; test answer loss of each pick trained under its search seed's "
+          "fresh seeds, 95 % intervals over search seeds × test examples; − greedy paired (negative: better)")
+    print(f"{'method':16} {'steps':>6} {'test answer loss [95 %]':>32} {'− greedy [95 %] (verdict)':>44}")
+    for t in table:
+        lo, hi = t["test_ci"]
+        dlo, dhi = t["minus_greedy_ci"]
+        print(f"{t['method']:16} {t['steps']:>6.0f} {t['test']:>10.4f} [{lo:.4f}, {hi:.4f}] "
+              f"{t['minus_greedy']:>+10.4f} [{dlo:+.4f}, {dhi:+.4f}] ({t['verdict']})")
+    return table
+
+
 def run_embedded(args: argparse.Namespace) -> list[dict]:
     """Every method under each search seed on the real model, through the pipeline's evaluator."""
     import dataclasses
 
     from common import search_setup
 
+    from autoqra.data import read_split
     from autoqra.search.setup import SearchSetup, evolve_settings, refine_settings
 
     p, _, _ = search_setup(argparse.Namespace(**{**vars(args), "out": None}), None)
@@ -167,8 +256,24 @@ def run_embedded(args: argparse.Namespace) -> list[dict]:
             "store": "bench-efficiency"}
     setup = SearchSetup(base, dirs, progress=True)
     top = args.fidelities[-1]
+    test = read_split(Path(args.prepare) / "task", "test")
     rows = []
     for seed in range(args.seeds):
+        fresh_seeds = [1000 + 100 * seed + i for i in range(args.fresh_seeds)]
+        top_seeds = refine_settings(dataclasses.replace(base, seed=seed)).seeds
+        for method in ZERO_SEARCH:
+            t0, steps0 = time.perf_counter(), setup.evaluator.steps_trained
+            pick, steps, final = zero_search(setup, method, top, top_seeds)
+            with setup.evaluator.workdir() as tmp:
+                fresh, values = fresh_scores(setup, pick, top, fresh_seeds, test, Path(tmp))
+            rows.append({"seed": seed, "method": method, "curve": [], "final": final, "steps": steps,
+                         "pick": pick.describe(), "pick_key": pick.key,
+                         "fresh": float(np.mean(fresh)) if len(fresh) == args.fresh_seeds and fresh else None,
+                         "fresh_scores": fresh, "test": values if len(values) == args.fresh_seeds else None,
+                         "trained_steps": setup.evaluator.steps_trained - steps0,
+                         "seconds": round(time.perf_counter() - t0, 1)})
+            save(args, rows)
+            print(f"seed {seed} {method}: fresh {rows[-1]['fresh']} ({steps} steps): {pick.describe()}", flush=True)
         for method in METHODS:
             t0, steps0 = time.perf_counter(), setup.evaluator.steps_trained
             pm = dataclasses.replace(base, seed=seed, search=dataclasses.replace(search, ablation=method))
@@ -186,13 +291,13 @@ def run_embedded(args: argparse.Namespace) -> list[dict]:
                                  f"every seed {rs.seeds}: raise --max-steps")
             key = incumbent(results, top, rs.seeds)[0]
             pick = next(x.config for x in results if x.config.key == key)
-            fresh_seeds = [1000 + i for i in range(args.fresh_seeds)]
-            fresh = [setup.evaluator(pick, top, s)["score"] for s in fresh_seeds]
-            fresh = [f for f in fresh if f is not None]
+            with setup.evaluator.workdir() as tmp:
+                fresh, values = fresh_scores(setup, pick, top, fresh_seeds, test, Path(tmp))
             rows.append({"seed": seed, "method": method, "curve": c, "final": c[-1][1], "steps": c[-1][0],
                          "pick": pick.describe(), "pick_key": key,
                          "fresh": float(np.mean(fresh)) if len(fresh) == args.fresh_seeds and fresh else None,
-                         "fresh_scores": fresh, "trained_steps": setup.evaluator.steps_trained - steps0,
+                         "fresh_scores": fresh, "test": values if len(values) == args.fresh_seeds else None,
+                         "trained_steps": setup.evaluator.steps_trained - steps0,
                          "seconds": round(time.perf_counter() - t0, 1)})
             r = rows[-1]
             save(args, rows)
@@ -262,13 +367,15 @@ def main() -> None:
     if args.summarize:
         saved = json.loads(Path(args.json).read_text())
         summarize(saved["rows"], argparse.Namespace(**{**saved["args"], "json": args.json}))
+        test_table(saved["rows"])
         return
     warnings.filterwarnings("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.perf_counter()
     rows = run_embedded(args) if embedded else run_synthetic(args)
     print(f"total {time.perf_counter() - start:.0f} s")
-    save(args, rows, summarize(rows, args))
+    table = summarize(rows, args)
+    save(args, rows, {"search": table, "test": test_table(rows)} if embedded else table)
 
 
 if __name__ == "__main__":
