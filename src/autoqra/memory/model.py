@@ -26,11 +26,10 @@ needs a gradient. A unit at rank 0 saves less than this where no adapter precede
 The model is of a run in bf16 (the training dtype is a parameter) on the packed backend, which every budget
 prices (a GPU run's); `Training.dense_weights` prices the dequant backend instead (each quantized weight
 dense in the training dtype, no GPTQ metadata: what it holds on a CPU), for checking that backend's steps.
-It does not count the CUDA context,
-transient buffers or allocator fragmentation. Every term equals the real tensors of one training step
-on the CPU (tests; `bench/memory_check.py` per arm and backend); on a GPU the measured peak adds the
-transients (`bench/gpu_memory.py`). All terms are additive over units, so a budget check or a repair
-step costs a table lookup.
+It does not count the CUDA context, transient buffers or allocator fragmentation. Every term equals the
+real tensors of one bf16 training step on the CPU (tests; `bench/memory_check.py` per arm and backend);
+on a GPU the measured peak adds the transients (`bench/gpu_memory.py`). All terms are additive over
+units, so a budget check or a repair step costs a table lookup.
 """
 
 from __future__ import annotations
