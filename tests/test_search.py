@@ -316,9 +316,20 @@ def test_the_boundary_warm_start_holds_the_repairs_of_the_uniforms_just_over_the
     plain = Evolution(SPACE, BUDGET, i_q, i_r, _settings(0)).warm_start()
     repaired = [repair(c, BUDGET, i_q, i_r) for c in over]
     assert all(c in members for c in repaired) and not all(c in plain for c in repaired)
+    # each one's repair along one ladder alone: the uniform's bits everywhere with a few ranks lower, and
+    # the reverse (where that ladder alone fits); the first is what repair's own mix need not propose
+    for c in over:
+        by_rank = repair(c, BUDGET, i_q, i_r, axis="rank")
+        assert by_rank in members and BUDGET.feasible(by_rank) and set(by_rank.bits) == set(c.bits)
+        assert len(set(by_rank.ranks)) > 1 and max(by_rank.ranks) == c.ranks[0]
+    with pytest.raises(ValueError, match="along the bits ladder alone"):
+        repair(SPACE.uniform(SPACE.bits[0], SPACE.ranks[-1]), make_budget(
+            "relative", 0.0, "uniform3_r8", MemoryModel(SPEC, 64, Training(1, 4)), SPACE), axis="bits")
+    # "also": beyond the population, so no uniform or prior gives way, whatever the population
+    assert members[:12] == plain and len(members) > 12 and len(set(members)) == len(members)
     tight = Evolution(SPACE, BUDGET, i_q, i_r, _settings(0, warm_start="boundary", population=2 + len(fits)))
-    assert fits <= set(tight.warm_start())  # "also": at a population just big enough, no uniform gives way
-    assert all(BUDGET.feasible(c) for c in members) and len(members) == 12
+    assert fits <= set(tight.warm_start())
+    assert all(BUDGET.feasible(c) for c in members)
     assert _settings(0, warm_start="boundary").options() == {"warm_start": "boundary"} and not _settings(0).options()
 
 

@@ -186,7 +186,8 @@ class SearchParams:
                           "over configuration and fidelity predicts each member's top-rung score)",
                           choices=["raw", "model"])
     warm_start: str = spec("uniforms", help="generation 0 beside the priors' configurations: the 'uniforms' that "
-                           "fit, or also ('boundary') the repairs of the uniforms just over the budget",
+                           "fit, or also ('boundary', beyond the population) the rank-only, bit-only and mixed "
+                           "repairs of the uniforms just over the budget",
                            choices=["uniforms", "boundary"])
     surrogate_model: str = spec("additive", help="the screening surrogate: fidelity an 'additive' term (one ranking "
                                 "at every fidelity) or, with 'fidelity', gene × fidelity terms", choices=["additive",

@@ -83,14 +83,16 @@ class Evolution:
         prior = ops.prior_config(self.space, self.budget, self.i_q, self.i_r)
         pool = [prior, ops.greedy_config(self.space, self.budget, self.i_q, self.i_r)]
         pool += ops.feasible_uniforms(self.space, self.budget)
-        if s.warm_start == "boundary":  # also the region just inside the budget next to the uniforms just over it
-            pool += [repair(c, self.budget, self.i_q, self.i_r) for c in ops.boundary_uniforms(self.space, self.budget)]
         attempts = 0
         while len({c.key for c in pool}) < s.population and attempts < 50 * s.population:
             attempts += 1
             base = ops.jitter(prior, self.space, rng) if attempts % 2 else self.space.random(rng)
             pool.append(repair(base, self.budget, self.i_q, self.i_r))
-        return _unique(pool)[: s.population]
+        members = _unique(pool)[: s.population]
+        if s.warm_start == "boundary":  # also (beyond the population) the region just inside the budget next
+            # to the uniforms just over it, so no uniform or prior gives way to it
+            members = _unique(members + ops.boundary_repairs(self.space, self.budget, self.i_q, self.i_r))
+        return members
 
     def _history_key(self, history: list[Result]) -> tuple:
         return tuple(sorted((r.config.key, r.fidelity, r.seed, r.score) for r in history if r.done))

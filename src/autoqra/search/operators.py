@@ -56,6 +56,24 @@ def boundary_uniforms(space: Space, budget: Budget) -> list[Config]:
     return sorted(out, key=budget.cost)
 
 
+def boundary_repairs(space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray) -> list[Config]:
+    """The configurations just inside the budget next to each uniform just over it: its repair along the
+    rank ladder alone (its bits everywhere, a few units at a lower rank), along the bit ladder alone, and
+    repair's own mix, where each fits (unique, in that order per uniform). The single-axis repairs are there
+    because repair's exchange rate between a bit step and a rank step is a prior, not a measurement (on the
+    embedded model the measured rate was 49 loss/GiB for a bit step over a rank step's, repair charged 4)."""
+    out: list[Config] = []
+    for c in boundary_uniforms(space, budget):
+        for axis in ("rank", "bits", None):
+            try:
+                r = repair(c, budget, i_q, i_r, axis=axis)
+            except ValueError:  # that ladder alone cannot bring it within the budget
+                continue
+            if r not in out:
+                out.append(r)
+    return out
+
+
 def jitter(config: Config, space: Space, rng: np.random.Generator, p: float = 0.3) -> Config:
     """Move each gene one rung up or down with probability `p` (clamped to the ladder)."""
     x = space.encode(config)

@@ -29,8 +29,12 @@ def _quality_ranks(ranks: tuple[int, ...]) -> np.ndarray:
     return np.log1p(np.array(ranks, dtype=float)) / np.log1p(max(max(ranks), 1))
 
 
-def repair(config: Config, budget: Budget, i_q: np.ndarray | None = None, i_r: np.ndarray | None = None) -> Config:
-    """The cheapest-in-importance sequence of downgrades that brings `config` within `budget`."""
+def repair(config: Config, budget: Budget, i_q: np.ndarray | None = None, i_r: np.ndarray | None = None,
+           axis: str | None = None) -> Config:
+    """The cheapest-in-importance sequence of downgrades that brings `config` within `budget`; `axis`
+    "bits" or "rank": downgrades along that ladder only (a ValueError where that alone cannot fit)."""
+    if axis not in (None, "bits", "rank"):
+        raise ValueError(f"axis={axis!r}: allowed None, 'bits', 'rank'")
     space = budget.space
     n = len(space)
     i_q = np.ones(n) if i_q is None else np.asarray(i_q, dtype=float)
@@ -43,7 +47,7 @@ def repair(config: Config, budget: Budget, i_q: np.ndarray | None = None, i_r: n
     while not budget.fits(cost):
         best, choice = np.inf, None
         down_b = bi > 0
-        if down_b.any():
+        if down_b.any() and axis != "rank":
             saved = budget.table[units, bi, ri] - budget.table[units, np.maximum(bi - 1, 0), ri]
             lost = i_q * (noise[np.maximum(bi - 1, 0)] - noise[bi]) + EPS
             score = np.where(down_b & (saved > 0), lost / np.where(saved > 0, saved, 1), np.inf)
@@ -51,7 +55,7 @@ def repair(config: Config, budget: Budget, i_q: np.ndarray | None = None, i_r: n
             if score[u] < best:
                 best, choice = score[u], ("bits", u)
         down_r = ri > 0
-        if down_r.any():
+        if down_r.any() and axis != "bits":
             saved = budget.table[units, bi, ri] - budget.table[units, bi, np.maximum(ri - 1, 0)]
             lost = i_r * (gain[ri] - gain[np.maximum(ri - 1, 0)]) + EPS
             score = np.where(down_r & (saved > 0), lost / np.where(saved > 0, saved, 1), np.inf)
@@ -59,7 +63,9 @@ def repair(config: Config, budget: Budget, i_q: np.ndarray | None = None, i_r: n
             if score[u] < best:
                 best, choice = score[u], ("rank", u)
         if choice is None:
-            raise ValueError("cannot repair: no downgrade saves memory (budget below the minimum configuration)")
+            along = f" along the {axis} ladder alone" if axis else ""
+            raise ValueError(f"cannot repair{along}: no downgrade saves memory "
+                             "(budget below the minimum configuration)")
         kind, u = choice
         old = budget.table[u, bi[u], ri[u]]
         if kind == "bits":
