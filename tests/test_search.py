@@ -331,6 +331,8 @@ def test_the_boundary_warm_start_holds_the_repairs_of_the_uniforms_just_over_the
     assert fits <= set(tight.warm_start())
     assert all(BUDGET.feasible(c) for c in members)
     assert _settings(0, warm_start="boundary").options() == {"warm_start": "boundary"} and not _settings(0).options()
+    # the study's name hashes the plan's revision: a study the earlier boundary plan filled is not resumed
+    assert _settings(0, warm_start="boundary").revisions() == {"warm_start": 2} and not _settings(0).revisions()
 
 
 def test_model_promotion_keeps_the_quota_and_what_already_runs_and_reports_against_raw():

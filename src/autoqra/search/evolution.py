@@ -32,6 +32,10 @@ from autoqra.search.repair import repair
 from autoqra.search.surrogate import Surrogate, rank_correlation
 from autoqra.space import Config, Space
 
+# A non-default option whose plan changed: its revision (2: the boundary warm start adds the single-ladder
+# repairs beyond the population). The defaults' plans keep their study names.
+OPTION_REVISIONS = {"warm_start=boundary": 2}
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -57,6 +61,11 @@ class Settings:
         """The options of this search that are not at their defaults."""
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if not f.repr and getattr(self, f.name) != f.default}
+
+    def revisions(self) -> dict[str, int]:
+        """The revision of each non-default option's plan (`OPTION_REVISIONS`): the study's name hashes it,
+        so a study planned by an earlier revision is never resumed with another plan."""
+        return {k: OPTION_REVISIONS[f"{k}={v}"] for k, v in self.options().items() if f"{k}={v}" in OPTION_REVISIONS}
 
     def seeds(self, rung: int) -> tuple[int, ...]:
         """The training seeds of a rung: the same for every configuration, so scores are paired."""

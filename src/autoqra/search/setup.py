@@ -115,6 +115,8 @@ class SearchSetup:
                "budget": [self.budget.kind, round(self.budget.limit, 3)], "settings": settings,
                "priors": [np.round(self.i_q, 6).tolist(), np.round(self.i_r, 6).tolist()],
                "evaluator": self.evaluator.key(self.space.minimum(), 0, self.p.seed)}
+        if settings.revisions():
+            out["revisions"] = settings.revisions()
         return {**out, "options": settings.options()} if settings.options() else out  # defaults: the old names
 
     def open(self, name: str, sampler: Any, store: str, readonly: bool = False) -> Any:
