@@ -128,32 +128,49 @@ def predicted_bytes(shape: str, bits: int | None, rank: int, batch: int, seq: in
     return MemoryModel(spec, GROUP, training).total(space, space.uniform(space.bits[0], rank))
 
 
+class Clock:
+    """Per-step wall times (GPU synchronised) and the peak memory since construction."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        self.stamps = [time.perf_counter()]
+
+    def tick(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.stamps.append(time.perf_counter())
+
+    def stats(self) -> dict[str, float]:
+        """The median seconds per step after the first (the first warms up), and on a GPU the peak and
+        resident memory."""
+        times = sorted(b - a for a, b in zip(self.stamps[1:-1], self.stamps[2:])) \
+            or [self.stamps[-1] - self.stamps[0]]
+        out = {"s_per_step": times[len(times) // 2]}
+        if self.cuda:
+            out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            out["resident_gib"] = torch.cuda.memory_allocated() / 2**30
+        return out
+
+
 def step_stats(model: nn.Module, device: str, vocab: int, batch: int, seq: int, steps: int) -> dict[str, float]:
+    """PEFT's documented loop: the model's own loss on every position, AdamW."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(0, vocab, (batch, seq), device=device)
-    cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
+    clock = Clock(device)
     for _ in range(steps):
-        start = time.perf_counter()
         model(input_ids=ids, labels=ids).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    out = {"s_per_step": sorted(times[1:] or times)[len(times[1:] or times) // 2]}
-    if cuda:
-        out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        out["resident_gib"] = torch.cuda.memory_allocated() / 2**30
-    return out
+        clock.tick()
+    return clock.stats()
 
 
 def ours_stats(model: nn.Module, device: str, vocab: int, batch: int, seq: int, steps: int,
                answer: int) -> dict[str, float]:
-    """Seconds per step (median after the first) and peak memory of this project's training loop."""
+    """This project's training loop, on `answer` labelled tokens a sequence."""
     from autoqra.train.loop import train
 
     g = torch.Generator().manual_seed(0)
@@ -161,26 +178,12 @@ def ours_stats(model: nn.Module, device: str, vocab: int, batch: int, seq: int, 
     for _ in range(4 * batch):
         ids = torch.randint(0, vocab, (seq,), generator=g).tolist()
         encoded.append((ids, [-100] * (seq - answer) + ids[seq - answer:]))
-    cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    stamps = [time.perf_counter()]
-
-    def tick() -> None:
-        if cuda:
-            torch.cuda.synchronize()
-        stamps.append(time.perf_counter())
-
+    clock = Clock(device)
     result = train(model, encoded, 0, steps, 0, batch_size=batch, lr=1e-4, warmup_ratio=0.1, schedule="cosine",
-                   weight_decay=0.0, max_grad_norm=1.0, on_step=tick)
+                   weight_decay=0.0, max_grad_norm=1.0, on_step=clock.tick)
     if result.failure:
         raise SystemExit(f"error: our loop failed: {result.failure}")
-    times = sorted(b - a for a, b in zip(stamps[1:-1], stamps[2:])) or [stamps[-1] - stamps[0]]
-    out = {"s_per_step": times[len(times) // 2]}
-    if cuda:
-        out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    return out
+    return clock.stats()
 
 
 def main() -> None:
