@@ -27,8 +27,8 @@ def search_parser(description: str, needs: str):
 
 
 def search_setup(args, needs: str):
-    """(params, the evolve stage's SearchSetup, path of `needs` in --out), with one-line errors first."""
-    from autoqra.search.setup import SearchSetup, check_inputs
+    """(params, the evolve stage's Setup, path of `needs` in --out), with one-line errors first."""
+    from autoqra.pipeline.setup import Setup, check_inputs
 
     path = Path(args.out) / needs if needs else None
     if path is not None and not path.exists():
@@ -39,7 +39,7 @@ def search_setup(args, needs: str):
         check_inputs(p, dirs)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
-    return p, SearchSetup(p, dirs, progress=True), path
+    return p, Setup(p, dirs, progress=True), path
 
 
 def load(path: str):

@@ -42,9 +42,9 @@ def main() -> None:
     scores: dict[str, dict[str, list[float]]] = {}
     for dtype in ("bf16", "fp32"):
         p2 = dataclasses.replace(p, finetune=dataclasses.replace(p.finetune, dtype=dtype))
-        from autoqra.search.setup import SearchSetup
+        from autoqra.pipeline.setup import Setup
 
-        ev = SearchSetup(p2, setup.dirs).evaluator
+        ev = Setup(p2, setup.dirs).fidelity_run
         for name, config in configs.items():
             scores.setdefault(name, {})[dtype] = [ev(config, fidelity, s)["score"] for s in args.seeds]
     print(f"{p.search.metric} at {fidelity} steps, seeds {args.seeds}: bf16 vs fp32 base")

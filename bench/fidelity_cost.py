@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 from common import TARGETS  # sets the offline environment (read when transformers is first imported)
 
-from autoqra import models, quant
+from autoqra import devices, quant
 from autoqra.data import collate
 from autoqra.memory import ModelSpec
 from autoqra.params import FinetuneParams, LoraParams
+from autoqra.pipeline.fidelity import Evaluator
 from autoqra.space import Space
-from autoqra.train.fidelity import Evaluator
 from autoqra.train.loop import batch_order
 
 
@@ -83,7 +83,7 @@ def main() -> None:
                          "eval_s": ours["eval_s"], "wall_s": ours["wall_s"],
                          "other_s": ours["wall_s"] - ours["train_s"] - ours["eval_s"]})
     print(f"{args.steps} steps, batch {args.batch_size}, {args.bits}-bit, rank {args.rank} on all targets, "
-          f"{torch.get_num_threads()} threads, {models.default_device()}")
+          f"{torch.get_num_threads()} threads, {devices.default_device()}")
     print(f"{'backend':10} {'dtype':16} {'floor s/step':>12} {'ours s/step':>12} {'ours/floor':>10} "
           f"{'scoring s':>9} {'assembly+setup s':>16}")
     for r in rows:

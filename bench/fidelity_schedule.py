@@ -37,7 +37,7 @@ def main() -> None:
     for f in fids[:-1]:
         cut, default, truth = [], [], []
         for key, row in at_top.iterrows():
-            record = setup.evaluator(setup.space.parse({"units": json.loads(row["config"])}), f, p.seed,
+            record = setup.fidelity_run(setup.space.parse({"units": json.loads(row["config"])}), f, p.seed,
                                      horizon=top)
             if record.get("score") is None or (key, f) not in own.index:
                 continue
@@ -47,7 +47,7 @@ def main() -> None:
         for name, scores in (("own schedule (default)", default), (f"first {f} of {top}", cut)):
             rows.append({"rung": f, "schedule": name, **rank_correlation(scores, truth)})
     print(f"rank agreement of each lower rung with the {top}-step score, over the {len(at_top)} configurations "
-          f"the search took to {top} steps ({setup.evaluator.steps_trained} steps trained in this run)")
+          f"the search took to {top} steps ({setup.fidelity_run.steps_trained} steps trained in this run)")
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:+.2f}"))
 
 

@@ -6,7 +6,7 @@ For each arm of a finished run (its configuration from `<final>/<arm>/train/arm.
 backend, builds the model as a fidelity run does, attaches the adapters and runs one forward, backward
 and AdamW step on a batch of `finetune.batch_size` sequences padded to `task.max_length` whose answers
 are the longest of the train split (the batch the memory model prices), counting every term with
-`autoqra.memory.measure.training_step`; prints predicted, measured and their ratio per term and writes
+`autoqra.train.measure.training_step`; prints predicted, measured and their ratio per term and writes
 JSON. The `dequant` backend keeps dense weights by design: it is checked against the model priced as it
 holds them (`Training.dense_weights`: dense in the compute dtype, no metadata), while every budget prices
 the packed weights a GPU run holds. The step runs in `--dtype` (default bf16, the dtype the model prices:
@@ -22,10 +22,10 @@ from pathlib import Path
 
 from common import load, search_parser  # sets the offline environment
 
+from autoqra.devices import attention
 from autoqra.memory import MemoryModel
-from autoqra.memory.measure import priced_batch, training_step
-from autoqra.models import attention
-from autoqra.search.setup import SearchSetup
+from autoqra.pipeline.setup import Setup
+from autoqra.train.measure import priced_batch, training_step
 
 TERMS = ("weights", "metadata", "rest", "lora", "lora_activations", "activations", "total")
 
@@ -40,14 +40,14 @@ def main() -> None:
     args = ap.parse_args()
     p = load(args.params)
     dirs = {"prepare": args.prepare, "quantize": args.quantize, "profile": args.profile, "search": args.search,
-            "store": "bench-memory"}
+            "journal": "bench-memory"}
     arms = args.arms or sorted(d.name for d in Path(args.final).iterdir() if (d / "train/arm.json").exists())
     rows = []
     for backend in args.backends:
-        setup = SearchSetup(dataclasses.replace(p, search=dataclasses.replace(p.search, backend=backend),
+        setup = Setup(dataclasses.replace(p, search=dataclasses.replace(p.search, backend=backend),
                                                 finetune=dataclasses.replace(p.finetune, dtype=args.dtype)), dirs,
                             arm_ladders=True)
-        ev = setup.evaluator
+        ev = setup.fidelity_run
         batch = priced_batch(ev.train_data, ev.tokenizer.pad_token_id, p.finetune.batch_size, p.task.max_length)
         # the model of the run as it executes here (CPU: eager attention); the budget's is a GPU run's
         labelled = max(sum(y != -100 for y in labels) for _, labels in ev.train_data)

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import load  # noqa: E402
 
-from autoqra import arms, data, models, quant  # noqa: E402
+from autoqra import arms, data, devices, models, quant  # noqa: E402
 from autoqra.memory import ModelSpec, from_params  # noqa: E402
 from autoqra.quant import backends  # noqa: E402
 from autoqra.store import fingerprint  # noqa: E402
@@ -67,10 +67,11 @@ def main() -> None:
     prepare = Path(args.prepare)
     spec = ModelSpec.from_pretrained(Path(args.prepare) / "model", p.quant.targets)
     space, memory, _ = from_params(p, spec)
-    device = models.default_device()
-    dtype = models.compute_dtype(p.finetune.dtype, device)
+    device = devices.default_device()
+    dtype = devices.compute_dtype(p.finetune.dtype, device)
     caches = {b: quant.QuantCache(Path(args.quantize) / f"b{b}") for b in p.quant.bits if b != quant.UNQUANTIZED}
-    backend = backends.make("dequant" if device == "cpu" else "packed", prepare / "model", caches, device, dtype)
+    backend = backends.make("dequant" if device == "cpu" else "packed", prepare / "model", caches, device,
+                                      dtype)
     tok = models.load_tokenizer(prepare / "model")
     train_data = [data.encode(tok, ex, p.task.max_length) for ex in data.read_split(prepare / "task", "train")]
     val = data.read_split(prepare / "task", "val")

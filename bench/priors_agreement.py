@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import load  # noqa: E402
 
-from autoqra import data, models, priors, quant  # noqa: E402
+from autoqra import data, devices, models, priors, quant  # noqa: E402
 from autoqra.search.surrogate import rank_correlation  # noqa: E402
 from autoqra.space import block_of  # noqa: E402
 from autoqra.train import scoring  # noqa: E402
@@ -57,7 +57,7 @@ def main() -> None:
     args = ap.parse_args()
     p = load(args.params)
     prepare = Path(args.prepare)
-    device, dtype = models.device_and_dtype()
+    device, dtype = devices.device_and_dtype()
     cache = quant.QuantCache(Path(args.quantize) / f"b{p.quant.bits[0]}")
     tok = models.load_tokenizer(prepare / "model")
     model = models.load_model(prepare / "model", dtype, device)

@@ -26,7 +26,7 @@ DIRECT = """
 import sys, json, torch
 from gptqmodel import GPTQModel, QuantizeConfig
 from autoqra import models, data
-from autoqra.quant.cache import target_modules
+from autoqra.models import target_modules
 from autoqra.quant.packed import _regex
 from torch import nn
 p = json.loads(sys.argv[1])

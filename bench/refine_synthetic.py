@@ -22,7 +22,7 @@ import numpy as np
 import optuna
 from common import synthetic_problem
 
-from autoqra.search import RefineSettings, Settings, evolve, refine
+from autoqra.search import EvolveSettings, RefineSettings, evolve, refine
 from autoqra.search import trust_region as tr
 from autoqra.search.optuna import history
 from autoqra.search.repair import repair
@@ -49,7 +49,7 @@ def main() -> None:
     for seed in range(args.seeds):
         obj = SyntheticObjective(space, seed, sigma=args.sigma, shared=0.6)
         i_q, i_r = obj.priors()
-        st = Settings(population=12, offspring=6, candidates=60, generations=50, fidelities=(1, 3, 9), eta=3,
+        st = EvolveSettings(population=12, offspring=6, candidates=60, generations=50, fidelities=(1, 3, 9), eta=3,
                       max_steps=args.stage1_steps, seed=seed, seeds_per_rung=(1, 1, 2))
         study, _ = evolve(obj, space, budget, i_q, i_r, st)
         hist = history(study, space)

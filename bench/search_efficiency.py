@@ -44,7 +44,7 @@ import numpy as np
 import optuna
 from common import synthetic_problem
 
-from autoqra.search import REFINE_OFF, RefineSettings, Settings, ablated, evolve, ranking, refine
+from autoqra.search import REFINE_OFF, EvolveSettings, RefineSettings, ablated, evolve, ranking, refine
 from autoqra.search.history import Result, seed_scores
 from autoqra.search.optuna import history
 from autoqra.search.synthetic import SyntheticObjective
@@ -164,7 +164,7 @@ def fresh_scores(setup, config, steps: int, seeds: list[int], test: list[dict], 
     from autoqra import stats
     from autoqra.train import evaluation
 
-    ev, p = setup.evaluator, setup.p
+    ev, p = setup.fidelity_run, setup.p
     params = dataclasses.replace(p.evaluate, exact_match=False, lm_eval_tasks=[])
     built, val, out = [], [], {}
     for sd in seeds:
@@ -241,7 +241,7 @@ def run_embedded(args: argparse.Namespace) -> list[dict]:
     from common import search_setup
 
     from autoqra.data import read_split
-    from autoqra.search.setup import SearchSetup, evolve_settings, refine_settings
+    from autoqra.pipeline.setup import Setup, evolve_settings, refine_settings
 
     p, _, _ = search_setup(argparse.Namespace(**{**vars(args), "out": None}), None)
     spr = list(args.seeds_per_rung or p.search.seeds_per_rung)
@@ -253,8 +253,8 @@ def run_embedded(args: argparse.Namespace) -> list[dict]:
                                  refine=dataclasses.replace(p.search.refine, evaluations=args.refine))
     base = dataclasses.replace(p, search=search)
     dirs = {"prepare": args.prepare, "quantize": args.quantize, "profile": args.profile, "search": args.search,
-            "store": "bench-efficiency"}
-    setup = SearchSetup(base, dirs, progress=True)
+            "journal": "bench-efficiency"}
+    setup = Setup(base, dirs, progress=True)
     top = args.fidelities[-1]
     test = read_split(Path(args.prepare) / "task", "test")
     rows = []
@@ -262,20 +262,20 @@ def run_embedded(args: argparse.Namespace) -> list[dict]:
         fresh_seeds = [1000 + 100 * seed + i for i in range(args.fresh_seeds)]
         top_seeds = refine_settings(dataclasses.replace(base, seed=seed)).seeds
         for method in ZERO_SEARCH:
-            t0, steps0 = time.perf_counter(), setup.evaluator.steps_trained
+            t0, steps0 = time.perf_counter(), setup.fidelity_run.steps_trained
             pick, steps, final = zero_search(setup, method, top, top_seeds)
-            with setup.evaluator.workdir() as tmp:
+            with setup.fidelity_run.workdir() as tmp:
                 fresh, values = fresh_scores(setup, pick, top, fresh_seeds, test, Path(tmp))
             rows.append({"seed": seed, "method": method, "curve": [], "final": final, "steps": steps,
                          "pick": pick.describe(), "pick_key": pick.key,
                          "fresh": float(np.mean(fresh)) if len(fresh) == args.fresh_seeds and fresh else None,
                          "fresh_scores": fresh, "test": values if len(values) == args.fresh_seeds else None,
-                         "trained_steps": setup.evaluator.steps_trained - steps0,
+                         "trained_steps": setup.fidelity_run.steps_trained - steps0,
                          "seconds": round(time.perf_counter() - t0, 1)})
             save(args, rows)
             print(f"seed {seed} {method}: fresh {rows[-1]['fresh']} ({steps} steps): {pick.describe()}", flush=True)
         for method in METHODS:
-            t0, steps0 = time.perf_counter(), setup.evaluator.steps_trained
+            t0, steps0 = time.perf_counter(), setup.fidelity_run.steps_trained
             pm = dataclasses.replace(base, seed=seed, search=dataclasses.replace(search, ablation=method))
             st, rs = evolve_settings(pm), refine_settings(pm)
             study, _ = evolve(setup.objective, setup.space, setup.budget, setup.i_q, setup.i_r, st,
@@ -291,13 +291,13 @@ def run_embedded(args: argparse.Namespace) -> list[dict]:
                                  f"every seed {rs.seeds}: raise --max-steps")
             key = incumbent(results, top, rs.seeds)[0]
             pick = next(x.config for x in results if x.config.key == key)
-            with setup.evaluator.workdir() as tmp:
+            with setup.fidelity_run.workdir() as tmp:
                 fresh, values = fresh_scores(setup, pick, top, fresh_seeds, test, Path(tmp))
             rows.append({"seed": seed, "method": method, "curve": c, "final": c[-1][1], "steps": c[-1][0],
                          "pick": pick.describe(), "pick_key": key,
                          "fresh": float(np.mean(fresh)) if len(fresh) == args.fresh_seeds and fresh else None,
                          "fresh_scores": fresh, "test": values if len(values) == args.fresh_seeds else None,
-                         "trained_steps": setup.evaluator.steps_trained - steps0,
+                         "trained_steps": setup.fidelity_run.steps_trained - steps0,
                          "seconds": round(time.perf_counter() - t0, 1)})
             r = rows[-1]
             save(args, rows)
@@ -319,8 +319,9 @@ def run_synthetic(args: argparse.Namespace) -> list[dict]:
         top_seeds = tuple(seed + i for i in range(spr[-1]))
         for method in METHODS:
             t0 = time.perf_counter()
-            st = ablated(Settings(population=12, offspring=6, candidates=60, generations=100, fidelities=fidelities,
-                                  eta=3, max_steps=args.stage1_steps, seed=seed, seeds_per_rung=spr),
+            st = ablated(EvolveSettings(population=12, offspring=6, candidates=60, generations=100,
+                                        fidelities=fidelities, eta=3, max_steps=args.stage1_steps, seed=seed,
+                                        seeds_per_rung=spr),
                          method, refine_steps)
             study, _ = evolve(obj, space, budget, i_q, i_r, st)
             results = history(study, space)

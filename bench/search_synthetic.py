@@ -16,7 +16,7 @@ import numpy as np
 import optuna
 
 from autoqra.memory import MemoryModel, ModelSpec, ModuleShape, Training, make_budget
-from autoqra.search import Settings, evolve, ranking
+from autoqra.search import EvolveSettings, evolve, ranking
 from autoqra.search.optuna import history
 from autoqra.search.repair import repair
 from autoqra.search.synthetic import SyntheticObjective
@@ -38,8 +38,8 @@ def main() -> None:
     for seed in range(args.seeds):
         obj = SyntheticObjective(space, seed)
         optimum, _ = obj.optimum(budget)
-        settings = Settings(population=12, offspring=6, candidates=60, generations=50, fidelities=(1, 3, 9), eta=3,
-                            max_steps=args.max_steps, seed=seed)
+        settings = EvolveSettings(population=12, offspring=6, candidates=60, generations=50,
+                                  fidelities=(1, 3, 9), eta=3, max_steps=args.max_steps, seed=seed)
         study, _ = evolve(obj, space, budget, *obj.priors(), settings)
         best = ranking(history(study, space))[0][2]
         rng, rand, found = np.random.default_rng(seed + 100), SyntheticObjective(space, seed), []

@@ -33,12 +33,12 @@ def main() -> None:
     scores: dict[str, list[float]] = {}
     for name, config in arms.items():
         for seed in args.seeds:
-            record = setup.evaluator(config, fidelity, seed)
+            record = setup.fidelity_run(config, fidelity, seed)
             if record.get("score") is None:
                 raise SystemExit(f"error: {name} seed {seed}: evaluation failed ({record.get('reason')})")
             scores.setdefault(name, []).append(float(record["score"]))
     print(f"{p.search.metric} at {fidelity} steps, seeds {args.seeds} "
-          f"(trained {setup.evaluator.steps_trained} steps in this run, the rest read from the record cache)")
+          f"(trained {setup.fidelity_run.steps_trained} steps in this run, the rest read from the record cache)")
     print(f"{'arm':16} {'mean':>8} {'sd':>8}  scores")
     for name, s in scores.items():
         print(f"{name:16} {np.mean(s):8.4f} {np.std(s, ddof=1):8.4f}  " + " ".join(f"{v:.4f}" for v in s))

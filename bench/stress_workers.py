@@ -35,9 +35,9 @@ def space_and_budget():
 
 
 def settings(seed: int):
-    from autoqra.search import Settings
+    from autoqra.search import EvolveSettings
 
-    return Settings(population=9, offspring=6, candidates=40, generations=4, fidelities=(1, 3, 9), eta=3,
+    return EvolveSettings(population=9, offspring=6, candidates=40, generations=4, fidelities=(1, 3, 9), eta=3,
                     max_steps=0, seed=seed, seeds_per_rung=(1, 2, 2))
 
 

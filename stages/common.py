@@ -36,11 +36,11 @@ def parser(description: str, dirs: bool = True) -> argparse.ArgumentParser:
     return ap
 
 
-def add_store_args(ap: argparse.ArgumentParser, default: str | None) -> None:
-    """--store (the name of this stage's study journal in the record cache) and --stage1-store."""
-    ap.add_argument("--store", default=default, help=f"the name of this stage's study journal in the record "
-                    f"cache, <records>/studies/<store>.journal (default {default})")
-    ap.add_argument("--stage1-store", default="evolve", help="the store holding stage 1's study (default evolve)")
+def add_journal_args(ap: argparse.ArgumentParser, default: str | None) -> None:
+    """--journal (the name of this stage's study journal in the record cache) and --stage1-journal."""
+    ap.add_argument("--journal", default=default, help=f"the name of this stage's study journal in the record "
+                    f"cache, <records>/studies/<journal>.journal (default {default})")
+    ap.add_argument("--stage1-journal", default="evolve", help="the journal holding stage 1's study (default evolve)")
 
 
 def add_worker_args(ap: argparse.ArgumentParser) -> None:
@@ -52,11 +52,11 @@ def add_worker_args(ap: argparse.ArgumentParser) -> None:
 
 
 def dirs(args: argparse.Namespace, stage1_is_own: bool = False) -> dict[str, str]:
-    """The folders of `args`, with the stage's record store and the store holding stage 1's study."""
+    """The folders of `args`, with the stage's study journal and the one holding stage 1's study."""
     out = {name: getattr(args, name) for name in DIRS}
-    if getattr(args, "store", None):
-        out["store"] = args.store
-        out["stage1_store"] = args.store if stage1_is_own else args.stage1_store
+    if getattr(args, "journal", None):
+        out["journal"] = args.journal
+        out["stage1_journal"] = args.journal if stage1_is_own else args.stage1_journal
     return out
 
 
@@ -119,8 +119,8 @@ def run_search(args: argparse.Namespace, p: Params, dirs: dict[str, str], search
     """A search stage after `start`: preflight and inputs checked, then one worker job of it
     (`--worker-out`: `search` until the study is done, this worker's counts only) or the whole stage
     (`run`: the workers, then the outputs and metrics)."""
-    from autoqra.search.setup import check_inputs
-    from autoqra.search.workers import run_worker_job
+    from autoqra.pipeline.setup import check_inputs
+    from autoqra.pipeline.workers import run_worker_job
 
     checked_s = preflight(p, args.prepare, args.records)
     with user_errors():

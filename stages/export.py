@@ -3,15 +3,15 @@
 Writes `<out>/model/` (a GPTQModel checkpoint, per-module bits in its `dynamic` config), `<out>/adapter/`
 (a PEFT adapter with per-module `rank_pattern`/`alpha_pattern`, of the first of `finetune.seeds`),
 `<out>/README.md` (the lines that load it) and `<out>/metrics.json` (the test answer loss of the model
-as reloaded from these files, next to the arm's own); see `autoqra.export`.
+as reloaded from these files, next to the arm's own); see `autoqra.pipeline.export`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from autoqra.export import export
-from autoqra.search.setup import SearchSetup
+from autoqra.pipeline.export import export
+from autoqra.pipeline.setup import Setup
 from stages import common
 
 
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     p = common.start(args)
     out = Path(args.out)
-    common.finish(out / "metrics.json", lambda: export(SearchSetup(p, common.dirs(args), arm_ladders=True),
+    common.finish(out / "metrics.json", lambda: export(Setup(p, common.dirs(args), arm_ladders=True),
                                                        Path(args.train), Path(args.arm_metrics), out))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autoqra.prepare import prepare
+from autoqra.pipeline.prepare import prepare
 from stages import common
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autoqra.priors import profile
+from autoqra.pipeline.profile import profile
 from stages import common
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autoqra.quant.gptq import quantize
+from autoqra.pipeline.quantize import quantize
 from autoqra.space import BIT_CHOICES
 from stages import common
 

@@ -34,14 +34,14 @@ def files(*modules: str) -> tuple[str, ...]:
 
 
 VALUE = files(*VALUE_CODE)  # what a training or scoring stage's records depend on
-SEARCH_CODE = files("autoqra.search.setup", "autoqra.search.runs", "autoqra.search.workers", "autoqra.memory.model",
-                    "autoqra.memory.budget", "autoqra.search.evolution", "autoqra.search.history",
-                    "autoqra.search.ablations", "autoqra.search.operators", "autoqra.search.repair",
-                    "autoqra.search.surrogate", "autoqra.search.baselines", "autoqra.search.optuna.sampler",
-                    "autoqra.search.optuna.driver", "autoqra.search.optuna.liveness", "autoqra.search.optuna.storage",
-                    "autoqra.search.promotion", "autoqra.search.gp")
+SEARCH_CODE = files("autoqra.pipeline.setup", "autoqra.pipeline.search", "autoqra.pipeline.workers",
+                    "autoqra.memory.estimate", "autoqra.memory.budget", "autoqra.search.evolution",
+                    "autoqra.search.history", "autoqra.search.ablations", "autoqra.search.operators",
+                    "autoqra.search.repair", "autoqra.search.surrogate", "autoqra.search.baselines",
+                    "autoqra.search.optuna.sampler", "autoqra.search.optuna.driver", "autoqra.search.optuna.liveness",
+                    "autoqra.search.optuna.storage", "autoqra.search.promotion", "autoqra.search.gp")
 REFINE_CODE = files("autoqra.search.refinement", "autoqra.search.trust_region", "autoqra.search.gp")
-ARMS_CODE = (*SEARCH_CODE, *files("autoqra.arms"))
+ARMS_CODE = (*SEARCH_CODE, *files("autoqra.arms", "autoqra.pipeline.arms"))
 
 
 def _code(stage: str, *more: str) -> tuple[str, ...]:
@@ -63,19 +63,20 @@ SEARCH_PARAMS = ("seed", *SEARCH, "budget", "lora", "finetune", "task.max_length
 
 STAGES: dict[str, Stage] = {
     "prepare": Stage(params=("model", "task"),
-                     code=_code("prepare", *files("autoqra.prepare", "autoqra.models", "autoqra.data.generator",
-                                                  "autoqra.data.sources", "autoqra.data.encoding")),
+                     code=_code("prepare", *files("autoqra.pipeline.prepare", "autoqra.models", "autoqra.devices",
+                                                  "autoqra.data.generator", "autoqra.data.sources",
+                                                  "autoqra.data.encoding")),
                      cmd="python -m stages.prepare --params params.yaml --out data/prepare",
                      outs=("data/prepare",)),
     "quantize": Stage(params=("quant.group_size", "quant.sym", "quant.desc_act", "quant.damp", "quant.calib_samples",
                               "quant.max_length", "quant.targets", "quant.eval_examples"),
-                      code=_code("quantize", *files("autoqra.quant.gptq")),
+                      code=_code("quantize", *files("autoqra.pipeline.quantize", "autoqra.quant.gptq")),
                       cmd="python -m stages.quantize --params params.yaml --bits ${item} --prepare data/prepare "
                           "--out data/quantize/b${item}",
                       deps=("data/prepare",), outs=("data/quantize/b${item}",), foreach="${quant.bits}"),
     "profile": Stage(params=("profile",),
-                     code=_code("profile", *files("autoqra.priors", "autoqra.train.scoring", "autoqra.quant.cache",
-                                                  "autoqra.data.encoding")),
+                     code=_code("profile", *files("autoqra.pipeline.profile", "autoqra.priors", "autoqra.train.scoring",
+                                                  "autoqra.quant.cache", "autoqra.data.encoding")),
                      cmd="python -m stages.profile --params params.yaml --prepare data/prepare "
                          "--cache data/quantize/b${quant.bits[0]} --out data/profile",
                      deps=("data/prepare", "data/quantize/b${quant.bits[0]}"), outs=("data/profile",)),
@@ -106,14 +107,14 @@ STAGES: dict[str, Stage] = {
                       foreach="${finetune.arms}"),
     "report": Stage(params=("finetune.arms", "finetune.seeds", "budget", "search.metric", "search.granularity",
                             "quant.bits", "quant.targets", "lora.ranks", "model.source"),
-                    code=_code("report", *files("autoqra.report.run", "autoqra.report.arms", "autoqra.report.plots",
-                                                "autoqra.report.search")),
+                    code=_code("report", *files("autoqra.pipeline.report", "autoqra.report.arms",
+                                                "autoqra.report.plots", "autoqra.report.search")),
                     cmd=f"python -m stages.report --params params.yaml {DIRS} --final data/final --out data/report",
                     deps=("data/prepare", "data/profile", "data/search/evolve", "data/search/refine", "data/final"),
                     outs=("data/report",)),
     "export": Stage(params=("finetune.seeds", "lora", "task.max_length", "evaluate.batch_size", "quant.targets"),
-                    code=_code("export", *files("autoqra.export", "autoqra.quant.packed", "autoqra.train.lora",
-                                                *TEST_CODE)),
+                    code=_code("export", *files("autoqra.pipeline.export", "autoqra.quant.packed",
+                                                "autoqra.train.lora", *TEST_CODE)),
                     cmd=f"python -m stages.export --params params.yaml {DIRS} --train data/final/autoqra/train "
                         "--arm-metrics data/final/autoqra/metrics.json --out data/final/autoqra/export",
                     deps=("data/prepare", "data/quantize", "data/profile", "data/final/autoqra/train",
@@ -128,8 +129,8 @@ _CELL = f"data/sweep/cells/{_ITEM}"
 _READ = {*STAGES["refine"].params, *STAGES["finetune"].params, *STAGES["evaluate"].params, "sweep.arms"}
 STAGES["sweep_cell"] = Stage(
     params=tuple(sorted(k for k in _READ if not any(k.startswith(o + ".") for o in _READ))),
-    code=_code("sweep", *files("autoqra.sweep", "autoqra.report.sweep"), *STAGES["evolve"].code,
-               *STAGES["refine"].code, *STAGES["finetune"].code, *STAGES["evaluate"].code),
+    code=_code("sweep", *files("autoqra.sweep", "autoqra.pipeline.sweep", "autoqra.report.sweep"),
+               *STAGES["evolve"].code, *STAGES["refine"].code, *STAGES["finetune"].code, *STAGES["evaluate"].code),
     cmd=f"python -m stages.sweep cell --params params.yaml {DIRS} --ablation ${{item.ablation}} "
         "--seed ${item.seed} --budget ${item.budget} --out " + _CELL,
     deps=("data/prepare", "data/quantize", "data/profile"), outs=(_CELL,),

@@ -4,14 +4,14 @@ Reads `data/final/<arm>/metrics.json` for every arm of `finetune.arms`, the sear
 the priors; writes `<out>/summary.csv`, `summary.md` (mean ± standard error over seeds, paired
 differences to `autoqra`), `pareto.png`, `allocation.png`, `search.png` and `metrics.json` (the table,
 each GPTQ pass's and each arm's headline numbers: what `dvc metrics show` lists); see
-`autoqra.report.run`.
+`autoqra.pipeline.report`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from autoqra.report import run
+from autoqra.pipeline import report
 from stages import common
 
 
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     p = common.start(args)
     out = Path(args.out)
-    common.finish(out / "metrics.json", lambda: run.write(p, common.dirs(args), Path(args.final), out))
+    common.finish(out / "metrics.json", lambda: report.write(p, common.dirs(args), Path(args.final), out))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 `cell`: one cell, the composed params with `search.ablation`, `seed` and `budget.value` set, written to
 `<out>/params.yaml`; it runs evolve, refine and, for each of `sweep.arms`, finetune and evaluate into
-`<out>/` (`autoqra.sweep.run_cell`), reading the shared GPTQ caches and priors; its records go to the
+`<out>/` (`autoqra.pipeline.sweep.run_cell`), reading the shared GPTQ caches and priors; its records go to the
 one record cache (`--records`) and its studies to the cache's journal `studies/cells/<cell>.journal`: a
 cell trains only what no single run and no other cell has trained. `<out>/metrics.json` gathers what the summary needs.
 
@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from autoqra.pipeline.sweep import run_cell
 from autoqra.report import sweep as summary
-from autoqra.sweep import cell_name, cell_tree, cells, run_cell
+from autoqra.sweep import cell_name, cell_tree, cells
 from stages import common
 from stages import params as P
 

@@ -82,8 +82,8 @@ def test_tpe_proposals_follow_the_scores_it_was_told():
     for i in range(14):
         c = plan.propose(i, own)
         assert BUDGET.feasible(c) and c.key not in {r.config.key for r in own}
-        own.append(Result(c, 9, i, 0, obj(c, 9, 0)["score"] if isinstance(obj(c, 9, 0), dict) else obj(c, 9, 0)))
-    reversed_ = [Result(r.config, 9, r.generation, 0, -r.score) for r in own]
+        own.append(Result(c, 9, i, 0, score=obj(c, 9, 0)["score"] if isinstance(obj(c, 9, 0), dict) else obj(c, 9, 0)))
+    reversed_ = [Result(r.config, 9, r.generation, 0, score=-r.score) for r in own]
     told = [plan.propose(14 + k, own).key for k in range(3)]
     flipped = [TPESearch(SPACE, BUDGET, plan.settings).propose(14 + k, reversed_).key for k in range(3)]
     assert told != flipped

@@ -10,12 +10,12 @@ import pytest
 import torch
 from conftest import TARGETS
 
-from autoqra import models, quant
+from autoqra import models
 from autoqra.data import collate
 from autoqra.memory import ModelSpec
 from autoqra.params import FinetuneParams, LoraParams
+from autoqra.pipeline.fidelity import Evaluator
 from autoqra.space import Space
-from autoqra.train.fidelity import Evaluator
 from autoqra.train.loop import train
 from autoqra.train.lora import AdapterError, attach_lora
 from autoqra.train.scoring import mean_nll
@@ -29,14 +29,14 @@ def space(tiny_dir):
     return Space.build([m.name for m in spec.modules], "block", [2, 3, 4, 8], [4, 8])
 
 
-def _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space, name="records", **kw):
+def _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space, name="records", **kw):
     args = dict(model_dir=tiny_dir, task_dir=task_dir, caches=tiny_caches, space=space, lora=LoraParams(ranks=[4, 8]),
                 finetune=FT, records=tmp_path / name, backend="dequant", max_length=64)
     return Evaluator(**{**args, **kw})
 
 
 def test_training_changes_only_lora_and_loss_falls(tmp_path, tiny_dir, task_dir, tiny_caches, space):
-    ev = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space)
+    ev = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space)
     config = space.make([4, 2, 8, 4], [8, 4, 8, 4])
     pad = ev.tokenizer.pad_token_id
     kw = dict(batch_size=8, lr=3e-3, warmup_ratio=0.1, schedule="cosine", weight_decay=0.0, max_grad_norm=1.0)
@@ -59,11 +59,12 @@ def test_training_changes_only_lora_and_loss_falls(tmp_path, tiny_dir, task_dir,
     full = train(ev.build(config, tmp_path, seed=0), ev.train_data, pad, 60, 0, **kw)
     record = ev(config, 60, 0)
     assert record["train_loss"] == pytest.approx(full.losses)  # same seed, same numbers
-    assert ev.build(config).base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight.requires_grad is False
+    q_proj = ev.build(config).base_model.model.model.layers[0].self_attn.q_proj
+    assert q_proj.base_layer.weight.requires_grad is False
 
 
 def test_records_are_cached_and_any_input_change_makes_a_new_one(tmp_path, tiny_dir, task_dir, tiny_caches, space):
-    ev = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space)
+    ev = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space)
     config = space.uniform(4, 8)
     first = ev(config, 5, 0)
     assert ev.steps_trained == 5 and first["status"] == "ok" and first["train_steps"] == 5
@@ -76,18 +77,19 @@ def test_records_are_cached_and_any_input_change_makes_a_new_one(tmp_path, tiny_
     keys = {ev.key(config, 5, 0)}
     for change in ({"lr": 1e-3}, {"batch_size": 4}, {"warmup_ratio": 0.0}, {"schedule": "linear"},
                    {"dtype": "bf16"}):
-        other = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space,
+        other = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space,
                            finetune=dataclasses.replace(FT, **change))
         keys.add(other.key(config, 5, 0))
         assert other.lookup(config, 5, 0) is None
-    keys.add(_evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space,
+    keys.add(_fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space,
                         lora=LoraParams(ranks=[4, 8], dropout=0.1)).key(config, 5, 0))
-    keys.add(_evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space, max_length=48).key(config, 5, 0))
+    keys.add(_fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space, max_length=48).key(config, 5, 0))
     keys.add(ev.key(space.uniform(4, 4), 5, 0))
     assert len(keys) == 9
     # the final arms' list, seeds and rank do not change what a run computes: adding an arm keeps every record
     for change in ({"arms": ["autoqra", "uniform4_r8"]}, {"seeds": [5, 6]}, {"arm_rank": 4}):
-        same = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space, finetune=dataclasses.replace(FT, **change))
+        same = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space,
+                             finetune=dataclasses.replace(FT, **change))
         assert same.key(config, 5, 0) == ev.key(config, 5, 0) and same.lookup(config, 5, 0) == first
 
 
@@ -95,8 +97,8 @@ def test_only_the_caches_a_configuration_uses_enter_its_key(tmp_path, tiny_dir, 
     class Other:  # the 2-bit cache, re-quantized differently
         fingerprint = "another 2-bit cache"
 
-    ev = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space)
-    changed = _evaluator(tmp_path, tiny_dir, task_dir, {**tiny_caches, 2: Other()}, space)
+    ev = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space)
+    changed = _fidelity_run(tmp_path, tiny_dir, task_dir, {**tiny_caches, 2: Other()}, space)
     four, two = space.uniform(4, 8), space.make([2, 4, 4, 4], [8, 8, 8, 8])
     assert changed.key(four, 5, 0) == ev.key(four, 5, 0)  # no 2-bit unit: the 2-bit cache does not matter
     assert changed.key(two, 5, 0) != ev.key(two, 5, 0)
@@ -104,25 +106,25 @@ def test_only_the_caches_a_configuration_uses_enter_its_key(tmp_path, tiny_dir, 
 
 def test_a_worker_waiting_on_a_record_reads_it_instead_of_training_again(tmp_path, tiny_dir, task_dir, tiny_caches,
                                                                           space):
-    evaluators = [_evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space) for _ in range(3)]
+    runs = [_fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space) for _ in range(3)]
     records = [None] * 3
 
     def work(i):
-        records[i] = evaluators[i](space.uniform(8, 4), 6, 0)
+        records[i] = runs[i](space.uniform(8, 4), 6, 0)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=300)
-    assert sum(ev.steps_trained for ev in evaluators) == 6  # one training, two reads
+    assert sum(ev.steps_trained for ev in runs) == 6  # one training, two reads
     assert records[0] == records[1] == records[2]
     assert not list((tmp_path / "records" / "locks").glob("*.lock"))  # nothing left behind
 
 
 def test_out_of_memory_is_retried_then_final_and_every_reason_kept(tmp_path, tiny_dir, task_dir, tiny_caches, space,
                                                                     monkeypatch):
-    ev = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space, oom_attempts=3)
+    ev = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space, oom_attempts=3)
     config = space.uniform(4, 8)
 
     def oom(*a, **k):
@@ -136,7 +138,7 @@ def test_out_of_memory_is_retried_then_final_and_every_reason_kept(tmp_path, tin
     assert third["attempts"] == 3 and len(third["previous_reasons"]) == 2
     assert ev(config, 5, 0) == third and ev.computed == 3  # attempts used up: final
     monkeypatch.undo()
-    other = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space, oom_attempts=3)
+    other = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space, oom_attempts=3)
     seed1 = space.uniform(8, 8)
     monkeypatch.setattr(other.backend, "build", oom)
     other(seed1, 5, 0)
@@ -148,7 +150,7 @@ def test_out_of_memory_is_retried_then_final_and_every_reason_kept(tmp_path, tin
 
 @pytest.mark.parametrize("damage", ["truncated", "other key", "unknown format", "ok without score"])
 def test_a_damaged_record_is_set_aside_and_recomputed(tmp_path, tiny_dir, task_dir, tiny_caches, space, damage):
-    ev = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space)
+    ev = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space)
     config = space.uniform(4, 4)
     good = ev(config, 4, 0)
     path = ev.store.path(good["key"])
@@ -169,7 +171,7 @@ def test_same_seed_same_adapter_start_and_data_order_for_any_configuration(tmp_p
                                                                             space, monkeypatch):
     from autoqra.train import loop
 
-    ev = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space)
+    ev = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space)
     a, b = space.make([4, 2, 8, 4], [8, 4, 8, 4]), space.make([8, 8, 2, 3], [8, 8, 4, 4])
     starts = {}
     for name, config in (("a", a), ("b", b), ("a, seed 1", a)):
@@ -191,7 +193,7 @@ def test_same_seed_same_adapter_start_and_data_order_for_any_configuration(tmp_p
 
 
 def test_a_cut_schedule_run_is_the_start_of_the_longer_run(tmp_path, tiny_dir, task_dir, tiny_caches, space):
-    ev = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space)
+    ev = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space)
     config = space.uniform(3, 8)
     full = ev(config, 12, 0)
     short = ev(config, 4, 0)
@@ -206,14 +208,14 @@ def test_a_cut_schedule_run_is_the_start_of_the_longer_run(tmp_path, tiny_dir, t
 
 
 def test_same_seed_same_record_in_a_fresh_cache(tmp_path, tiny_dir, task_dir, tiny_caches, space):
-    a = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space, name="a")(space.uniform(3, 4), 8, 7)
-    b = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space, name="b")(space.uniform(3, 4), 8, 7)
+    a = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space, name="a")(space.uniform(3, 4), 8, 7)
+    b = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space, name="b")(space.uniform(3, 4), 8, 7)
     assert a["answer_loss"] == b["answer_loss"] and a["train_loss"] == b["train_loss"]
 
 
 def test_packed_and_dequant_give_the_same_validation_loss(tmp_path, tiny_dir, task_dir, tiny_caches, space):
     config = space.make([2, 3, 4, 8], [4, 8, 8, 4])
-    records = {backend: _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space, name=backend,
+    records = {backend: _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space, name=backend,
                                    backend=backend)(config, 10, 0) for backend in ("dequant", "packed")}
     assert records["packed"]["backend"] == "packed" and records["packed"]["dtype"] == "torch.bfloat16"
     assert records["packed"]["answer_loss"] == pytest.approx(records["dequant"]["answer_loss"], rel=0.02)
@@ -221,7 +223,7 @@ def test_packed_and_dequant_give_the_same_validation_loss(tmp_path, tiny_dir, ta
 
 def test_nan_loss_is_a_failure_record_not_an_exception(tmp_path, tiny_dir, task_dir, tiny_caches, space):
     absurd = dataclasses.replace(FT, lr=1e38, max_grad_norm=0.0)
-    ev = _evaluator(tmp_path, tiny_dir, task_dir, tiny_caches, space, finetune=absurd)
+    ev = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space, finetune=absurd)
     record = ev(space.uniform(4, 8), 30, 0)
     assert record["status"] == "failed" and record["score"] is None
     assert "non-finite" in record["reason"]
@@ -230,7 +232,7 @@ def test_nan_loss_is_a_failure_record_not_an_exception(tmp_path, tiny_dir, task_
 
 def test_lora_ranks_and_alphas_per_module_and_rank_zero(tiny_dir):
     model = models.load_model(tiny_dir)
-    names = list(quant.target_modules(model, TARGETS))
+    names = list(models.target_modules(model, TARGETS))
     ranks = {n: [0, 4, 8][i % 3] for i, n in enumerate(names)}
     peft_model = attach_lora(model, ranks, alpha_ratio=2.0, dropout=0.0)
     mods = dict(peft_model.named_modules())

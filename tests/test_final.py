@@ -115,9 +115,9 @@ def test_the_exported_model_reloads_in_a_fresh_process_and_reproduces_the_test_l
     # AMD EPYC measured 1.8691 reloaded vs 1.8664, 0.15 %), bf16's rounding against fp32, at most 1 %
     import torch
 
-    from autoqra import models
+    from autoqra import devices
 
-    native = models.compute_dtype("auto", "cpu") == torch.bfloat16
+    native = devices.compute_dtype("auto", "cpu") == torch.bfloat16
     assert abs(loss - expected) < (1e-4 if native else 0.01 * expected), (loss, expected)
 
 

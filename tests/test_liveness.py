@@ -124,8 +124,8 @@ def test_moving_code_between_files_keeps_the_code_fingerprint_and_changing_a_def
 
 def test_the_record_key_covers_the_code_that_determines_a_value_and_not_the_report():
     assert {"autoqra.train.scoring", "autoqra.data.encoding", "autoqra.train.loop", "autoqra.train.lora",
-            "autoqra.train.fidelity", "autoqra.quant.cache", "autoqra.quant.backends",
-            "autoqra.models"} <= set(VALUE_CODE)
+            "autoqra.pipeline.fidelity", "autoqra.quant.cache", "autoqra.quant.backends",
+            "autoqra.models", "autoqra.devices"} <= set(VALUE_CODE)
     assert not {"autoqra.report.search", "autoqra.report.arms", "autoqra.train.evaluation"} & set(VALUE_CODE)
     for module in VALUE_CODE:  # every name resolves: a module moved without updating the list fails here
         assert fingerprint.of_code(module)

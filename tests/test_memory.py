@@ -179,11 +179,11 @@ def _packed_step(tmp_path, tiny_dir, task_dir, tiny_caches, bits, keep):
     """One measured training step of the tiny model, every target at `bits` through the packed layers,
     LoRA rank 4 on each, with or without `keep_packed`; returns (bytes per term, logits, LoRA grads)."""
     from autoqra import data, models
-    from autoqra.memory.measure import training_step
     from autoqra.quant.matmul import keep_packed
     from autoqra.train import scoring
+    from autoqra.train.measure import training_step
 
-    names = quant.target_modules(models.load_model(tiny_dir), TARGETS)
+    names = models.target_modules(models.load_model(tiny_dir), TARGETS)
     model = quant.load_packed(quant.write_packed(dict.fromkeys(names, bits), tiny_dir, tiny_caches,
                                                  tmp_path / f"b{bits}{keep}"), dtype=torch.bfloat16)
     for p in model.parameters():
@@ -236,22 +236,23 @@ def test_the_memory_model_equals_a_measured_training_step_term_by_term(tmp_path,
     every term and the total within 5 %, each backend priced as it holds its weights (packed: as GPTQ packs
     them; dequant: dense in the dtype, which the model prices under `Training.dense_weights`)."""
     from autoqra import data, models
-    from autoqra.memory.measure import priced_batch, training_step
     from autoqra.quant import backends
+    from autoqra.train.measure import priced_batch, training_step
 
     spec = ModelSpec.from_pretrained(tiny_dir, TARGETS)
-    space = Space.build([m.name for m in spec.modules], "block", [2, 3, 4, 8, 16], [4, 8])  # every module adapted
+    # every module adapted
+    space = Space.build([m.name for m in spec.modules], "block", [2, 3, 4, 8, 16], [4, 8])
     tok = models.load_tokenizer(tiny_dir)
     encoded = [data.encode(tok, ex, 64) for ex in data.read_split(task_dir, "train")]
     batch = priced_batch(encoded, tok.pad_token_id, 8, 64)
     labelled = max(sum(y != -100 for y in e[1]) for e in encoded)
     mm = MemoryModel(spec, 64, Training(batch_size=8, seq_len=64, lora_dropout=False, attention="eager",
                                         labelled=labelled, dense_weights=backend == "dequant"))
-    build = backends.make(backend, tiny_dir, tiny_caches, "cpu", torch.bfloat16)
+    backend = backends.make(backend, tiny_dir, tiny_caches, "cpu", torch.bfloat16)
     for seed in (0, 1):  # two random block-level configurations
         config = space.random(np.random.default_rng(seed))
         bits, ranks = space.per_module(config)
-        model = attach_lora(build.build(bits, tmp_path / f"{backend}{seed}"), ranks, 2.0, 0.0, seed=0)
+        model = attach_lora(backend.build(bits, tmp_path / f"{backend}{seed}"), ranks, 2.0, 0.0, seed=0)
         measured, predicted = training_step(model, batch, bits), mm.breakdown(space, config)
         for term in ["metadata", "weights", "rest", "lora", "lora_activations", "activations", "total"]:
             assert predicted[term] == pytest.approx(measured[term], rel=0.05), (term, predicted[term], measured)

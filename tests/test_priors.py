@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import TARGETS, quantize_all
 
-from autoqra import data, models, priors, quant
+from autoqra import data, models, priors
 from autoqra.train import scoring
 
 FRAGILE = "model.layers.2.mlp.up_proj"
@@ -35,7 +35,7 @@ def fragile(tmp_path_factory, tiny_dir, task_dir):
 def _profile(model_dir, cache, task_dir):
     tok = models.load_tokenizer(model_dir)
     model = models.load_model(model_dir)
-    modules = quant.target_modules(model, TARGETS)
+    modules = models.target_modules(model, TARGETS)
     calib = data.read_split(task_dir, "calib")[:16]
     i_q = priors.quant_sensitivity(model, modules, cache, scoring.batches(tok, calib, 128, 8, whole_sequence=True))
     i_r = priors.grad_sensitivity(model, modules, scoring.batches(tok, calib, 128, 8))
@@ -60,7 +60,7 @@ def test_fisher_estimate_finds_the_fragile_linear_and_ranks_like_the_measured_lo
     model_dir, cache = fragile
     tok = models.load_tokenizer(model_dir)
     model = models.load_model(model_dir)
-    modules = quant.target_modules(model, TARGETS)
+    modules = models.target_modules(model, TARGETS)
     calib = scoring.batches(tok, data.read_split(task_dir, "calib")[:16], 128, 8, whole_sequence=True)
     flags = [p.requires_grad for p in model.parameters()]
     fast = priors.fisher_sensitivity(model, modules, cache, calib)
@@ -70,7 +70,7 @@ def test_fisher_estimate_finds_the_fragile_linear_and_ranks_like_the_measured_lo
     assert all(p.grad is None for p in model.parameters())
     # on the plain tiny model (no planted outlier): the estimate orders the measured loss increases
     model = models.load_model(tiny_dir)
-    modules = quant.target_modules(model, TARGETS)
+    modules = models.target_modules(model, TARGETS)
     measured = priors.quant_sensitivity(model, modules, tiny_caches[2], calib)
     fast = priors.fisher_sensitivity(model, modules, tiny_caches[2], calib)
     rho = spearmanr([measured[n] for n in modules], [fast[n]["taylor"] for n in modules]).statistic

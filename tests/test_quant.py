@@ -16,7 +16,7 @@ from autoqra.train import scoring
 
 def _uniform(model_dir, bits, caches):
     model = models.load_model(model_dir)
-    names = quant.target_modules(model, TARGETS)
+    names = models.target_modules(model, TARGETS)
     return quant.apply_dequant(model, dict.fromkeys(names, bits), caches)
 
 
@@ -41,7 +41,7 @@ def test_gptq_output_error_is_below_round_to_nearest(bits, tiny_dir, task_dir, t
     gptq = _uniform(tiny_dir, bits, tiny_caches)
     rtn = models.load_model(tiny_dir)
     with torch.no_grad():
-        for lin in quant.target_modules(rtn, TARGETS).values():
+        for lin in models.target_modules(rtn, TARGETS).values():
             lin.weight.copy_(quant.rtn(lin.weight, bits, 64))
         ref = base(**batch).logits
         err_gptq = (gptq(**batch).logits - ref).pow(2).mean().item()
@@ -70,7 +70,7 @@ def test_output_error_falls_with_every_bit_2_bit_hurts_and_8_bit_is_near_lossles
 
 
 def _mixed(tiny_dir):
-    names = quant.target_modules(models.load_model(tiny_dir), TARGETS)
+    names = models.target_modules(models.load_model(tiny_dir), TARGETS)
     rng = random.Random(0)
     return {n: rng.choice([2, 3, 4, 8, 16]) for n in names}
 
@@ -145,12 +145,12 @@ def test_biased_projections_survive_packed_assembly(tmp_path, smoke, task_dir):
     base = models.load_model(biased)
     assert base.model.layers[0].self_attn.q_proj.bias is not None
     with torch.no_grad():  # biases far from zero, so a lost one shows
-        for lin in quant.target_modules(base, TARGETS).values():
+        for lin in models.target_modules(base, TARGETS).values():
             if lin.bias is not None:
                 lin.bias.normal_(0, 0.5)
     base.save_pretrained(biased)
     caches = {4: quant.QuantCache(quantize_one(biased, task_dir, tmp_path / "b4", 4))}
-    mix = dict.fromkeys(quant.target_modules(base, TARGETS), 4)
+    mix = dict.fromkeys(models.target_modules(base, TARGETS), 4)
     path = quant.write_packed(mix, biased, caches, tmp_path / "packed")
     with safe_open(path / "model.safetensors", "pt") as fh:
         assert "model.layers.0.self_attn.q_proj.bias" in fh.keys()

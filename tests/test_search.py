@@ -13,7 +13,7 @@ import pytest
 
 from autoqra.memory import MemoryModel, ModelSpec, ModuleShape, Training, make_budget
 from autoqra.report import search as report
-from autoqra.search import Settings, evolve, ranking
+from autoqra.search import EvolveSettings, evolve, ranking
 from autoqra.search import operators as ops
 from autoqra.search.evolution import Evolution
 from autoqra.search.history import Job, Result
@@ -33,7 +33,7 @@ BUDGET = make_budget("relative", 1.0, "uniform3_r8", MemoryModel(SPEC, 64, Train
 def _settings(seed, **kw):
     base = dict(population=12, offspring=6, candidates=60, generations=50, fidelities=(1, 3, 9), eta=3,
                 max_steps=300, seed=seed)
-    return Settings(**{**base, **kw})
+    return EvolveSettings(**{**base, **kw})
 
 
 def test_generation_zero_starts_with_the_prior_config_and_fits_the_budget():
@@ -165,8 +165,8 @@ def test_a_running_duplicate_does_not_end_a_rung_early():
     obj = SyntheticObjective(SPACE, 0)
     evo = Evolution(SPACE, BUDGET, *obj.priors(), _settings(0))
     members = evo.warm_start()
-    done = [Result(c, 1, 0, 0, obj(c, 1)) for c in members]
-    duplicate = Result(members[0], 1, 0, 0, None, done=False)
+    done = [Result(c, 1, 0, 0, score=obj(c, 1)) for c in members]
+    duplicate = Result(members[0], 1, 0, 0, score=None, done=False)
     job = evo.next(done + [duplicate])
     assert isinstance(job, Job) and (job.generation, job.rung, job.fidelity) == (0, 1, 3)
     assert job == evo.next(done)
@@ -234,13 +234,13 @@ def test_consecutive_failures_stop_the_search_naming_the_reasons(tmp_path):
 
 def test_ranking_uses_the_mean_over_seeds_and_its_standard_error():
     a, b = SPACE.uniform(4, 8), SPACE.uniform(8, 4)
-    hist = [Result(a, 9, 0, 2, 1.0, seed=0), Result(a, 9, 0, 2, 3.0, seed=1),   # mean 2.0
-            Result(b, 9, 0, 2, 1.5, seed=0), Result(b, 9, 0, 2, 2.1, seed=1),   # mean 1.8: better
-            Result(a, 3, 0, 1, 0.1, seed=0)]                                   # lower fidelity: not used
+    hist = [Result(a, 9, 0, 2, score=1.0, seed=0), Result(a, 9, 0, 2, score=3.0, seed=1),   # mean 2.0
+            Result(b, 9, 0, 2, score=1.5, seed=0), Result(b, 9, 0, 2, score=2.1, seed=1),   # mean 1.8: better
+            Result(a, 3, 0, 1, score=0.1, seed=0)]                                   # lower fidelity: not used
     first, second = ranking(hist)
     assert first.config == b and first.score == pytest.approx(1.8) and first.se == pytest.approx(0.3)
     assert second.config == a and second.seeds == (0, 1)
-    failed = hist + [Result(b, 9, 0, 2, None, seed=2)]  # a failed seed: b falls back to no top evidence
+    failed = hist + [Result(b, 9, 0, 2, score=None, seed=2)]  # a failed seed: b falls back to no top evidence
     assert ranking(failed)[0].config == a
 
 

@@ -2,12 +2,12 @@
 
 The public API (imported lazily, so `import autoqra` stays cheap for the Snakefile)::
 
-    from autoqra import Space, make_budget, evolve, refine, Settings, RefineSettings
-    study, evolution = evolve(objective, space, budget, i_q, i_r, Settings(...))
+    from autoqra import Space, make_budget, evolve, refine, EvolveSettings, RefineSettings
+    study, evolution = evolve(objective, space, budget, i_q, i_r, EvolveSettings(...))
 
 Parameters (`Params`, `load_params`), the search space (`Space`, `Config`), memory (`ModelSpec`,
 `MemoryModel`, `make_budget`), repair, the two search stages on any objective (`evolve`, `refine`),
-a fidelity run on a real model (`Evaluator`), the pipeline's composition root (`SearchSetup`) and the
+a fidelity run on a real model (`Evaluator`), the pipeline's composition root (`Setup`) and the
 paired statistics (`paired`, `mean_se`).
 """
 
@@ -23,9 +23,9 @@ _HOMES = {
     "ModelSpec": "autoqra.memory", "MemoryModel": "autoqra.memory", "Training": "autoqra.memory",
     "Budget": "autoqra.memory", "make_budget": "autoqra.memory",
     "repair": "autoqra.search.repair",
-    "evolve": "autoqra.search", "refine": "autoqra.search", "Settings": "autoqra.search",
+    "evolve": "autoqra.search", "refine": "autoqra.search", "EvolveSettings": "autoqra.search",
     "RefineSettings": "autoqra.search", "ranking": "autoqra.search",
-    "Evaluator": "autoqra.train.fidelity", "SearchSetup": "autoqra.search.setup",
+    "Evaluator": "autoqra.pipeline.fidelity", "Setup": "autoqra.pipeline.setup",
     "paired": "autoqra.stats", "mean_se": "autoqra.stats",
 }
 __all__ = sorted(_HOMES)

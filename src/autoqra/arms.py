@@ -15,47 +15,34 @@
 
 Every arm is trained under `finetune.seeds`, fresh seeds no search stage trained under.
 
-The vocabulary (`ARMS`, `parse_uniform`, `check_arms`) imports nothing heavy: the parameters use it.
+This module is the arms' vocabulary, a leaf every layer may import (the parameters check the arms with
+it); training and testing an arm is `autoqra.pipeline.arms`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import re
-import shutil
-import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from autoqra.params import ParamError
-from autoqra.space import UNQUANTIZED
-from autoqra.store import manifest
-from autoqra.store.files import write_json
-
-if TYPE_CHECKING:
-    import numpy as np
-
-    from autoqra.memory import Budget
-    from autoqra.search.setup import SearchSetup
-    from autoqra.space import Config, Space
-
-log = logging.getLogger("autoqra")
+from autoqra.errors import ParamError
+from autoqra.space import UNQUANTIZED, Space
 
 ARMS = ("autoqra", "fp_lora", "best_uniform", "greedy", "prior", "sequential")
-_UNIFORM = re.compile(r"^uniform(\d+)_r(\d+)$")
+
+
+def uniform_pattern(bits: tuple[int, ...] | list[int] | None = None) -> str:
+    """The grammar of a uniform arm's name, `uniform{bits}_r{rank}` (bits among `bits` when given)."""
+    b = "|".join(map(str, bits)) if bits else r"\d+"
+    return rf"^uniform({b})_r(\d+)$"
 
 
 def parse_uniform(arm: str) -> tuple[int, int] | None:
     """`uniform4_r16` -> (4, 16); None for any other name."""
-    m = _UNIFORM.match(arm)
+    m = re.match(uniform_pattern(), arm)
     return (int(m[1]), int(m[2])) if m else None
 
 
 def check_arms(arms: list[str], bits: list[int]) -> None:
     """One line for an unknown final arm, or a uniform arm whose bit-width has no GPTQ cache."""
-    from autoqra.params.fields import ParamError
-
     for arm in arms:
         if arm in ARMS:
             continue
@@ -71,129 +58,5 @@ def check_arms(arms: list[str], bits: list[int]) -> None:
 
 def arm_space(space: Space, ranks: list[int]) -> Space:
     """The search space's units with ladders widened to every arm: unquantized, and the arms' ranks."""
-    from autoqra.space import Space
-
     return Space(space.members, tuple(sorted({*space.bits, UNQUANTIZED})), tuple(sorted({*space.ranks, *ranks})),
                  space.granularity)
-
-
-def sequential(budget: Budget, i_q: np.ndarray, ranks: tuple[int, ...]) -> Config:
-    """Bits from I_q alone under the budget at the largest uniform rank where that fits."""
-    import numpy as np
-
-    from autoqra.params.fields import ParamError
-    from autoqra.search.repair import repair
-
-    space = budget.space
-    for rank in sorted(ranks, reverse=True):
-        # rank steps made prohibitively important: repair takes bit downgrades only
-        c = repair(space.uniform(space.bits[-1], rank), budget, i_q, np.full(len(space), 1e12))
-        if set(c.ranks) == {rank} and budget.feasible(c):
-            return c
-    raise ParamError("finetune.arms: sequential: no uniform rank admits a bit allocation within the budget")
-
-
-def _read(path: Path, stage: str) -> dict[str, Any]:
-    if not path.exists():
-        from autoqra.params.fields import ParamError
-
-        raise ParamError(f"{path}: missing (run the {stage} stage)")
-    return json.loads(path.read_text())
-
-
-def resolve(arm: str, setup: SearchSetup, search: Path) -> Config:
-    """The configuration of an arm, on the arms' ladders; `search` holds the search stages' folders
-    (`evolve/frontier.json`: the uniform frontier, `refine/best.json`: the pick)."""
-    from autoqra.search import operators as ops
-
-    p, space = setup.p, setup.arm_space
-    if arm == "autoqra":
-        return space.parse(_read(search / "refine" / "best.json", "refine")["config"])
-    if arm == "best_uniform":
-        frontier = _read(search / "evolve" / "frontier.json", "evolve")
-        return space.parse(next(u for u in frontier["uniforms"] if u["key"] == frontier["chosen"])["config"])
-    if arm in ("greedy", "prior"):
-        make = ops.greedy_config if arm == "greedy" else ops.prior_config
-        return make(setup.space, setup.budget, setup.i_q, setup.i_r)
-    if arm == "sequential":
-        ranks = tuple(r for r in setup.space.ranks if r <= p.finetune.arm_rank) or setup.space.ranks[:1]
-        return sequential(setup.budget, setup.i_q, ranks)
-    if arm == "fp_lora":
-        return space.uniform(UNQUANTIZED, p.finetune.arm_rank)
-    return space.uniform(*parse_uniform(arm))
-
-
-def finetune(setup: SearchSetup, arm: str, out: Path, search: Path) -> dict[str, Any]:
-    """Train an arm `finetune.steps` steps under every seed of `finetune.seeds` (fresh seeds: no run a
-    search selected on; records of the shared store, so an arm that is another arm's configuration is
-    trained once), keeping each seed's adapters in `out`, with `arm.json` (configuration, memory,
-    budget) and `runs.json` (per seed: record, validation score, time). Returns the stage's metrics."""
-    p, space = setup.p, setup.arm_space
-    config = resolve(arm, setup, search)
-    space.check(config)
-    out.mkdir(parents=True, exist_ok=True)
-    runs = []
-    for seed in p.finetune.seeds:
-        record = setup.evaluator(config, p.finetune.steps, seed, keep_adapter=True)
-        if record["status"] == "ok":
-            shutil.copyfile(setup.evaluator.adapter_path(record["key"]), out / f"seed{seed}.safetensors")
-        runs.append({k: record.get(k) for k in ("seed", "key", "status", "reason", "score", "train_steps", "train_s",
-                                                  "wall_s", "peak_memory_bytes")})
-        log.info("%s seed %d: %s %s", arm, seed, record["status"], record.get("score"))
-    mem = setup.memory.breakdown(space, config)
-    # in the budget's unit: bytes, or bits of weights, metadata and LoRA at 16 bits (`bits_per_param`)
-    bits_per_param = setup.budget.kind == "bits_per_param"
-    cost = mem["avg_bits_with_lora"] * setup.spec.target_params if bits_per_param else mem["total"]
-    write_json(out / "arm.json", {
-        "arm": arm, "config": config.to_dict(), "key": config.key, "summary": config.describe(), "memory": mem,
-        "budget_limit": setup.budget.limit, "within_budget": bool(setup.budget.fits(cost)),
-        "steps": p.finetune.steps, "seeds": list(p.finetune.seeds)})
-    write_json(out / "runs.json", {"runs": runs})
-    adapters = {r["key"]: f"seed{r['seed']}.safetensors" for r in runs if r["status"] == "ok"}
-    held = manifest.write(out, setup.evaluator.store, {r["key"] for r in runs}, adapters)
-    return {"arm": arm, "manifest": held, "summary": config.describe(), "trained_steps": setup.evaluator.steps_trained,
-            "records_computed": setup.evaluator.computed, "failed": sum(r["status"] != "ok" for r in runs)}
-
-
-def evaluate(setup: SearchSetup, arm: str, train: Path, out: Path) -> dict[str, Any]:
-    """Score every seed of a trained arm (`train`: the finetune stage's folder) on the test split: one
-    record per seed in the shared store, keyed by the training record and the adapter's bytes (two arms
-    that are one configuration are scored once), their manifest in `out`. Returns the arm's metrics:
-    per seed scores, memory, bits, steps."""
-    from autoqra.data import read_split
-    from autoqra.train import evaluation
-
-    p, ev = setup.p, setup.evaluator
-    spec = json.loads((train / "arm.json").read_text())
-    runs = {r["seed"]: r for r in json.loads((train / "runs.json").read_text())["runs"]}
-    config = setup.arm_space.parse(spec["config"])
-    test = read_split(Path(setup.dirs["prepare"]) / "task", "test")
-    seeds, built, used = [], [], set()
-    with ev.workdir() as tmp:  # a packed checkpoint, the harness's files: under the cache, never /tmp
-        for seed in p.finetune.seeds:
-            start = time.perf_counter()
-            run = runs[seed]
-            row: dict[str, Any] = {"seed": seed, "status": run["status"], "val_score": run["score"],
-                                   "train_s": run["train_s"], "steps": run["train_steps"],
-                                   "peak_memory_bytes": run.get("peak_memory_bytes")}
-            if row["status"] == "ok":
-                adapter = train / f"seed{seed}.safetensors"
-                if not adapter.exists():
-                    raise ParamError(f"--train {train}: {adapter.name} is missing (seed {seed} trained, its adapter "
-                                     "gone: run the finetune stage again)")
-                key = evaluation.evaluation_key(run["key"], p.task.max_length, p.evaluate, adapter)
-                record, computed = ev.store.get(key, lambda a=adapter: evaluation.score_seed(
-                    ev, config, a, test, p.task.max_length, p.evaluate, tmp, built))
-                row.update(record["scores"], test_record=record["key"], test_cached=not computed)
-                used.add(key)
-            row["eval_s"] = round(time.perf_counter() - start, 2)
-            log.info("%s seed %d: %s", arm, seed, {k: row.get(k) for k in ("answer_loss", "exact_match")})
-            seeds.append(row)
-    mem = spec["memory"]
-    out.mkdir(parents=True, exist_ok=True)
-    held = manifest.write(out, ev.store, used)
-    return {"arm": arm, "key": spec["key"], "manifest": held, "summary": spec["summary"], "config": spec["config"],
-            "steps": spec["steps"],
-            "memory": {k: mem[k] for k in ("total", "weights", "metadata", "lora", "activations", "avg_bits",
-                                           "avg_bits_with_lora")},
-            "budget_limit": spec["budget_limit"], "within_budget": spec["within_budget"], "seeds": seeds}

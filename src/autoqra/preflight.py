@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import string
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,22 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from autoqra.params import GROUP_SIZES, ParamError, Params
-
-
-def storage_url(value: str | None) -> str | None:
-    """`search.storage` as a URL: `env:NAME` reads it from the environment variable NAME, so that a
-    password never stands in a params file, dvc.lock or a log."""
-    if value is None or not value.startswith("env:"):
-        return value
-    name = value[4:]
-    if not os.environ.get(name):
-        raise ParamError(f"search.storage={value!r}: the environment variable {name} is not set")
-    return os.environ[name]
-
-
-def redact(url: str) -> str:
-    """A storage URL fit to print: its password replaced by ***."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+from autoqra.params.sources import redact, storage_url
 
 
 def check_storage(value: str | None, records: str | Path = "data/records") -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from autoqra import arms
-from autoqra.memory.model import MemoryModel, Training
+from autoqra.memory.estimate import MemoryModel, Training
 from autoqra.memory.spec import ModelSpec
 from autoqra.params import ParamError
 from autoqra.space import Config, Space

@@ -81,8 +81,7 @@ class ModelSpec:
     @classmethod
     def from_meta(cls, config: Any, targets: list[str]) -> ModelSpec:
         """From the model built on the meta device (any architecture transformers knows)."""
-        from autoqra.models import meta_model
-        from autoqra.quant import target_modules
+        from autoqra.models import meta_model, target_modules
 
         model = meta_model(config)
         found = target_modules(model, targets)

@@ -16,7 +16,6 @@ from autoqra.params.sections import (
     EvaluateParams,
     FinetuneParams,
     LoraParams,
-    ModelParams,
     Params,
     ProfileParams,
     QuantParams,
@@ -24,10 +23,9 @@ from autoqra.params.sections import (
     SearchParams,
     SweepParams,
     TaskParams,
-    TinyParams,
     load_params,
 )
-from autoqra.params.sources import check_model_source, check_task_source
+from autoqra.params.sources import ModelParams, TinyParams, check_model_source, check_task_source
 
 __all__ = ["ABLATIONS", "GROUP_SIZES", "BudgetParams", "EvaluateParams", "FinetuneParams", "LoraParams",
            "ModelParams", "ParamError", "Params", "ProfileParams", "QuantParams", "RefineParams", "SearchParams",

@@ -16,9 +16,7 @@ import typing
 from dataclasses import field
 from typing import Any
 
-
-class ParamError(ValueError):
-    """A parameter is unknown, of the wrong type or out of range."""
+from autoqra.errors import ParamError
 
 
 def spec(default: Any = dataclasses.MISSING, *, help: str, **rules: Any) -> Any:

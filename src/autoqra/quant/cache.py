@@ -14,20 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autoqra.params import ParamError
 from autoqra.space import UNQUANTIZED
 from autoqra.store import fingerprint
 
 TENSORS = ("qweight", "qzeros", "scales", "g_idx")
-
-
-def target_modules(model: nn.Module, targets: list[str] | tuple[str, ...]) -> dict[str, nn.Linear]:
-    """The target linears of the decoder blocks, by full name, in model order."""
-    found = {name: mod for name, mod in model.named_modules()
-             if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in targets and ".layers." in name}
-    if not found:
-        raise ParamError(f"quant.targets={list(targets)}: no such linear inside the model's decoder layers")
-    return found
 
 
 def rtn(w: torch.Tensor, bits: int, group_size: int, sym: bool = True) -> torch.Tensor:

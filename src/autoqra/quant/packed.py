@@ -62,7 +62,7 @@ def load_packed(path: str | Path, device: str = "cpu", dtype: torch.dtype = torc
 
     # On the CPU only the pure-torch kernel trains for every bit-width and group size; on a GPU let
     # GPTQModel choose among its trainable kernels.
-    from autoqra.models import attention
+    from autoqra.devices import attention
 
     backend = BACKEND.AUTO_TRAINABLE if device.startswith("cuda") else BACKEND.TORCH
     model = GPTQModel.load(str(path), backend=backend, dtype=dtype, device=device).model

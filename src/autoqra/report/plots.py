@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from autoqra.report.search import front, with_means
+from autoqra.report.search import pareto_front, with_means
 
 GIB = 2**30
 
@@ -85,7 +85,7 @@ def pareto(trials: pd.DataFrame, arms: dict[str, dict[str, Any]], budget: float,
     top = ok[ok["fidelity"] == ok["fidelity"].max()].groupby("config_key").agg(
         memory=("memory_bytes", "first"), score=("score", "mean")).sort_values("memory")
     ax.scatter(top["memory"] / GIB, top["score"], s=16, color="tab:gray", alpha=0.7, label="searched (top rung)")
-    pareto_set = front(with_means(trials)) if len(ok) else ok
+    pareto_set = pareto_front(with_means(trials)) if len(ok) else ok
     if len(pareto_set):
         ax.step(pareto_set["memory_bytes"] / GIB, pareto_set["mean"], where="post", color="tab:gray", linewidth=1)
     for i, (name, arm) in enumerate(arms.items()):

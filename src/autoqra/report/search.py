@@ -47,7 +47,7 @@ def with_means(trials: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("number").reset_index(drop=True)
 
 
-def front(trials: pd.DataFrame) -> pd.DataFrame:
+def pareto_front(trials: pd.DataFrame) -> pd.DataFrame:
     """Memory/score Pareto set among configurations evaluated at the highest fidelity reached (one row
     per configuration, scored by its mean over seeds)."""
     ok = trials[(trials["status"] == "ok") & trials["score"].notna()]

@@ -7,7 +7,7 @@ Library entry points on any black-box objective, stage 1 then stage 2::
     study2, refinement = refine(objective, space, budget, history(study, space), refine_settings, i_q, i_r)
 
 `objective(config, fidelity, seed)` returns a score to minimise (or a dict with `score`, None on failure);
-the seeds of a rung (`Settings.seeds_per_rung`) are the same for every configuration.
+the seeds of a rung (`EvolveSettings.seeds_per_rung`) are the same for every configuration.
 """
 
 from __future__ import annotations
@@ -19,29 +19,29 @@ import numpy as np
 
 from autoqra.memory import Budget
 from autoqra.search.ablations import REFINE_OFF, ablated
-from autoqra.search.evolution import Evolution, Settings
+from autoqra.search.evolution import Evolution, EvolveSettings
 from autoqra.search.history import DONE, WAIT, Job, Result, ranking
 from autoqra.search.refinement import Refinement, RefineSettings
 from autoqra.space import Config, Space
 
-__all__ = ["DONE", "REFINE_OFF", "WAIT", "Evolution", "Job", "RefineSettings", "Refinement", "Result", "Settings",
+__all__ = ["DONE", "REFINE_OFF", "WAIT", "Evolution", "Job", "RefineSettings", "Refinement", "Result", "EvolveSettings",
            "ablated", "evolve", "make_plan", "ranking", "refine"]
 
 
-def make_plan(space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray, settings: Settings) -> Any:
+def make_plan(space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray, settings: EvolveSettings) -> Any:
     """Stage 1's plan: the evolution, or (`settings.method`) random search or TPE at the top fidelity
     under the top rung's seeds with the same step budget."""
     if settings.method == "evolution":
         return Evolution(space, budget, i_q, i_r, settings)
-    from autoqra.search.baselines import BaselineSettings, make
+    from autoqra.search.baselines import BaselineSettings, baseline_plan
 
     top = len(settings.fidelities) - 1
-    return make(settings.method, space, budget,
+    return baseline_plan(settings.method, space, budget,
                 BaselineSettings(settings.fidelities[top], settings.seeds(top), settings.max_steps, settings.seed))
 
 
 def evolve(objective: Callable[[Config, int, int], Any], space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray,
-           settings: Settings, *, study_name: str = "autoqra-evolve", storage: str | None = None,
+           settings: EvolveSettings, *, study_name: str = "autoqra-evolve", storage: str | None = None,
            journal: str | None = None,
            describe: Callable[[Config], dict[str, Any]] | None = None) -> tuple[Any, Evolution]:
     """Run (or resume) stage 1 to completion in this process; returns the Optuna study and the plan

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from autoqra.search.evolution import Settings
+from autoqra.search.evolution import EvolveSettings
 
 REFINE_OFF = ("no_refine", "random", "tpe")  # ablations without stage 2 (random and tpe replace both stages)
 
 
-def ablated(settings: Settings, ablation: str, refine_steps: int) -> Settings:
+def ablated(settings: EvolveSettings, ablation: str, refine_steps: int) -> EvolveSettings:
     """Stage 1's settings with `search.ablation` applied, at the same step budget: `random` and `tpe`
     replace both stages, so they get `refine_steps` (stage 2's) on top of stage 1's step cap."""
     fidelities, seeds = settings.fidelities, settings.seeds_per_rung

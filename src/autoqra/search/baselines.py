@@ -132,7 +132,7 @@ class TPESearch(_Baseline):
         return None if c.key in seen else c
 
 
-def make(method: str, space: Space, budget: Budget, settings: BaselineSettings) -> _Baseline:
+def baseline_plan(method: str, space: Space, budget: Budget, settings: BaselineSettings) -> _Baseline:
     if method == "random":
         return RandomSearch(space, budget, settings)
     if method == "tpe":

@@ -27,7 +27,7 @@ from autoqra.memory import Budget
 from autoqra.params.rules import search_seeds
 from autoqra.search import operators as ops
 from autoqra.search import promotion
-from autoqra.search.history import DONE, WAIT, Job, Result, ranking, seed_scores
+from autoqra.search.history import DONE, WAIT, Job, Result, ranking, seed_means, seed_scores, unique
 from autoqra.search.repair import repair
 from autoqra.search.surrogate import Surrogate, rank_correlation
 from autoqra.space import Config, Space
@@ -38,7 +38,7 @@ OPTION_REVISIONS = {"warm_start=boundary": 2}
 
 
 @dataclass(frozen=True)
-class Settings:
+class EvolveSettings:
     population: int
     offspring: int
     candidates: int
@@ -73,7 +73,7 @@ class Settings:
 
 
 class Evolution:
-    def __init__(self, space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray, settings: Settings):
+    def __init__(self, space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray, settings: EvolveSettings):
         self.space, self.budget, self.settings = space, budget, settings
         self.fidelities = settings.fidelities
         self.i_q, self.i_r = np.asarray(i_q, float), np.asarray(i_r, float)
@@ -88,7 +88,7 @@ class Evolution:
         rng = np.random.default_rng([s.seed, 0])
         if not s.priors:
             pool = [repair(self.space.random(rng), self.budget, self.i_q, self.i_r) for _ in range(50 * s.population)]
-            return _unique(pool)[: s.population]
+            return unique(pool)[: s.population]
         prior = ops.prior_config(self.space, self.budget, self.i_q, self.i_r)
         pool = [prior, ops.greedy_config(self.space, self.budget, self.i_q, self.i_r)]
         pool += ops.feasible_uniforms(self.space, self.budget)
@@ -97,10 +97,10 @@ class Evolution:
             attempts += 1
             base = ops.jitter(prior, self.space, rng) if attempts % 2 else self.space.random(rng)
             pool.append(repair(base, self.budget, self.i_q, self.i_r))
-        members = _unique(pool)[: s.population]
+        members = unique(pool)[: s.population]
         if s.warm_start == "boundary":  # also (beyond the population) the region just inside the budget next
             # to the uniforms just over it, so no uniform or prior gives way to it
-            members = _unique(members + ops.boundary_repairs(self.space, self.budget, self.i_q, self.i_r))
+            members = unique(members + ops.boundary_repairs(self.space, self.budget, self.i_q, self.i_r))
         return members
 
     def _history_key(self, history: list[Result]) -> tuple:
@@ -291,22 +291,3 @@ class Evolution:
                 "differs": sum(r["differs"] for r in ready), "rows": rows}
 
 
-def seed_means(history: list[Result], generation: int, rung: int, seeds: tuple[int, ...],
-               members: list[Config]) -> dict[str, float]:
-    """Each member's mean over the rung's seeds (members with a failed or missing seed left out)."""
-    got = {(r.config.key, r.seed): r.score for r in history if r.generation == generation and r.rung == rung and r.done}
-    out = {}
-    for c in members:
-        v = [got.get((c.key, sd)) for sd in seeds]
-        if None not in v:
-            out[c.key] = float(np.mean(v))
-    return out
-
-
-def _unique(configs: list[Config]) -> list[Config]:
-    seen, out = set(), []
-    for c in configs:
-        if c.key not in seen:
-            seen.add(c.key)
-            out.append(c)
-    return out

@@ -40,7 +40,7 @@ def fit(x: np.ndarray, y: np.ndarray, sizes: Sequence[int], kind: str, seed: int
     from gpytorch.mlls import ExactMarginalLogLikelihood
 
     torch.manual_seed(seed)
-    model = build(x, y, sizes, kind)
+    model = unfitted(x, y, sizes, kind)
     mll = ExactMarginalLogLikelihood(model.likelihood, model)
     # a failed optimisation leaves the priors' hyper-parameters: the model is still usable
     with contextlib.suppress(Exception), warnings.catch_warnings():
@@ -49,7 +49,7 @@ def fit(x: np.ndarray, y: np.ndarray, sizes: Sequence[int], kind: str, seed: int
     return model.eval()
 
 
-def build(x: np.ndarray, y: np.ndarray, sizes: Sequence[int], kind: str) -> Any:
+def unfitted(x: np.ndarray, y: np.ndarray, sizes: Sequence[int], kind: str) -> Any:
     """The unfitted BoTorch model of -y at x (hyper-parameters at their priors' defaults)."""
     from botorch.models import MixedSingleTaskGP, SingleTaskGP
     from botorch.models.transforms import Normalize, Standardize
@@ -76,7 +76,7 @@ def build(x: np.ndarray, y: np.ndarray, sizes: Sequence[int], kind: str) -> Any:
 
 def condition(model: Any, x: np.ndarray, y: np.ndarray, sizes: Sequence[int], kind: str) -> Any:
     """A model on other data (x, y) with `model`'s fitted hyper-parameters (no re-fit)."""
-    other = build(x, y, sizes, kind)
+    other = unfitted(x, y, sizes, kind)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("outcome_transform")}
     other.load_state_dict(state, strict=False)
     return other.eval()

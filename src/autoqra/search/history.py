@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
+
 from autoqra.space import Config
 from autoqra.stats import mean_se
 
@@ -19,6 +21,8 @@ WAIT, DONE = "wait", "done"
 
 @dataclass(frozen=True)
 class Job:
+    """One evaluation to run: a configuration at a fidelity under a seed, and where it stands in the plan."""
+
     config: Config
     fidelity: int
     generation: int
@@ -27,16 +31,11 @@ class Job:
 
 
 @dataclass(frozen=True)
-class Result:
-    """One entry of the history: finished (`done`, score None when the evaluation failed) or running."""
+class Result(Job):
+    """A job in the history: finished (`done`, score None when the evaluation failed) or running."""
 
-    config: Config
-    fidelity: int
-    generation: int
-    rung: int
-    score: float | None
+    score: float | None = None
     done: bool = True
-    seed: int = 0
 
 
 class Evidence(NamedTuple):
@@ -93,3 +92,26 @@ def best_evidence(history: list[Result]) -> dict[str, Evidence]:
 def ranking(history: list[Result]) -> list[Evidence]:
     """Configurations best first: highest fidelity reached, then lowest mean score, then key (for ties)."""
     return sorted(best_evidence(history).values(), key=lambda e: (-e.fidelity, e.score, e.config.key))
+
+
+def seed_means(history: list[Result], generation: int, rung: int, seeds: tuple[int, ...],
+               members: list[Config]) -> dict[str, float]:
+    """Each member's mean over the rung's seeds (members with a failed or missing seed left out)."""
+    got = {(r.config.key, r.seed): r.score for r in history if r.generation == generation and r.rung == rung and r.done}
+    out = {}
+    for c in members:
+        v = [got.get((c.key, sd)) for sd in seeds]
+        if None not in v:
+            out[c.key] = float(np.mean(v))
+    return out
+
+
+
+def unique(configs: list[Config]) -> list[Config]:
+    """`configs` without repeats, in first-seen order."""
+    seen, out = set(), []
+    for c in configs:
+        if c.key not in seen:
+            seen.add(c.key)
+            out.append(c)
+    return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from autoqra.memory import Budget
+from autoqra.memory import Budget, BudgetError
 from autoqra.search.repair import repair
 from autoqra.space import Config, Space
 
@@ -30,6 +30,17 @@ def prior_config(space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray)
 def greedy_config(space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray) -> Config:
     """Everything at the top of both ladders, then repair's importance-per-byte downgrades."""
     return repair(space.uniform(space.bits[-1], space.ranks[-1]), budget, i_q, i_r)
+
+
+def sequential_config(budget: Budget, i_q: np.ndarray, ranks: tuple[int, ...]) -> Config:
+    """Quantize first, then adapt: bits from I_q alone under the budget at the largest uniform rank of
+    `ranks` where that fits (rank steps made prohibitively important: repair takes bit downgrades only)."""
+    space = budget.space
+    for rank in sorted(ranks, reverse=True):
+        c = repair(space.uniform(space.bits[-1], rank), budget, i_q, np.full(len(space), 1e12))
+        if set(c.ranks) == {rank} and budget.feasible(c):
+            return c
+    raise BudgetError("finetune.arms: sequential: no uniform rank admits a bit allocation within the budget")
 
 
 def feasible_uniforms(space: Space, budget: Budget, maximal: bool = False) -> list[Config]:

@@ -35,10 +35,10 @@ def of_dir(path: str | Path, skip: tuple[str, ...] = ("metrics.json", ".snakemak
 
 # The modules whose code determines a record's value (a fidelity run's, a test evaluation's): a change to
 # any definition in them makes new record keys; where a definition lives among them does not matter.
-VALUE_CODE = ("autoqra.train.fidelity", "autoqra.train.lora", "autoqra.train.loop", "autoqra.train.scoring",
+VALUE_CODE = ("autoqra.pipeline.fidelity", "autoqra.train.lora", "autoqra.train.loop", "autoqra.train.scoring",
               "autoqra.data.generator", "autoqra.data.sources", "autoqra.data.encoding", "autoqra.quant.cache",
               "autoqra.quant.packed", "autoqra.quant.backends", "autoqra.quant.matmul", "autoqra.models",
-              "autoqra.space")
+              "autoqra.devices", "autoqra.space")
 TEST_CODE = ("autoqra.train.evaluation",)  # what a test-split evaluation adds
 
 

@@ -72,11 +72,11 @@ def history(study: optuna.Study, space: Space, trials: list[FrozenTrial] | None 
         if job.config.units != space.units:
             continue
         if t.state == TrialState.COMPLETE:
-            out.append(Result(job.config, job.fidelity, job.generation, job.rung, t.value, seed=job.seed))
+            out.append(Result(job.config, job.fidelity, job.generation, job.rung, job.seed, score=t.value))
         elif t.state == TrialState.FAIL and t.user_attrs.get("status") == "failed":
-            out.append(Result(job.config, job.fidelity, job.generation, job.rung, None, seed=job.seed))
+            out.append(Result(job.config, job.fidelity, job.generation, job.rung, job.seed))
         elif t.state == TrialState.RUNNING:
-            out.append(Result(job.config, job.fidelity, job.generation, job.rung, None, done=False, seed=job.seed))
+            out.append(Result(job.config, job.fidelity, job.generation, job.rung, job.seed, done=False))
     return out
 
 

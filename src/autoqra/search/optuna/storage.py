@@ -17,7 +17,7 @@ def open_study(name: str, storage: str | None, journal: str | None, sampler: Bas
     journal file is used (several processes on one machine may share it). `readonly` loads an
     existing study without writing to its storage (creating, even an existing study, appends to a
     journal: another stage's journal, a DVC output of that stage, must not change when read)."""
-    from autoqra.preflight import storage_url
+    from autoqra.params.sources import storage_url
 
     storage = storage_url(storage)
     if storage is None:

@@ -1,9 +1,10 @@
-"""The search's composition root: from parameters and the prepared folders to the space, memory model,
-budget, priors, evaluator and studies every search stage and final arm works with.
+"""The pipeline's one setup object: from parameters and the prepared folders to the space, memory model,
+budget, priors, validation fidelity run and studies that every search stage and final arm works with.
+Building it loads no model: the fidelity run loads what it needs on its first run.
 
 `dirs` names the folders a run reads and writes (`prepare`, `quantize`, `profile`, `search`; `records`:
-the record cache, default `data/records`; `store`: the name of this stage's study journal in it,
-`stage1_store`: the one holding stage 1's study).
+the record cache, default `data/records`; `journal`: the name of this stage's study journal in it,
+`stage1_journal`: the one holding stage 1's study).
 """
 
 from __future__ import annotations
@@ -18,22 +19,22 @@ import pandas as pd
 from autoqra import arms, priors, quant, stats
 from autoqra.memory import ModelSpec, from_params
 from autoqra.params import ParamError, Params
+from autoqra.pipeline.fidelity import Evaluator
 from autoqra.search import make_plan
 from autoqra.search import operators as ops
 from autoqra.search.ablations import REFINE_OFF, ablated
-from autoqra.search.evolution import Settings
+from autoqra.search.evolution import EvolveSettings
 from autoqra.search.history import Evidence, Result
 from autoqra.search.optuna import PlanSampler, SearchFailed, history, open_study
 from autoqra.search.refinement import Refinement, RefineSettings
 from autoqra.space import Config
 from autoqra.store import fingerprint, manifest
-from autoqra.train.fidelity import Evaluator
 
 
-def evolve_settings(p: Params) -> Settings:
+def evolve_settings(p: Params) -> EvolveSettings:
     """Stage 1's settings, with `search.ablation` applied."""
     s = p.search
-    base = Settings(population=s.population, offspring=s.offspring, candidates=s.candidates,
+    base = EvolveSettings(population=s.population, offspring=s.offspring, candidates=s.candidates,
                     generations=s.generations, fidelities=tuple(s.fidelities), eta=s.eta, max_steps=s.max_steps,
                     seed=p.seed, seeds_per_rung=tuple(s.seeds_per_rung), promotion=s.promotion,
                     warm_start=s.warm_start, surrogate_model=s.surrogate_model)
@@ -90,9 +91,11 @@ def check_inputs(p: Params, dirs: dict[str, str]) -> None:
             raise ParamError(f"quant.bits contains {b} but {dirs['quantize']}/b{b} holds no GPTQ cache")
 
 
-class SearchSetup:
+class Setup:
+    """Everything a search stage or a final arm works with, from `p` and the folders `dirs`."""
+
     def __init__(self, p: Params, dirs: dict[str, str], progress: bool = False, arm_ladders: bool = False):
-        """With `arm_ladders`, the evaluator's ladders are widened to the final arms' (unquantized, `arm_rank`)."""
+        """With `arm_ladders`, the fidelity run's ladders are widened to the final arms' (unquantized, `arm_rank`)."""
         self.p, self.dirs = p, dirs
         self.spec = ModelSpec.from_pretrained(Path(dirs["prepare"]) / "model", p.quant.targets)
         self.space, self.memory, self.budget = from_params(p, self.spec, prepared_labelled(Path(dirs["prepare"])))
@@ -100,21 +103,21 @@ class SearchSetup:
         self.i_q, self.i_r = priors.unit_priors(pd.read_parquet(Path(dirs["profile"]) / "priors.parquet"), self.space)
         caches = {b: quant.QuantCache(Path(dirs["quantize"]) / f"b{b}") for b in p.quant.bits if b != quant.UNQUANTIZED}
         prepare = Path(dirs["prepare"])
-        self.evaluator = Evaluator(model_dir=prepare / "model", task_dir=prepare / "task", caches=caches,
+        self.fidelity_run = Evaluator(model_dir=prepare / "model", task_dir=prepare / "task", caches=caches,
                                    space=self.arm_space if arm_ladders else self.space, lora=p.lora,
                                    finetune=p.finetune, max_length=p.task.max_length,
                                    records=records_root(dirs),
                                    legacy_records=Path(dirs["search"]) / "records", metric=p.search.metric,
                                    backend=p.search.backend, oom_attempts=p.search.oom_attempts,
                                    fingerprints=prepared_fingerprints(prepare), progress=progress)
-        self.rehydrated = manifest.rehydrate(self.evaluator.store, data_root(dirs))  # after a pull: records back
+        self.rehydrated = manifest.rehydrate(self.fidelity_run.store, data_root(dirs))  # after a pull: records back
 
-    def identity(self, settings: Settings) -> dict[str, Any]:
+    def identity(self, settings: EvolveSettings) -> dict[str, Any]:
         """Everything that defines stage 1's search: its study's name hashes it."""
         out = {"units": self.space.units, "bits": self.space.bits, "ranks": self.space.ranks,
                "budget": [self.budget.kind, round(self.budget.limit, 3)], "settings": settings,
                "priors": [np.round(self.i_q, 6).tolist(), np.round(self.i_r, 6).tolist()],
-               "evaluator": self.evaluator.key(self.space.minimum(), 0, self.p.seed)}
+               "evaluator": self.fidelity_run.key(self.space.minimum(), 0, self.p.seed)}
         if settings.revisions():
             out["revisions"] = settings.revisions()
         return {**out, "options": settings.options()} if settings.options() else out  # defaults: the old names
@@ -131,7 +134,7 @@ class SearchSetup:
         settings = evolve_settings(self.p)
         sampler = PlanSampler(make_plan(self.space, self.budget, self.i_q, self.i_r, settings))
         name = f"evolve-{fingerprint.of_data(self.identity(settings))[:16]}"
-        return self.open(name, sampler, self.dirs.get("stage1_store", "evolve"), readonly), sampler
+        return self.open(name, sampler, self.dirs.get("stage1_journal", "evolve"), readonly), sampler
 
     def refine_study(self) -> tuple[Any, PlanSampler, list[Result]]:
         """Stage 2's study, named after stage 1's search and its own settings, and stage 1's history."""
@@ -139,7 +142,7 @@ class SearchSetup:
         prior = history(stage1, self.space)
         sampler = PlanSampler(Refinement(self.space, self.budget, self.i_q, self.i_r, prior, refine_settings(self.p)))
         name = f"refine-{fingerprint.of_data([self.identity(evolve_settings(self.p)), refine_settings(self.p)])[:16]}"
-        return self.open(name, sampler, self.dirs.get("store", "refine")), sampler, prior
+        return self.open(name, sampler, self.dirs.get("journal", "refine")), sampler, prior
 
     def objective(self, config: Config, fidelity: int, seed: int) -> dict[str, Any]:
         """A fidelity evaluation (a rung's validation subset, `search.val_per_rung`; off the rungs: all of it);
@@ -147,9 +150,9 @@ class SearchSetup:
         s = self.p.search
         rung = s.fidelities.index(fidelity) if fidelity in s.fidelities else None
         val = s.val_per_rung[rung] if s.val_per_rung and rung is not None else 0
-        record = self.evaluator(config, fidelity, seed, val_samples=val)
+        record = self.fidelity_run(config, fidelity, seed, val_samples=val)
         # out of memory with attempts left: not a result yet, the search hands the job out again
-        return {**record, "retry": not self.evaluator.store.usable(record)}
+        return {**record, "retry": not self.fidelity_run.store.usable(record)}
 
     def describe(self, config: Config) -> dict[str, Any]:
         m = self.memory.breakdown(self.space, config)
@@ -176,7 +179,7 @@ class SearchSetup:
         records = {}
         for sd in seeds:
             records[sd] = self.objective(config, fidelity, sd)
-            for _ in range(self.evaluator.store.max_attempts):  # out of memory with attempts left: again
+            for _ in range(self.fidelity_run.store.max_attempts):  # out of memory with attempts left: again
                 if not records[sd]["retry"]:
                     break
                 records[sd] = self.objective(config, fidelity, sd)

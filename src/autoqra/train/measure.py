@@ -11,7 +11,7 @@ attached (any device) and counts, each storage once:
   saved inside a LoRA branch (`lora_A`, `lora_B`, `lora_dropout`), to the base otherwise;
 - on CUDA, `peak_allocated`: `torch.cuda.max_memory_allocated` over the step.
 
-These are the memory model's terms (`autoqra.memory.model`), so each can be compared with its prediction.
+These are the memory model's terms (`autoqra.memory.estimate`), so each can be compared with its prediction.
 """
 
 from __future__ import annotations

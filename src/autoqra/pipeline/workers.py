@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from autoqra.params import Params, load_file
-from autoqra.search.setup import SearchSetup
+from autoqra.pipeline.setup import Setup
 from autoqra.store.process import worker_id
 
 log = logging.getLogger("autoqra")
 
-SearchFn = Callable[[SearchSetup], dict[str, int]]  # search until the stage is done: this worker's counts
+SearchFn = Callable[[Setup], dict[str, int]]  # search until the stage is done: this worker's counts
 
 
 def _worker(search: SearchFn, params_path: str, dirs: dict[str, str], threads: int) -> dict[str, int]:
@@ -26,7 +26,7 @@ def _worker(search: SearchFn, params_path: str, dirs: dict[str, str], threads: i
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(threads)
-    return search(SearchSetup(load_file(params_path), dirs))
+    return search(Setup(load_file(params_path), dirs))
 
 
 def run_worker_job(search: SearchFn, p: Params, dirs: dict[str, str], out: Path) -> None:
@@ -34,13 +34,13 @@ def run_worker_job(search: SearchFn, p: Params, dirs: dict[str, str], out: Path)
     study and one record store): search until the stage's plan is done, write this worker's counts to
     `out`. A killed worker job resubmitted anywhere resumes: trials and records are shared."""
     start = time.perf_counter()
-    counts = search(SearchSetup(p, dirs, progress=True))
+    counts = search(Setup(p, dirs, progress=True))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**counts, "worker": worker_id(), "search_s": round(time.perf_counter() - start, 1)}))
 
 
 def run_workers(search: SearchFn, p: Params, params_path: str, dirs: dict[str, str], threads: int,
-                gathered: list[str] = ()) -> tuple[SearchSetup, list[dict[str, Any]], float]:
+                gathered: list[str] = ()) -> tuple[Setup, list[dict[str, Any]], float]:
     """Run a search stage with `search.workers` worker processes sharing its study and the record store
     (one worker: in this process, with progress bars). Returns a setup for the outputs, each worker's
     counts and the seconds spent; a search stopped by failures raises `SearchFailed`.
@@ -50,13 +50,13 @@ def run_workers(search: SearchFn, p: Params, params_path: str, dirs: dict[str, s
     start = time.perf_counter()
     if gathered:
         jobs = [json.loads(Path(f).read_text()) for f in gathered]
-        setup = SearchSetup(p, dirs, progress=True)
+        setup = Setup(p, dirs, progress=True)
         left = search(setup)
         return setup, [*jobs, left], max(j.get("search_s", 0.0) for j in jobs) + time.perf_counter() - start
     if p.search.workers == 1:
-        setup = SearchSetup(p, dirs, progress=True)
+        setup = Setup(p, dirs, progress=True)
         return setup, [search(setup)], time.perf_counter() - start
     per_worker = max(1, (threads or mp.cpu_count()) // p.search.workers)
     with mp.get_context("spawn").Pool(p.search.workers) as pool:
         mine = pool.starmap(_worker, [(search, params_path, dirs, per_worker)] * p.search.workers)
-    return SearchSetup(p, dirs), mine, time.perf_counter() - start
+    return Setup(p, dirs), mine, time.perf_counter() - start

@@ -50,7 +50,7 @@ def export(setup: Any, train: Path, arm_metrics: Path, out: Path) -> dict[str, A
     if out.exists():
         shutil.rmtree(out)
     model_dir, adapter_dir = out / "model", out / "adapter"
-    quant.write_packed(bits, Path(setup.dirs["prepare"]) / "model", setup.evaluator.caches, model_dir)
+    quant.write_packed(bits, Path(setup.dirs["prepare"]) / "model", setup.fidelity_run.caches, model_dir)
     peft_model = attach_lora(quant.load_packed(model_dir, "cpu"), ranks, p.lora.alpha_ratio, p.lora.dropout)
     load_adapter(peft_model, train / f"seed{seed}.safetensors").save_pretrained(str(adapter_dir))
     (out / "README.md").write_text(f"# {spec['summary']}\n\nSearched by AutoQRA for {p.model.source}: per-module bits "

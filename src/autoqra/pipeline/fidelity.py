@@ -50,7 +50,7 @@ class Evaluator:
         self.model_dir, self.space, self.lora, self.ft = Path(model_dir), space, lora, finetune
         self.caches, self.metric, self.progress, self.max_length = caches, metric, progress, max_length
         self.store = RecordStore(records, max_attempts=oom_attempts, legacy=legacy_records)
-        self.used: dict[str, dict[str, Any]] = {}  # every record this evaluator returned, by key (manifests)
+        self.used: dict[str, dict[str, Any]] = {}  # every record this fidelity run returned, by key (manifests)
         self.device = device or models.default_device()
         name = ("packed" if self.device.startswith("cuda") else "dequant") if backend == "auto" else backend
         self.dtype = models.compute_dtype(finetune.dtype, self.device)
@@ -74,7 +74,7 @@ class Evaluator:
                         "metric": metric, "backend": name, "dtype": str(self.dtype),
                         "targets": sorted(m for ms in space.members.values() for m in ms),
                         "code": fingerprint.of_code(*VALUE_CODE), "platform": models.platform(self.device)}
-        self.steps_trained = 0  # optimizer steps actually run by this evaluator (cached records add none)
+        self.steps_trained = 0  # optimizer steps actually run by this fidelity run (cached records add none)
 
     @property
     def computed(self) -> int:

@@ -1,9 +1,10 @@
 """The two search stages as runs over a prepared folder: search (with any number of workers), then write
-the stage's outputs and return its metrics.
+the stage's outputs and return its metrics. `evolve_worker` / `refine_worker` are one worker's
+ask/tell loop on the stage's study; `evolve_stage` / `refine_stage` run the workers and write:
 
-- `evolve`: stage 1 (multi-fidelity evolution warm-started by the priors, or an ablation's search) into
+- evolve: stage 1 (multi-fidelity evolution warm-started by the priors, or an ablation's search) into
   `<out>/trials.parquet`, `front.parquet`, `best.json`, `trace.png`;
-- `refine`: stage 2 (trust-region Bayesian refinement of stage 1's top-rung configurations) into
+- refine: stage 2 (trust-region Bayesian refinement of stage 1's top-rung configurations) into
   `<out>/trials.parquet`, `best.json` (the best configuration by its mean over the top seeds, stage 1's
   included, so never worse than stage 1's best on those seeds) and `refine.png`.
 """
@@ -16,20 +17,20 @@ from typing import Any
 
 from autoqra import stats
 from autoqra.params import Params
+from autoqra.pipeline.setup import Setup, evolve_settings, records_root, refine_settings
+from autoqra.pipeline.workers import run_workers
 from autoqra.report import plots
-from autoqra.report.search import fidelity_agreement, front, trials_frame
+from autoqra.report.search import fidelity_agreement, pareto_front, trials_frame
 from autoqra.search.history import Evidence, ranking, seed_scores
 from autoqra.search.optuna import JOB, SearchFailed, describe_failures, drive, history
 from autoqra.search.repair import exchange_rates
-from autoqra.search.setup import SearchSetup, evolve_settings, records_root, refine_settings
-from autoqra.search.workers import run_workers
 from autoqra.store import manifest
 from autoqra.store.files import write_json
 
 log = logging.getLogger("autoqra")
 
 
-def search_evolve(setup: SearchSetup) -> dict[str, int]:
+def evolve_worker(setup: Setup) -> dict[str, int]:
     """Ask/evaluate/tell on stage 1's study until the search is done: this worker's counts."""
     study, sampler = setup.study()
 
@@ -40,22 +41,23 @@ def search_evolve(setup: SearchSetup) -> dict[str, int]:
 
     ran = drive(study, sampler, setup.objective, describe=setup.describe, on_trial=log_trial,
                 max_failures=setup.p.search.max_failures)
-    return {"trials": ran, "steps_trained": setup.evaluator.steps_trained, "records_computed": setup.evaluator.computed}
+    run = setup.fidelity_run
+    return {"trials": ran, "steps_trained": run.steps_trained, "records_computed": run.computed}
 
 
-def search_refine(setup: SearchSetup) -> dict[str, int]:
+def refine_worker(setup: Setup) -> dict[str, int]:
     """Ask/evaluate/tell on stage 2's study until its proposals are done: this worker's counts."""
     study, sampler, _ = setup.refine_study()
     drive(study, sampler, setup.objective, describe=setup.describe, max_failures=setup.p.search.max_failures,
           on_trial=lambda t: log.info("proposal %s seed %s: %s", t.system_attrs[JOB]["generation"],
                                       t.system_attrs[JOB]["seed"], t.value))
-    return {"steps_trained": setup.evaluator.steps_trained, "records_computed": setup.evaluator.computed}
+    return {"steps_trained": setup.fidelity_run.steps_trained, "records_computed": setup.fidelity_run.computed}
 
 
-def evolve(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: int = 0,
+def evolve_stage(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: int = 0,
            gathered: list[str] = ()) -> dict[str, Any]:
     """Stage 1 to completion, its outputs in `out`; returns its metrics."""
-    setup, mine, search_s = run_workers(search_evolve, p, params_path, dirs, threads, gathered)
+    setup, mine, search_s = run_workers(evolve_worker, p, params_path, dirs, threads, gathered)
     study, sampler = setup.study()
     trials = trials_frame(study, setup.space)
     hist = history(study, setup.space)
@@ -64,16 +66,16 @@ def evolve(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads
         raise SearchFailed(f"no evaluation of the evolve stage succeeded ({describe_failures(study)}); "
                            f"all {len(trials)} are kept (records under {dirs['search']}/records)")
     best = ranked[0]
-    searched_steps, searched_records = setup.evaluator.steps_trained, setup.evaluator.computed
+    searched_steps, searched_records = setup.fidelity_run.steps_trained, setup.fidelity_run.computed
     frontier = setup.frontier()
     chosen = setup.space.parse(next(u for u in frontier["uniforms"] if u["key"] == frontier["chosen"])["config"])
     compared = setup.compare(best.config, chosen)
     out.mkdir(parents=True, exist_ok=True)
     trials.to_parquet(out / "trials.parquet", index=False)
-    front(trials).to_parquet(out / "front.parquet", index=False)
+    pareto_front(trials).to_parquet(out / "front.parquet", index=False)
     write_json(out / "best.json", setup.best_json(best, compared["arms"]["pick"]))
     write_json(out / "frontier.json", frontier)
-    held = _manifest(setup, trials, out, dirs.get("store", "evolve"))
+    held = _manifest(setup, trials, out, dirs.get("journal", "evolve"))
     plots.search_trace(trials, f"evolve: {p.search.metric}").savefig(out / "trace.png", dpi=120)
     fidelities = evolve_settings(p).fidelities
     return {
@@ -91,8 +93,8 @@ def evolve(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads
                  "memory_bytes": setup.memory.total(setup.space, best.config)},
         "frontier": {u["summary"]: {"mean": u["mean"], "se": u["se"], "chosen": u["key"] == frontier["chosen"]}
                      for u in frontier["uniforms"]},
-        "comparison": {**compared, "steps_trained": setup.evaluator.steps_trained - searched_steps,
-                       "records_computed": setup.evaluator.computed - searched_records},
+        "comparison": {**compared, "steps_trained": setup.fidelity_run.steps_trained - searched_steps,
+                       "records_computed": setup.fidelity_run.computed - searched_records},
         "budget": {"kind": setup.budget.kind, "limit": setup.budget.limit, "description": setup.budget.description},
         "all_within_budget": bool(all(setup.budget.feasible(c) for c in setup.configs(trials))),
         "ablation": p.search.ablation,
@@ -105,7 +107,7 @@ def evolve(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads
     }
 
 
-def _means(hist: list, frontier: dict[str, Any], setup: SearchSetup) -> dict:
+def _means(hist: list, frontier: dict[str, Any], setup: Setup) -> dict:
     """(configuration, fidelity) -> mean score over its seeds: the search's and the frontier's."""
     configs = {r.config.key: r.config for r in hist}
     out = {(configs[k], f): sum(v.values()) / len(v) for (k, f), v in seed_scores(hist).items()
@@ -116,12 +118,12 @@ def _means(hist: list, frontier: dict[str, Any], setup: SearchSetup) -> dict:
     return out
 
 
-def refine(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: int = 0,
+def refine_stage(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: int = 0,
            gathered: list[str] = ()) -> dict[str, Any]:
     """Stage 2 to completion, its outputs in `out`; returns its metrics (incumbent and radius per
     proposal, restarts, the GP kernels' held-out rank correlation, the pick's paired difference to
     stage 1's pick)."""
-    setup, mine, search_s = run_workers(search_refine, p, params_path, dirs, threads, gathered)
+    setup, mine, search_s = run_workers(refine_worker, p, params_path, dirs, threads, gathered)
     rs = refine_settings(p)
     study, sampler, prior = setup.refine_study()
     plan = sampler.plan
@@ -145,7 +147,7 @@ def refine(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads
     write_json(out / "best.json", setup.best_json(Evidence(rs.fidelity, m, best, se, rs.seeds), top))
     trace = [{"proposal": s.index, "key": s.config.key, "centre": s.centre.key, "radius": s.length,
               "restarts": s.restarts, "score": s.value, "success": s.success} for s in steps]
-    held = _manifest(setup, trials, out, dirs.get("store", "refine"))
+    held = _manifest(setup, trials, out, dirs.get("journal", "refine"))
     plots.refine_trace(trace, stage_one=float(sum(first[s] for s in rs.seeds) / len(rs.seeds)),
                        title=f"refine: {p.search.metric} at {rs.fidelity} steps, seeds {list(rs.seeds)}"
                        ).savefig(out / "refine.png", dpi=120)
@@ -170,12 +172,12 @@ def refine(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads
     }
 
 
-def _manifest(setup: SearchSetup, trials: Any, out: Path, store: str) -> dict[str, int]:
+def _manifest(setup: Setup, trials: Any, out: Path, journal_name: str) -> dict[str, int]:
     """The stage's manifest: the records of its trials (every worker's) and of what this process scored
     beyond them (frontier, comparisons), and a snapshot of its study journal."""
-    keys = {k for k in trials["record_key"] if isinstance(k, str)} | set(setup.evaluator.used)
-    journal = manifest.journal_path(records_root(setup.dirs), store)
-    return manifest.write(out, setup.evaluator.store, keys, journal=(store, journal))
+    keys = {k for k in trials["record_key"] if isinstance(k, str)} | set(setup.fidelity_run.used)
+    journal = manifest.journal_path(records_root(setup.dirs), journal_name)
+    return manifest.write(out, setup.fidelity_run.store, keys, journal=(journal_name, journal))
 
 
-SEARCHES = {"evolve": search_evolve, "refine": search_refine}  # what one worker job of each stage runs
+SEARCHES = {"evolve": evolve_worker, "refine": refine_worker}  # what one worker job of each stage runs

@@ -11,7 +11,7 @@ bytes(config) = Σ over target linears of
                                    adapter (4·in), the dropout mask (1·in) and A's output (4·r)
               + the unquantized rest (embeddings, norms, an untied lm_head) in the training dtype
               + base activations of the training batch, what autograd saves for backward (measured with
-                `autoqra.memory.measure`, tensor by tensor): per token and layer the two RMSNorms' fp32
+                `autoqra.train.measure`, tensor by tensor): per token and layer the two RMSNorms' fp32
                 inputs and 1/rms (2·(4·d + 4)); attention's q and the repeated k and v (3·d in the
                 training dtype), plus, for eager attention (the CPU's), its fp32 softmax and the probabilities
                 in the training dtype (heads·T·(4 + 2)), or, for fused attention (SDPA, a GPU's), its output
