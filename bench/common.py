@@ -61,5 +61,5 @@ def synthetic_problem(units: int):
     shapes = tuple(ModuleShape(f"model.layers.{i}.mlp.up_proj", 64 * (1 + i % 3), 128) for i in range(units))
     spec = ModelSpec(shapes, other_params=100, hidden=64, intermediate=128, layers=units, heads=4, kv_heads=2,
                      vocab=100)
-    space = Space.build([m.name for m in shapes], "block", [2, 3, 4, 8], [4, 8, 16])
+    space = Space.from_modules([m.name for m in shapes], "block", [2, 3, 4, 8], [4, 8, 16])
     return space, make_budget("relative", 1.0, "uniform3_r8", MemoryModel(spec, 64, Training(1, 4)), space)

@@ -5,7 +5,7 @@
 For each weight backend (`dequant`, `packed`), side by side in one run on the same configuration,
 data, batch and rank: (a) the floor, a plain loop written the way PEFT's docs do it (the backend's
 assembled model, `get_peft_model`, the model's own loss over every position, AdamW) on the batches
-our loop draws; (b) our fidelity run (`Evaluator`: assembly from the in-memory cache, seeded
+our loop draws; (b) our fidelity run (`FidelityRun`: assembly from the in-memory cache, seeded
 adapters, length-grouped batches, the output head on answer tokens only, scoring). Prints training
 throughput (steps/s) and the ratio ours/floor (target ≥ 0.95), and where the rest of an evaluation
 goes. Writes the table as JSON to `--json`.
@@ -26,7 +26,7 @@ from autoqra import devices, quant
 from autoqra.data import collate
 from autoqra.memory import ModelSpec
 from autoqra.params import FinetuneParams, LoraParams
-from autoqra.pipeline.fidelity import Evaluator
+from autoqra.pipeline.fidelity import FidelityRun
 from autoqra.space import Space
 from autoqra.train.loop import batch_order
 
@@ -65,12 +65,12 @@ def main() -> None:
     ft = FinetuneParams(batch_size=args.batch_size)
     caches = {args.bits: quant.QuantCache(Path(args.quantize) / f"b{args.bits}")}
     spec = ModelSpec.from_pretrained(model_dir, TARGETS)
-    space = Space.build([m.name for m in spec.modules], "block", [args.bits], [args.rank])
+    space = Space.from_modules([m.name for m in spec.modules], "block", [args.bits], [args.rank])
     config = space.uniform(args.bits, args.rank)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for backend in args.backends:
-            ev = Evaluator(model_dir=model_dir, task_dir=task_dir, caches=caches, space=space,
+            ev = FidelityRun(model_dir=model_dir, task_dir=task_dir, caches=caches, space=space,
                            lora=LoraParams(ranks=[args.rank]), finetune=ft, records=Path(tmp) / backend,
                            max_length=args.max_length, backend=backend)
             bits, _ = space.per_module(config)

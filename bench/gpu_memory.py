@@ -122,7 +122,7 @@ def predicted_bytes(shape: str, bits: int | None, rank: int, batch: int, seq: in
                  for i in range(layers) for n in TARGETS)
     spec = ModelSpec(mods, other_params=2 * vocab * h + h * (2 * layers + 1), hidden=h, intermediate=inter,
                      layers=layers, heads=heads, kv_heads=kv, vocab=vocab)
-    space = Space.build([m.name for m in mods], "block", [16 if bits is None else bits], [rank])
+    space = Space.from_modules([m.name for m in mods], "block", [16 if bits is None else bits], [rank])
     training = Training(batch_size=batch, seq_len=seq, gradient_checkpointing=True, lora_dropout=False,
                         labelled=labelled)
     return MemoryModel(spec, GROUP, training).total(space, space.uniform(space.bits[0], rank))

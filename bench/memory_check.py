@@ -59,7 +59,7 @@ def main() -> None:
             config = setup.arm_space.parse(spec["config"])
             bits, _ = setup.arm_space.per_module(config)
             with tempfile.TemporaryDirectory() as tmp:
-                measured = training_step(ev.build(config, Path(tmp), seed=0), batch, bits)
+                measured = training_step(ev.assemble(config, Path(tmp), seed=0), batch, bits)
             predicted = model.breakdown(setup.arm_space, config)
             rows.append({"arm": arm, "backend": backend, "summary": config.describe(), "predicted": predicted,
                          "measured": measured})

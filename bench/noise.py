@@ -70,7 +70,7 @@ def main() -> None:
     device = devices.default_device()
     dtype = devices.compute_dtype(p.finetune.dtype, device)
     caches = {b: quant.QuantCache(Path(args.quantize) / f"b{b}") for b in p.quant.bits if b != quant.UNQUANTIZED}
-    backend = backends.make("dequant" if device == "cpu" else "packed", prepare / "model", caches, device,
+    backend = backends.weight_backend("dequant" if device == "cpu" else "packed", prepare / "model", caches, device,
                                       dtype)
     tok = models.load_tokenizer(prepare / "model")
     train_data = [data.encode(tok, ex, p.task.max_length) for ex in data.read_split(prepare / "task", "train")]

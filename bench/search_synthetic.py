@@ -31,7 +31,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     shapes = tuple(ModuleShape(f"model.layers.{i}.mlp.up_proj", 64 * (1 + i % 3), 128) for i in range(6))
     spec = ModelSpec(shapes, other_params=100, hidden=64, intermediate=128, layers=6, heads=4, kv_heads=2, vocab=100)
-    space = Space.build([m.name for m in shapes], "block", [2, 3, 4, 8], [4, 8, 16])
+    space = Space.from_modules([m.name for m in shapes], "block", [2, 3, 4, 8], [4, 8, 16])
     budget = make_budget("relative", 1.0, "uniform3_r8", MemoryModel(spec, 64, Training(1, 4)), space)
     rows = []
     start = time.perf_counter()

@@ -14,7 +14,7 @@ from autoqra import models
 from autoqra.data import collate
 from autoqra.memory import ModelSpec
 from autoqra.params import FinetuneParams, LoraParams
-from autoqra.pipeline.fidelity import Evaluator
+from autoqra.pipeline.fidelity import FidelityRun
 from autoqra.space import Space
 from autoqra.train.loop import train
 from autoqra.train.lora import AdapterError, attach_lora
@@ -26,24 +26,24 @@ FT = FinetuneParams(batch_size=8, lr=3e-3, eval_batch_size=64, dtype="fp32")
 @pytest.fixture(scope="module")
 def space(tiny_dir):
     spec = ModelSpec.from_pretrained(tiny_dir, TARGETS)
-    return Space.build([m.name for m in spec.modules], "block", [2, 3, 4, 8], [4, 8])
+    return Space.from_modules([m.name for m in spec.modules], "block", [2, 3, 4, 8], [4, 8])
 
 
 def _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space, name="records", **kw):
     args = dict(model_dir=tiny_dir, task_dir=task_dir, caches=tiny_caches, space=space, lora=LoraParams(ranks=[4, 8]),
                 finetune=FT, records=tmp_path / name, backend="dequant", max_length=64)
-    return Evaluator(**{**args, **kw})
+    return FidelityRun(**{**args, **kw})
 
 
 def test_training_changes_only_lora_and_loss_falls(tmp_path, tiny_dir, task_dir, tiny_caches, space):
     ev = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space)
-    config = space.make([4, 2, 8, 4], [8, 4, 8, 4])
+    config = space.config([4, 2, 8, 4], [8, 4, 8, 4])
     pad = ev.tokenizer.pad_token_id
     kw = dict(batch_size=8, lr=3e-3, warmup_ratio=0.1, schedule="cosine", weight_decay=0.0, max_grad_norm=1.0)
     # 60 steps on 16 examples: the adapters must fit them. (On the whole train split the pre-trained tiny
     # model can sit at the loss its answers allow; whether 60 steps move it by 1 % depended on the processor.)
     few = ev.train_data[:16]
-    model = ev.build(config, tmp_path, seed=0)
+    model = ev.assemble(config, tmp_path, seed=0)
     seen = [collate(few, pad)]
     loss_before = mean_nll(model, seen)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -56,10 +56,10 @@ def test_training_changes_only_lora_and_loss_falls(tmp_path, tiny_dir, task_dir,
     print(f"answer loss on the 16 trained examples: {loss_before:.4f} -> {loss_after:.4f}")
     assert loss_after < 0.9 * loss_before  # the answer loss on the training data falls
 
-    full = train(ev.build(config, tmp_path, seed=0), ev.train_data, pad, 60, 0, **kw)
+    full = train(ev.assemble(config, tmp_path, seed=0), ev.train_data, pad, 60, 0, **kw)
     record = ev(config, 60, 0)
     assert record["train_loss"] == pytest.approx(full.losses)  # same seed, same numbers
-    q_proj = ev.build(config).base_model.model.model.layers[0].self_attn.q_proj
+    q_proj = ev.assemble(config).base_model.model.model.layers[0].self_attn.q_proj
     assert q_proj.base_layer.weight.requires_grad is False
 
 
@@ -99,7 +99,7 @@ def test_only_the_caches_a_configuration_uses_enter_its_key(tmp_path, tiny_dir, 
 
     ev = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space)
     changed = _fidelity_run(tmp_path, tiny_dir, task_dir, {**tiny_caches, 2: Other()}, space)
-    four, two = space.uniform(4, 8), space.make([2, 4, 4, 4], [8, 8, 8, 8])
+    four, two = space.uniform(4, 8), space.config([2, 4, 4, 4], [8, 8, 8, 8])
     assert changed.key(four, 5, 0) == ev.key(four, 5, 0)  # no 2-bit unit: the 2-bit cache does not matter
     assert changed.key(two, 5, 0) != ev.key(two, 5, 0)
 
@@ -130,7 +130,7 @@ def test_out_of_memory_is_retried_then_final_and_every_reason_kept(tmp_path, tin
     def oom(*a, **k):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(ev.backend, "build", oom)
+    monkeypatch.setattr(ev.backend, "assemble", oom)
     first = ev(config, 5, 0)
     assert first["status"] == "failed" and first["transient"] and "out of memory" in first["reason"]
     assert ev(config, 5, 0)["attempts"] == 2  # retried: a co-worker may have held the memory
@@ -140,7 +140,7 @@ def test_out_of_memory_is_retried_then_final_and_every_reason_kept(tmp_path, tin
     monkeypatch.undo()
     other = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space, oom_attempts=3)
     seed1 = space.uniform(8, 8)
-    monkeypatch.setattr(other.backend, "build", oom)
+    monkeypatch.setattr(other.backend, "assemble", oom)
     other(seed1, 5, 0)
     monkeypatch.undo()
     recovered = other(seed1, 5, 0)  # memory is back: the retry succeeds
@@ -172,10 +172,10 @@ def test_same_seed_same_adapter_start_and_data_order_for_any_configuration(tmp_p
     from autoqra.train import loop
 
     ev = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space)
-    a, b = space.make([4, 2, 8, 4], [8, 4, 8, 4]), space.make([8, 8, 2, 3], [8, 8, 4, 4])
+    a, b = space.config([4, 2, 8, 4], [8, 4, 8, 4]), space.config([8, 8, 2, 3], [8, 8, 4, 4])
     starts = {}
     for name, config in (("a", a), ("b", b), ("a, seed 1", a)):
-        model = ev.build(config, seed=1 if "seed 1" in name else 0)
+        model = ev.assemble(config, seed=1 if "seed 1" in name else 0)
         starts[name] = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
     first = next(n for n in starts["a"] if "layers.0." in n)  # rank 8 in both
     assert torch.equal(starts["a"][first], starts["b"][first])
@@ -214,7 +214,7 @@ def test_same_seed_same_record_in_a_fresh_cache(tmp_path, tiny_dir, task_dir, ti
 
 
 def test_packed_and_dequant_give_the_same_validation_loss(tmp_path, tiny_dir, task_dir, tiny_caches, space):
-    config = space.make([2, 3, 4, 8], [4, 8, 8, 4])
+    config = space.config([2, 3, 4, 8], [4, 8, 8, 4])
     records = {backend: _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space, name=backend,
                                    backend=backend)(config, 10, 0) for backend in ("dequant", "packed")}
     assert records["packed"]["backend"] == "packed" and records["packed"]["dtype"] == "torch.bfloat16"

@@ -72,7 +72,7 @@ def test_activation_and_rest_terms_by_hand():
 
 def test_memory_model_equals_real_tensors_of_packed_model_with_adapters(tmp_path, tiny_dir, tiny_caches):
     spec = ModelSpec.from_pretrained(tiny_dir, TARGETS)
-    space = Space.build([m.name for m in spec.modules], "module", [2, 3, 4, 8, 16], [0, 4, 8])
+    space = Space.from_modules([m.name for m in spec.modules], "module", [2, 3, 4, 8, 16], [0, 4, 8])
     rng = np.random.default_rng(0)
     config = space.random(rng)
     mm = MemoryModel(spec, 64, Training(batch_size=8, seq_len=64, dtype_bytes=2))
@@ -93,7 +93,7 @@ def test_memory_model_equals_real_tensors_of_packed_model_with_adapters(tmp_path
 def test_budget_kinds_and_infeasible_budget_is_one_line():
     spec = ModelSpec(modules=tuple(ModuleShape(f"model.layers.{i}.mlp.up_proj", 64, 128) for i in range(4)),
                      other_params=100, hidden=64, intermediate=128, layers=4, heads=4, kv_heads=2, vocab=100)
-    space = Space.build([m.name for m in spec.modules], "block", [2, 4, 8], [4, 8])
+    space = Space.from_modules([m.name for m in spec.modules], "block", [2, 4, 8], [4, 8])
     mm = MemoryModel(spec, 64, Training(batch_size=1, seq_len=8))
     assert arms.parse_uniform("uniform4_r16") == (4, 16) and arms.parse_uniform("uniform4") is None
     rel = make_budget("relative", 1.0, "uniform4_r8", mm, space)
@@ -117,7 +117,7 @@ def test_a_relative_budget_scales_what_the_allocation_can_move_and_binds_on_eith
     some uniform configuration, and none is infeasible (the whole space spans `value_range`)."""
     spec = ModelSpec(modules=tuple(ModuleShape(f"model.layers.{i}.mlp.up_proj", 64, 128) for i in range(4)),
                      other_params=10_000, hidden=64, intermediate=128, layers=4, heads=4, kv_heads=2, vocab=100)
-    space = Space.build([m.name for m in spec.modules], "block", [2, 4, 8], [4, 8])
+    space = Space.from_modules([m.name for m in spec.modules], "block", [2, 4, 8], [4, 8])
     mm = MemoryModel(spec, 64, Training(batch_size=1, seq_len=8))
     floor, ref = mm.total(space, space.minimum()), mm.total(space, space.uniform(4, 8))
     assert make_budget("relative", 0.5, "uniform4_r8", mm, space).limit == pytest.approx(floor + 0.5 * (ref - floor))
@@ -241,18 +241,18 @@ def test_the_memory_model_equals_a_measured_training_step_term_by_term(tmp_path,
 
     spec = ModelSpec.from_pretrained(tiny_dir, TARGETS)
     # every module adapted
-    space = Space.build([m.name for m in spec.modules], "block", [2, 3, 4, 8, 16], [4, 8])
+    space = Space.from_modules([m.name for m in spec.modules], "block", [2, 3, 4, 8, 16], [4, 8])
     tok = models.load_tokenizer(tiny_dir)
     encoded = [data.encode(tok, ex, 64) for ex in data.read_split(task_dir, "train")]
     batch = priced_batch(encoded, tok.pad_token_id, 8, 64)
     labelled = max(sum(y != -100 for y in e[1]) for e in encoded)
     mm = MemoryModel(spec, 64, Training(batch_size=8, seq_len=64, lora_dropout=False, attention="eager",
                                         labelled=labelled, dense_weights=backend == "dequant"))
-    backend = backends.make(backend, tiny_dir, tiny_caches, "cpu", torch.bfloat16)
+    backend = backends.weight_backend(backend, tiny_dir, tiny_caches, "cpu", torch.bfloat16)
     for seed in (0, 1):  # two random block-level configurations
         config = space.random(np.random.default_rng(seed))
         bits, ranks = space.per_module(config)
-        model = attach_lora(backend.build(bits, tmp_path / f"{backend}{seed}"), ranks, 2.0, 0.0, seed=0)
+        model = attach_lora(backend.assemble(bits, tmp_path / f"{backend}{seed}"), ranks, 2.0, 0.0, seed=0)
         measured, predicted = training_step(model, batch, bits), mm.breakdown(space, config)
         for term in ["metadata", "weights", "rest", "lora", "lora_activations", "activations", "total"]:
             assert predicted[term] == pytest.approx(measured[term], rel=0.05), (term, predicted[term], measured)

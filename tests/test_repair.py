@@ -21,7 +21,7 @@ MEMORY = MemoryModel(SPEC, 64, Training(batch_size=2, seq_len=16))
 @given(granularity=st.sampled_from(["block", "module"]), kind=st.sampled_from(["relative", "bits_per_param"]),
        slack=st.floats(0.0, 1.0), seed=st.integers(0, 2**31), ranks=st.sampled_from([[4, 8, 16], [0, 4, 16]]))
 def test_repair_meets_budget_never_upgrades_and_keeps_feasible(granularity, kind, slack, seed, ranks):
-    space = Space.build([m.name for m in SHAPES], granularity, [2, 3, 4, 8, 16], ranks)
+    space = Space.from_modules([m.name for m in SHAPES], granularity, [2, 3, 4, 8, 16], ranks)
     rng = np.random.default_rng(seed)
     probe = make_budget(kind, 1.0 if kind == "relative" else 8.0, "uniform4_r16", MEMORY, space)
     floor = probe.cost(space.minimum()) / (probe.limit / (1.0 if kind == "relative" else 8.0))
@@ -39,7 +39,7 @@ def test_repair_meets_budget_never_upgrades_and_keeps_feasible(granularity, kind
 
 
 def test_repair_downgrades_the_least_important_unit_first():
-    space = Space.build([m.name for m in SHAPES], "block", [2, 4, 8], [4, 8])
+    space = Space.from_modules([m.name for m in SHAPES], "block", [2, 4, 8], [4, 8])
     start = space.uniform(8, 8)
     budget = make_budget("relative", 1.0, "uniform8_r8", MEMORY, space)
     one_step = budget.cost(start) - budget.cost(start.replace(0, bits=4))

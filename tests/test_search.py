@@ -26,7 +26,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 SHAPES = tuple(ModuleShape(f"model.layers.{i}.mlp.up_proj", 64 * (1 + i % 3), 128) for i in range(6))
 SPEC = ModelSpec(SHAPES, other_params=100, hidden=64, intermediate=128, layers=6, heads=4, kv_heads=2, vocab=100)
-SPACE = Space.build([m.name for m in SHAPES], "block", [2, 3, 4, 8], [4, 8, 16])
+SPACE = Space.from_modules([m.name for m in SHAPES], "block", [2, 3, 4, 8], [4, 8, 16])
 BUDGET = make_budget("relative", 1.0, "uniform3_r8", MemoryModel(SPEC, 64, Training(1, 4)), SPACE)
 
 
@@ -186,7 +186,7 @@ def test_space_contains_exactly_the_configurations_check_accepts():
     inside = SPACE.uniform(4, 8)
     assert SPACE.contains(inside)
     SPACE.check(inside)
-    other_units = Space.build(["model.layers.0.mlp.up_proj"], "block", [4], [8]).uniform(4, 8)
+    other_units = Space.from_modules(["model.layers.0.mlp.up_proj"], "block", [4], [8]).uniform(4, 8)
     for outside in (SPACE.uniform(16, 8), SPACE.uniform(4, 32), other_units):
         assert not SPACE.contains(outside)
         with pytest.raises(ValueError):
@@ -195,7 +195,7 @@ def test_space_contains_exactly_the_configurations_check_accepts():
 
 def test_a_configuration_survives_json_with_sorted_keys():
     # stage outputs are written with sorted keys, which puts model.layers.10 before model.layers.2
-    space = Space.build([f"model.layers.{i}.mlp.up_proj" for i in range(12)], "block", [2, 4], [4, 8])
+    space = Space.from_modules([f"model.layers.{i}.mlp.up_proj" for i in range(12)], "block", [2, 4], [4, 8])
     config = space.random(np.random.default_rng(3))
     text = json.dumps(config.to_dict(), sort_keys=True)
     assert list(json.loads(text)["units"]) != list(space.units)

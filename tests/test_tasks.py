@@ -89,11 +89,11 @@ def test_user_tables_with_custom_columns(tmp_path, suffix):
     else:
         pd.DataFrame(rows).to_parquet(path)
     sizes = {"train": 100, "val": 5, "test": 5, "calib": 4}
-    splits = data.build(str(path), [], sizes, seed=0, prompt_column="q", answer_column="a")
+    splits = data.task_splits(str(path), [], sizes, seed=0, prompt_column="q", answer_column="a")
     assert [len(splits[s]) for s in data.SPLITS] == [20, 5, 5, 4]
     assert {r["prompt"] for r in splits["val"]}.isdisjoint(r["prompt"] for r in splits["train"])
     assert all(r["answer"] == r["prompt"].replace("question", "answer") for s in splits.values() for r in s)
-    assert splits == data.build(str(path), [], sizes, seed=0, prompt_column="q", answer_column="a")
+    assert splits == data.task_splits(str(path), [], sizes, seed=0, prompt_column="q", answer_column="a")
 
 
 def test_a_csv_answer_is_kept_as_written_and_validation_means_val(tmp_path):
@@ -104,7 +104,7 @@ def test_a_csv_answer_is_kept_as_written_and_validation_means_val(tmp_path):
     path = tmp_path / "d.csv"
     pd.DataFrame({"prompt": [f"p{i}" for i in range(24)], "answer": answers, "split": splits_col}).to_csv(
         path, index=False)
-    splits = data.build(str(path), [], {"train": 100, "val": 100, "test": 100, "calib": 3}, seed=0)
+    splits = data.task_splits(str(path), [], {"train": 100, "val": 100, "test": 100, "calib": 3}, seed=0)
     assert [r["answer"] for r in splits["train"]] == answers[:16]
     assert len(splits["val"]) == 4  # `validation` is the val split, not dropped
 
@@ -114,7 +114,7 @@ def test_user_split_column_is_respected(tmp_path):
             for i in range(12)]
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    splits = data.build(str(path), [], {"train": 100, "val": 100, "test": 100, "calib": 3}, seed=0)
+    splits = data.task_splits(str(path), [], {"train": 100, "val": 100, "test": 100, "calib": 3}, seed=0)
     assert [r["prompt"] for r in splits["val"]] == ["p8", "p9"]
     assert len(splits["calib"]) == 3
 
@@ -123,9 +123,9 @@ def test_missing_column_and_empty_split_are_clear_errors(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"question": "a", "answer": "b"}\n')
     with pytest.raises(ValueError, match=r"task.prompt_column='prompt': no such column .*question"):
-        data.build(str(path), [], {"train": 1, "val": 1, "test": 1, "calib": 1}, seed=0)
+        data.task_splits(str(path), [], {"train": 1, "val": 1, "test": 1, "calib": 1}, seed=0)
     with pytest.raises(ValueError, match="split is empty"):
-        data.build(str(path), [], {"train": 1, "val": 1, "test": 1, "calib": 1}, seed=0, prompt_column="question")
+        data.task_splits(str(path), [], {"train": 1, "val": 1, "test": 1, "calib": 1}, seed=0, prompt_column="question")
 
 
 def test_encoding_scores_only_answer_tokens(tiny_dir):

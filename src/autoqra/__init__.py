@@ -6,8 +6,8 @@ The public API (imported lazily, so `import autoqra` stays cheap for the Snakefi
     study, evolution = evolve(objective, space, budget, i_q, i_r, EvolveSettings(...))
 
 Parameters (`Params`, `load_params`), the search space (`Space`, `Config`), memory (`ModelSpec`,
-`MemoryModel`, `make_budget`), repair, the two search stages on any objective (`evolve`, `refine`),
-a fidelity run on a real model (`Evaluator`), the pipeline's composition root (`Setup`) and the
+`MemoryModel`, `make_budget`), repair, the two search stages on any objective (`evolve`, `refine`, a study's `history`),
+a fidelity run on a real model (`FidelityRun`), the pipeline's composition root (`Setup`) and the
 paired statistics (`paired`, `mean_se`).
 """
 
@@ -24,8 +24,8 @@ _HOMES = {
     "Budget": "autoqra.memory", "make_budget": "autoqra.memory",
     "repair": "autoqra.search.repair",
     "evolve": "autoqra.search", "refine": "autoqra.search", "EvolveSettings": "autoqra.search",
-    "RefineSettings": "autoqra.search", "ranking": "autoqra.search",
-    "Evaluator": "autoqra.pipeline.fidelity", "Setup": "autoqra.pipeline.setup",
+    "RefineSettings": "autoqra.search", "ranking": "autoqra.search", "history": "autoqra.search.optuna",
+    "FidelityRun": "autoqra.pipeline.fidelity", "Setup": "autoqra.pipeline.setup",
     "paired": "autoqra.stats", "mean_se": "autoqra.stats",
 }
 __all__ = sorted(_HOMES)

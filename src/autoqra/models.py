@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from autoqra.data import collate, encode
-from autoqra.devices import attention, compute_dtype, default_device, platform, torch_threads  # noqa: F401
+from autoqra.devices import attention, torch_threads
 from autoqra.params import ParamError, TinyParams
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -97,7 +97,7 @@ def check_task(p: Params) -> None:
 
     if p.task.source.startswith("hf:"):
         return  # loading a dataset costs what the prepare stage will pay once; its splits are checked there
-    splits = data.build(p.task.source, p.task.families, {s: getattr(p.task, s) for s in data.SPLITS}, p.task.seed,
+    splits = data.task_splits(p.task.source, p.task.families, {s: getattr(p.task, s) for s in data.SPLITS}, p.task.seed,
                         p.task.prompt_column, p.task.answer_column, p.task.system_prompt)
     check_split_sizes(p, {s: len(rows) for s, rows in splits.items()})
 

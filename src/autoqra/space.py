@@ -85,7 +85,7 @@ class Space:
     granularity: str
 
     @classmethod
-    def build(cls, modules: Iterable[str], granularity: str, bits: Sequence[int], ranks: Sequence[int]) -> Space:
+    def from_modules(cls, modules: Iterable[str], granularity: str, bits: Sequence[int], ranks: Sequence[int]) -> Space:
         if granularity not in ("block", "module"):
             raise ValueError(f"search.granularity={granularity!r}: must be block or module")
         members: dict[str, list[str]] = {}
@@ -110,7 +110,7 @@ class Space:
     def minimum(self) -> Config:
         return self.uniform(self.bits[0], self.ranks[0])
 
-    def make(self, bits: Sequence[int], ranks: Sequence[int]) -> Config:
+    def config(self, bits: Sequence[int], ranks: Sequence[int]) -> Config:
         return Config(self.units, tuple(int(b) for b in bits), tuple(int(r) for r in ranks))
 
     def encode(self, config: Config) -> np.ndarray:
@@ -120,7 +120,7 @@ class Space:
 
     def decode(self, x: Sequence[int]) -> Config:
         n = len(self)
-        return self.make([self.bits[i] for i in x[:n]], [self.ranks[i] for i in x[n:]])
+        return self.config([self.bits[i] for i in x[:n]], [self.ranks[i] for i in x[n:]])
 
     def contains(self, config: Config) -> bool:
         """Whether `config` has this space's units and every gene on the ladders (`check` passes)."""
@@ -150,7 +150,7 @@ class Space:
             what = f"missing unit {missing[0]}" if missing else f"unknown unit {unknown[0]}"
             raise ValueError(f"configuration does not fit the search space: {what} "
                              f"(the space has {len(self)} units, {self.units[0]} .. {self.units[-1]})")
-        config = self.make([pairs[u][0] for u in self.units], [pairs[u][1] for u in self.units])
+        config = self.config([pairs[u][0] for u in self.units], [pairs[u][1] for u in self.units])
         self.check(config)
         return config
 

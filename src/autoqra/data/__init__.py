@@ -3,7 +3,7 @@
 
 from autoqra.data.encoding import TooLong, collate, encode, prompt_ids, truncated
 from autoqra.data.generator import FAMILIES, SPLITS, generate, make_example
-from autoqra.data.sources import build, load_user, read_split, write_splits
+from autoqra.data.sources import load_user, read_split, task_splits, write_splits
 
-__all__ = ["FAMILIES", "SPLITS", "TooLong", "build", "collate", "encode", "generate", "load_user", "make_example",
-           "prompt_ids", "read_split", "truncated", "write_splits"]
+__all__ = ["FAMILIES", "SPLITS", "TooLong", "collate", "encode", "generate", "load_user", "make_example",
+           "prompt_ids", "read_split", "task_splits", "truncated", "write_splits"]

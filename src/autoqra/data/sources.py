@@ -108,7 +108,7 @@ def load_user(source: str, prompt_column: str, answer_column: str, sizes: dict[s
     return out
 
 
-def build(source: str, families: list[str], sizes: dict[str, int], seed: int, prompt_column: str = "prompt",
+def task_splits(source: str, families: list[str], sizes: dict[str, int], seed: int, prompt_column: str = "prompt",
           answer_column: str = "answer", system_prompt: str | None = None) -> dict[str, list[dict[str, Any]]]:
     """All four splits for a task source; with a `system_prompt` every example carries that system
     message (None: the model's chat template decides, which may add a default one)."""

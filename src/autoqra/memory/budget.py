@@ -103,7 +103,7 @@ def from_params(p: Any, spec: ModelSpec, labelled: int | None = None) -> tuple[S
     `labelled`: the most answer tokens of one training sequence (the prepare stage's
     `train_labelled_max`; None: every position, an upper bound). The model is of the run on a GPU
     (fused attention) wherever the search runs: the budget is GPU memory."""
-    space = Space.build([m.name for m in spec.modules], p.search.granularity, p.quant.bits, p.lora.ranks)
+    space = Space.from_modules([m.name for m in spec.modules], p.search.granularity, p.quant.bits, p.lora.ranks)
     training = Training(batch_size=p.finetune.batch_size, seq_len=p.task.max_length,
                         gradient_checkpointing=p.finetune.gradient_checkpointing, lora_dropout=p.lora.dropout > 0,
                         labelled=labelled)

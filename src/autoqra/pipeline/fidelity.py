@@ -1,6 +1,6 @@
 """A fidelity run: assemble a configuration's model, attach its adapters, train, score.
 
-`Evaluator(config, fidelity, seed)` returns the *record* of that run: the score on the validation
+`FidelityRun(config, fidelity, seed)` returns the *record* of that run: the score on the validation
 split (answer loss, or 1 - exact match) with the training losses and timings, or a failure with
 its reason (non-finite loss; out of memory, which is retried). Records live in a `RecordStore`
 (`autoqra.store.records`) under a key that hashes everything that determines the result: the
@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from autoqra import models, quant
+from autoqra import devices, models, quant
 from autoqra.data import encode, read_split
 from autoqra.params import FinetuneParams, LoraParams
 from autoqra.quant import backends
@@ -39,7 +40,7 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-class Evaluator:
+class FidelityRun:
     """Runs and caches fidelity evaluations of configurations of one search space."""
 
     def __init__(self, *, model_dir: str | Path, task_dir: str | Path, caches: dict[int, quant.QuantCache],
@@ -51,17 +52,16 @@ class Evaluator:
         self.caches, self.metric, self.progress, self.max_length = caches, metric, progress, max_length
         self.store = RecordStore(records, max_attempts=oom_attempts, legacy=legacy_records)
         self.used: dict[str, dict[str, Any]] = {}  # every record this fidelity run returned, by key (manifests)
-        self.device = device or models.default_device()
+        self.device = device or devices.default_device()
         name = ("packed" if self.device.startswith("cuda") else "dequant") if backend == "auto" else backend
-        self.dtype = models.compute_dtype(finetune.dtype, self.device)
+        self.dtype = devices.compute_dtype(finetune.dtype, self.device)
         if name == "packed" and self.dtype == torch.float32:
             self.dtype = torch.bfloat16  # GPTQModel's trainable layers compute in bf16/fp16
         missing = sorted(set(space.bits) - set(caches) - {quant.UNQUANTIZED})
         if missing:
             raise ValueError(f"quant.bits: no GPTQ cache for {missing} (run the quantize stage)")
-        self.backend = backends.make(name, self.model_dir, caches, self.device, self.dtype)
-        self.tokenizer = models.load_tokenizer(self.model_dir)
-        self.train_data = [encode(self.tokenizer, ex, max_length) for ex in read_split(task_dir, "train")]
+        self.backend = backends.weight_backend(name, self.model_dir, caches, self.device, self.dtype)
+        self.task_dir = Path(task_dir)
         val = read_split(task_dir, "val")
         self.val = val[: finetune.val_samples] if finetune.val_samples else val
         fps = fingerprints or {"model": fingerprint.of_dir(self.model_dir), "task": fingerprint.of_dir(task_dir)}
@@ -73,8 +73,17 @@ class Evaluator:
                                      if k not in ("steps", "dtype", "seeds", "arms", "arm_rank")},
                         "metric": metric, "backend": name, "dtype": str(self.dtype),
                         "targets": sorted(m for ms in space.members.values() for m in ms),
-                        "code": fingerprint.of_code(*VALUE_CODE), "platform": models.platform(self.device)}
+                        "code": fingerprint.of_code(*VALUE_CODE), "platform": devices.platform(self.device)}
         self.steps_trained = 0  # optimizer steps actually run by this fidelity run (cached records add none)
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        """Loaded on the first run: building a fidelity run (to key, read or open a study) loads nothing."""
+        return models.load_tokenizer(self.model_dir)
+
+    @cached_property
+    def train_data(self) -> list[tuple[list[int], list[int]]]:
+        return [encode(self.tokenizer, ex, self.max_length) for ex in read_split(self.task_dir, "train")]
 
     @property
     def computed(self) -> int:
@@ -128,10 +137,10 @@ class Evaluator:
         leaves no clean-up behind)."""
         return scratch(self.store.root / "tmp")
 
-    def build(self, config: Config, workdir: Path | None = None, seed: int | None = None) -> Any:
+    def assemble(self, config: Config, workdir: Path | None = None, seed: int | None = None) -> Any:
         """The configuration's quantized model with its adapters attached (checked)."""
         bits, ranks = self.space.per_module(config)
-        model = self.backend.build(bits, workdir)
+        model = self.backend.assemble(bits, workdir)
         return attach_lora(model, ranks, self.lora.alpha_ratio, self.lora.dropout, seed=seed)
 
     def _run(self, config: Config, fidelity: int, seed: int, horizon: int = 0, val_samples: int = 0,
@@ -146,7 +155,7 @@ class Evaluator:
                 torch.manual_seed(seed)  # dropout masks
                 if self.device.startswith("cuda"):
                     torch.cuda.reset_peak_memory_stats()
-                model = self.build(config, Path(tmp), seed=seed)
+                model = self.assemble(config, Path(tmp), seed=seed)
                 result = train(model, self.train_data, self.tokenizer.pad_token_id, fidelity, seed,
                                batch_size=self.ft.batch_size, lr=self.ft.lr, warmup_ratio=self.ft.warmup_ratio,
                                schedule=self.ft.schedule, weight_decay=self.ft.weight_decay,

@@ -22,7 +22,7 @@ def prepare(p: Params, out: Path) -> dict[str, Any]:
     from autoqra import models  # torch and transformers: after the task data are read and checked
 
     sizes = {s: getattr(p.task, s) for s in data.SPLITS}
-    splits = data.build(p.task.source, p.task.families, sizes, p.task.seed, p.task.prompt_column,
+    splits = data.task_splits(p.task.source, p.task.families, sizes, p.task.seed, p.task.prompt_column,
                         p.task.answer_column, p.task.system_prompt)
     data.write_splits(splits, out / "task")
     preflight.check_splits(p, out / "task")

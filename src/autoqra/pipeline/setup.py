@@ -19,7 +19,7 @@ import pandas as pd
 from autoqra import arms, priors, quant, stats
 from autoqra.memory import ModelSpec, from_params
 from autoqra.params import ParamError, Params
-from autoqra.pipeline.fidelity import Evaluator
+from autoqra.pipeline.fidelity import FidelityRun
 from autoqra.search import make_plan
 from autoqra.search import operators as ops
 from autoqra.search.ablations import REFINE_OFF, ablated
@@ -103,7 +103,7 @@ class Setup:
         self.i_q, self.i_r = priors.unit_priors(pd.read_parquet(Path(dirs["profile"]) / "priors.parquet"), self.space)
         caches = {b: quant.QuantCache(Path(dirs["quantize"]) / f"b{b}") for b in p.quant.bits if b != quant.UNQUANTIZED}
         prepare = Path(dirs["prepare"])
-        self.fidelity_run = Evaluator(model_dir=prepare / "model", task_dir=prepare / "task", caches=caches,
+        self.fidelity_run = FidelityRun(model_dir=prepare / "model", task_dir=prepare / "task", caches=caches,
                                    space=self.arm_space if arm_ladders else self.space, lora=p.lora,
                                    finetune=p.finetune, max_length=p.task.max_length,
                                    records=records_root(dirs),

@@ -48,7 +48,7 @@ class DequantBackend:
             self._weights[key] = w.to(self.device)
         return self._weights[key]
 
-    def build(self, bits_by_module: dict[str, int], workdir: Path | None = None) -> nn.Module:
+    def assemble(self, bits_by_module: dict[str, int], workdir: Path | None = None) -> nn.Module:
         template = self.template
         # share every tensor with the template (deepcopy copies modules, not the frozen weights)
         memo = {id(t): t for t in [*template.parameters(), *template.buffers()]}
@@ -67,7 +67,7 @@ class PackedBackend:
     def __init__(self, model_dir: str | Path, caches: dict[int, quant.QuantCache], device: str, dtype: torch.dtype):
         self.model_dir, self.caches, self.device, self.dtype = Path(model_dir), caches, device, dtype
 
-    def build(self, bits_by_module: dict[str, int], workdir: Path | None = None) -> nn.Module:
+    def assemble(self, bits_by_module: dict[str, int], workdir: Path | None = None) -> nn.Module:
         if workdir is None:
             raise ValueError("the packed backend writes a checkpoint: give it a workdir")
         path = quant.write_packed(bits_by_module, self.model_dir, self.caches, Path(workdir) / "packed")
@@ -81,7 +81,7 @@ class PackedBackend:
 BACKENDS = {"dequant": DequantBackend, "packed": PackedBackend}
 
 
-def make(name: str, model_dir: str | Path, caches: dict[int, quant.QuantCache], device: str,
+def weight_backend(name: str, model_dir: str | Path, caches: dict[int, quant.QuantCache], device: str,
          dtype: torch.dtype) -> Any:
     if name not in BACKENDS:
         raise ValueError(f"search.backend={name!r}: must be one of {', '.join(BACKENDS)}")

@@ -8,6 +8,7 @@ Unit and module names are full Hugging Face module names (`model.layers.3.self_a
 from __future__ import annotations
 
 import json
+import re
 from functools import cached_property
 from pathlib import Path
 
@@ -18,6 +19,11 @@ from autoqra.space import UNQUANTIZED
 from autoqra.store import fingerprint
 
 TENSORS = ("qweight", "qzeros", "scales", "g_idx")
+
+
+def exact_name(name: str) -> str:
+    """A regex matching exactly one full module name (a key of GPTQModel's `dynamic` config)."""
+    return "^" + re.escape(name) + "$"
 
 
 def rtn(w: torch.Tensor, bits: int, group_size: int, sym: bool = True) -> torch.Tensor:

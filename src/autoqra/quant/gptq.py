@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from autoqra.models import meta_model, target_modules
-from autoqra.quant.packed import _regex
+from autoqra.quant.cache import exact_name
 
 log = logging.getLogger("autoqra")
 
@@ -29,7 +29,7 @@ def gptq_quantize(model_dir: str | Path, calibration: list[list[int]], bits: int
     chosen = target_modules(meta, targets)
     skip = sorted(n for n, m in meta.named_modules()
                   if isinstance(m, nn.Linear) and ".layers." in n and n not in chosen)
-    dynamic = {"-:" + _regex(n): {} for n in skip} or None
+    dynamic = {"-:" + exact_name(n): {} for n in skip} or None
     qcfg = QuantizeConfig(bits=bits, group_size=group_size, sym=sym, desc_act=desc_act, damp_percent=damp,
                           dynamic=dynamic, fallback=None, offload_to_disk=False)
     dtype = torch.float32 if device == "cpu" else torch.float16

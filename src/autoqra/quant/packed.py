@@ -4,22 +4,17 @@ in GPTQModel's `dynamic` config), loaded with GPTQModel's trainable quantized la
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from autoqra.quant.cache import QuantCache
+from autoqra.quant.cache import QuantCache, exact_name
 from autoqra.space import UNQUANTIZED
 
 _BASE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json", "chat_template.jinja", "tokenizer.model")
-
-
-def _regex(name: str) -> str:
-    return "^" + re.escape(name) + "$"
 
 
 def write_packed(bits_by_module: dict[str, int], base_dir: str | Path, caches: dict[int, QuantCache],
@@ -48,7 +43,7 @@ def write_packed(bits_by_module: dict[str, int], base_dir: str | Path, caches: d
         if (Path(base_dir) / name).exists():
             shutil.copy2(Path(base_dir) / name, out / name)
     ref = next(iter(caches.values())).config if caches else {}
-    dynamic = {("-:" if b == UNQUANTIZED else "+:") + _regex(m): ({} if b == UNQUANTIZED else {"bits": b})
+    dynamic = {("-:" if b == UNQUANTIZED else "+:") + exact_name(m): ({} if b == UNQUANTIZED else {"bits": b})
                for m, b in sorted(bits_by_module.items())}
     cfg = {**ref, "bits": max((b for b in bits_by_module.values() if b != UNQUANTIZED), default=4),
            "dynamic": dynamic}

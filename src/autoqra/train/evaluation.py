@@ -121,12 +121,12 @@ def score_seed(ev: Any, config: Any, adapters: Path, test: list[dict[str, Any]],
                workdir: Path, built: list[Any]) -> dict[str, Any]:
     """The test scores of one seed's trained adapters, as a record body of the record store.
 
-    `ev` is the arm's `Evaluator`, `params` the `evaluate` section. The arm's model is built once, kept
+    `ev` is the arm's `FidelityRun`, `params` the `evaluate` section. The arm's model is built once, kept
     in `built`: loading a seed's adapters overwrites every adapter weight of the previous seed."""
     from autoqra.train.lora import load_adapter
 
     if not built:
-        built.append(ev.build(config, workdir))
+        built.append(ev.assemble(config, workdir))
     model = load_adapter(built[0], adapters)
     scores = test_scores(model, ev.tokenizer, test, max_length, params.batch_size)
     if params.exact_match or params.lm_eval_tasks:
