@@ -330,9 +330,7 @@ def test_the_boundary_warm_start_holds_the_repairs_of_the_uniforms_just_over_the
     tight = Evolution(SPACE, BUDGET, i_q, i_r, _settings(0, warm_start="boundary", population=2 + len(fits)))
     assert fits <= set(tight.warm_start())
     assert all(BUDGET.feasible(c) for c in members)
-    assert _settings(0, warm_start="boundary").options() == {"warm_start": "boundary"} and not _settings(0).options()
-    # the study's name hashes the plan's revision: a study the earlier boundary plan filled is not resumed
-    assert _settings(0, warm_start="boundary").revisions() == {"warm_start": 2} and not _settings(0).revisions()
+    assert "warm_start='boundary'" in repr(_settings(0, warm_start="boundary"))  # the study's name hashes it
 
 
 def test_model_promotion_keeps_the_quota_and_what_already_runs_and_reports_against_raw():

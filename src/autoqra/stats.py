@@ -24,8 +24,8 @@ degrees of freedom, the seeds used for the seed noise and the examples for the t
 
 (t = the 0.975 quantile), which is the t interval at S − 1 degrees of freedom when seed noise dominates
 and the one at n − 1 when the test set's error does, and conservative in between (Satterthwaite's
-single df, tried instead, called 8-13 % of pure-noise comparisons "different" at 2-3 seeds when seed
-noise dominates). The verdict is read from the interval: `better`/`worse` only when it excludes 0,
+single df is not: it calls 8-13 % of pure-noise comparisons "different" at 2-3 seeds when seed noise
+dominates). The verdict is read from the interval: `better`/`worse` only when it excludes 0,
 `inconclusive` when it does not, `identical` when every paired difference is exactly zero. With one
 seed the seed noise is not measured: the interval covers the test set's error only and the verdict
 says `single seed`. tests/test_stats.py checks the false-call rate on pure noise and the power at a

@@ -114,13 +114,10 @@ class Setup:
 
     def identity(self, settings: EvolveSettings) -> dict[str, Any]:
         """Everything that defines stage 1's search: its study's name hashes it."""
-        out = {"units": self.space.units, "bits": self.space.bits, "ranks": self.space.ranks,
+        return {"units": self.space.units, "bits": self.space.bits, "ranks": self.space.ranks,
                "budget": [self.budget.kind, round(self.budget.limit, 3)], "settings": settings,
                "priors": [np.round(self.i_q, 6).tolist(), np.round(self.i_r, 6).tolist()],
                "evaluator": self.fidelity_run.key(self.space.minimum(), 0, self.p.seed)}
-        if settings.revisions():
-            out["revisions"] = settings.revisions()
-        return {**out, "options": settings.options()} if settings.options() else out  # defaults: the old names
 
     def open(self, name: str, sampler: Any, store: str, readonly: bool = False) -> Any:
         """A study in `search.storage`, by default the journal `store` in the record cache (the search

@@ -18,7 +18,7 @@ its history, and several workers can share one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,13 +32,11 @@ from autoqra.search.repair import repair
 from autoqra.search.surrogate import Surrogate, rank_correlation
 from autoqra.space import Config, Space
 
-# A non-default option whose plan changed: its revision (2: the boundary warm start adds the single-ladder
-# repairs beyond the population). The defaults' plans keep their study names.
-OPTION_REVISIONS = {"warm_start=boundary": 2}
-
 
 @dataclass(frozen=True)
 class EvolveSettings:
+    """Stage 1's settings; the study's name hashes all of them (`Setup.identity`)."""
+
     population: int
     offspring: int
     candidates: int
@@ -51,21 +49,9 @@ class EvolveSettings:
     priors: bool = True     # ablation off: generation 0 random feasible, mutation and repair without priors
     surrogate: bool = True  # ablation off: the offspring are drawn at random among the candidates
     method: str = "evolution"  # or an alternative search of `autoqra.search.baselines` ("random", "tpe")
-    # options added after the first studies were named: out of the repr (the study name hashes it) and in
-    # the identity only when they differ from these defaults (`options`)
-    promotion: str = field(default="raw", repr=False)   # or "model": the predicted top-rung score
-    warm_start: str = field(default="uniforms", repr=False)  # or "boundary": also repaired just-over uniforms
-    surrogate_model: str = field(default="additive", repr=False)  # or "fidelity": gene × fidelity terms
-
-    def options(self) -> dict[str, str]:
-        """The options of this search that are not at their defaults."""
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if not f.repr and getattr(self, f.name) != f.default}
-
-    def revisions(self) -> dict[str, int]:
-        """The revision of each non-default option's plan (`OPTION_REVISIONS`): the study's name hashes it,
-        so a study planned by an earlier revision is never resumed with another plan."""
-        return {k: OPTION_REVISIONS[f"{k}={v}"] for k, v in self.options().items() if f"{k}={v}" in OPTION_REVISIONS}
+    promotion: str = "raw"  # or "model": the predicted top-rung score
+    warm_start: str = "uniforms"  # or "boundary": also repaired just-over uniforms
+    surrogate_model: str = "additive"  # or "fidelity": gene × fidelity terms
 
     def seeds(self, rung: int) -> tuple[int, ...]:
         """The training seeds of a rung: the same for every configuration, so scores are paired."""
