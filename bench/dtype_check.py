@@ -20,7 +20,7 @@ from common import search_parser, search_setup  # sets the offline environment
 
 from autoqra import stats
 from autoqra.search import operators as ops
-from autoqra.search.surrogate import rank_correlation
+from autoqra.stats import rank_correlation
 
 
 def main() -> None:

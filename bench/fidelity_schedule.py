@@ -19,7 +19,7 @@ import json
 import pandas as pd
 from common import search_parser, search_setup  # sets the offline environment
 
-from autoqra.search.surrogate import rank_correlation
+from autoqra.stats import rank_correlation
 
 
 def main() -> None:

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import load  # noqa: E402
 
 from autoqra import data, devices, models, priors, quant  # noqa: E402
-from autoqra.search.surrogate import rank_correlation  # noqa: E402
 from autoqra.space import block_of  # noqa: E402
+from autoqra.stats import rank_correlation  # noqa: E402
 from autoqra.train import scoring  # noqa: E402
 
 

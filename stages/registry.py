@@ -37,7 +37,8 @@ VALUE = files(*VALUE_CODE)  # what a training or scoring stage's records depend 
 SEARCH_CODE = files("autoqra.pipeline.setup", "autoqra.pipeline.search", "autoqra.pipeline.workers",
                     "autoqra.memory.estimate", "autoqra.memory.budget", "autoqra.search.evolution",
                     "autoqra.search.history", "autoqra.search.ablations", "autoqra.search.operators",
-                    "autoqra.search.repair", "autoqra.search.surrogate", "autoqra.search.baselines",
+                    "autoqra.search.repair", "autoqra.search.knapsack", "autoqra.search.performance",
+                    "autoqra.search.diagnostics", "autoqra.search.baselines",
                     "autoqra.search.optuna.sampler", "autoqra.search.optuna.driver", "autoqra.search.optuna.liveness",
                     "autoqra.search.optuna.storage", "autoqra.search.promotion", "autoqra.search.gp")
 REFINE_CODE = files("autoqra.search.refinement", "autoqra.search.trust_region", "autoqra.search.gp")
@@ -55,7 +56,7 @@ SEARCH = tuple(f"search.{k}" for k in ("granularity", "population", "generations
                                        "fidelities", "eta", "max_steps", "metric", "workers", "backend",
                                        "seeds_per_rung", "val_per_rung", "max_failures",
                                        "oom_attempts", "ablation", "frontier", "promotion",
-                                       "warm_start", "surrogate_model"))
+                                       "warm_start"))
 DIRS = ("--prepare data/prepare --quantize data/quantize --profile data/profile --search data/search "
         "--records data/records")
 SEARCH_PARAMS = ("seed", *SEARCH, "budget", "lora", "finetune", "task.max_length", "quant.bits", "quant.group_size",

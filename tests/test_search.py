@@ -254,14 +254,14 @@ def test_seeds_of_a_rung_are_separate_records_and_more_seeds_compute_only_the_ne
         key = f"{config.key[:40]}{fidelity:08d}{seed:016d}"
         return store.get(key, lambda: {"status": "ok", "score": obj(config, fidelity, seed), "reason": None})[0]
 
-    base = dict(generations=2, max_steps=0, population=9, offspring=6)
+    # one generation: the next one is bred by a model of every result, the top rung's seeds included
+    base = dict(generations=1, max_steps=0, population=9, offspring=6)
     evolve(cached, SPACE, BUDGET, *obj.priors(), _settings(6, seeds_per_rung=(1, 1, 2), **base), study_name="k2")
     first = store.computed
     assert first == len(store.keys())
     evolve(cached, SPACE, BUDGET, *obj.priors(), _settings(6, seeds_per_rung=(1, 1, 3), **base), study_name="k3")
-    # the same promotions (lower rungs unchanged), one more seed per configuration at the top rung
-    top_configs = 2  # one per generation (9 -> 3 -> 1 and 6 -> 2 -> 1)
-    assert store.computed - first == top_configs
+    # the same promotions (lower rungs unchanged), one more seed for the configuration at the top rung
+    assert store.computed - first == 1  # 9 -> 3 -> 1
 
 
 def test_four_workers_with_random_delays_never_train_an_evaluation_twice():
@@ -334,7 +334,7 @@ def test_the_boundary_warm_start_holds_the_repairs_of_the_uniforms_just_over_the
 
 
 def test_model_promotion_keeps_the_quota_and_what_already_runs_and_reports_against_raw():
-    from autoqra.search import promotion
+    from autoqra.search import diagnostics, promotion
 
     a, b, c = SPACE.uniform(2, 4), SPACE.uniform(3, 4), SPACE.uniform(4, 4)
     means = {a.key: 1.0, b.key: 2.0, c.key: 3.0}
@@ -345,37 +345,13 @@ def test_model_promotion_keeps_the_quota_and_what_already_runs_and_reports_again
     settings = _settings(2, population=9, offspring=6, generations=3, max_steps=0, promotion="model")
     study, evo = evolve(obj, SPACE, BUDGET, *obj.priors(), settings)
     hist = history(study, SPACE)
-    report_ = evo.promotions(hist)
+    report_ = diagnostics.promotions(evo, hist)
     assert report_["decisions"] == 6 and report_["model_ready"] >= 3  # generation 0 has nothing above its rungs
     for row in report_["rows"]:
         assert len(row["promoted"]) == math.ceil(row["members"] / 3)
         assert set(row["promoted"]) == set(row["model"] if row["model"] is not None else row["raw"])
     again, _ = evolve(SyntheticObjective(SPACE, 2, crossing=1.0), SPACE, BUDGET, *obj.priors(), settings)
     assert [t.params for t in again.trials] == [t.params for t in study.trials]
-
-
-def test_a_fidelity_surrogate_can_rank_otherwise_at_the_top_than_at_the_lowest_rung():
-    from autoqra.search.surrogate import Surrogate
-
-    obj = SyntheticObjective(SPACE, 3, crossing=1.0, sigma=0.0)
-    i_q, i_r = obj.priors()
-    rng = np.random.default_rng(0)
-    configs = [repair(SPACE.random(rng), BUDGET, i_q, i_r) for _ in range(40)]
-    xs = [(c, f) for c in configs for f in (1, 9)]
-    fit = dict(configs=[c for c, _ in xs], fidelities=[f for _, f in xs], lower=[None] * len(xs),
-               scores=[obj(c, f) for c, f in xs])
-    new = [repair(SPACE.random(rng), BUDGET, i_q, i_r) for _ in range(30)]
-    true_top = [obj.true_value(c) + obj.bias(c) / 3 for c in new]
-    from scipy.stats import spearmanr
-
-    at_top = {}
-    for top, differs in ((None, False), (9, True)):
-        model = Surrogate(SPACE, BUDGET, i_q, i_r, top=top).fit(**fit)
-        low, high = model.predict(new, [1] * 30), model.predict(new, [9] * 30)
-        assert (np.argsort(low) == np.argsort(high)).all() != differs
-        at_top[top] = spearmanr(high, true_top).statistic
-    print(f"rank correlation at the top fidelity: additive {at_top[None]:.3f}, fidelity terms {at_top[9]:.3f}")
-    assert at_top[9] > max(at_top[None], 0.5)  # measured 0.817 against 0.760
 
 
 def test_repair_exchange_rate_is_checked_against_the_measured_steps():

@@ -112,3 +112,11 @@ def contributions(per_example: Sequence[Sequence[float]]) -> np.ndarray:
     example by example (the token counts are the same for both)."""
     sums, counts = np.asarray(per_example, dtype=float).reshape(-1, 2).T
     return sums * len(sums) / max(counts.sum(), 1.0)
+
+
+def rank_correlation(predicted: Sequence[float], actual: Sequence[float]) -> dict[str, float]:
+    """Spearman's rho and Kendall's tau of predictions against the true scores (NaN below 3 points)."""
+    if len(actual) < 3 or np.ptp(actual) == 0 or np.ptp(predicted) == 0:
+        return {"spearman": float("nan"), "kendall": float("nan"), "n": len(actual)}
+    return {"spearman": float(st.spearmanr(predicted, actual).statistic),
+            "kendall": float(st.kendalltau(predicted, actual).statistic), "n": len(actual)}

@@ -122,9 +122,10 @@ class SearchParams:
                             choices=["block", "module"])
     population: int = spec(20, help="configurations in generation 0", min=2)
     generations: int = spec(8, help="generations of stage 1", min=1)
-    offspring: int = spec(8, help="children evaluated per generation (after surrogate screening)", min=1)
-    candidates: int = spec(200, help="children generated per generation for surrogate screening (the "
-                           "surrogate's best `offspring` of them are evaluated)", min=1)
+    offspring: int = spec(8, help="children evaluated per generation (Thompson draws, then the performance "
+                          "model's best)", min=1)
+    candidates: int = spec(200, help="children bred per generation for the performance model to screen (its "
+                           "best `offspring` of them, after the Thompson draws, are evaluated)", min=1)
     fidelities: list[int] = spec([8, 24, 72], help="successive-halving rungs in fine-tuning steps",
                                  items={"min": 1}, min_items=1, increasing=True)
     eta: int = spec(3, help="successive-halving ratio (best 1/eta of a rung are promoted)", min=2)
@@ -144,10 +145,11 @@ class SearchParams:
     oom_attempts: int = spec(3, help="attempts of an evaluation that ran out of memory (a co-worker's fault?)",
                              min=1)
     ablation: str = spec("none", help="switch a part of the search off, or replace it, at the same step budget: "
-                         "no_priors (generation 0 random feasible, mutation uniform), no_surrogate (offspring "
-                         "drawn at random), single_fidelity (every evaluation at the top rung), no_refine (stage "
-                         "1's pick is final), random (random feasible search), tpe (Optuna's TPE, the budget as "
-                         "a constraint); random and tpe get stage 1's and refine's steps and replace both",
+                         "no_priors (generation 0 random feasible, mutation uniform), no_surrogate (no performance "
+                         "model: offspring drawn at random, filled under the priors' prices), single_fidelity "
+                         "(every evaluation at the top rung), no_refine (stage 1's pick is final), random (random "
+                         "feasible search), tpe (Optuna's TPE, the budget as a constraint); random and tpe get stage "
+                         "1's and refine's steps and replace both",
                          choices=list(ABLATIONS))
     promotion: str = spec("raw", help="successive halving's promotion: 'raw' (a rung's own mean) or 'model' (a GP "
                           "over configuration and fidelity predicts each member's top-rung score)",
@@ -156,9 +158,6 @@ class SearchParams:
                            "fit, or also ('boundary', beyond the population) the rank-only, bit-only and mixed "
                            "repairs of the uniforms just over the budget",
                            choices=["uniforms", "boundary"])
-    surrogate_model: str = spec("additive", help="the screening surrogate: fidelity an 'additive' term (one ranking "
-                                "at every fidelity) or, with 'fidelity', gene × fidelity terms", choices=["additive",
-                                                                                                         "fidelity"])
     refine: RefineParams = field(default_factory=RefineParams, metadata={"help": "stage 2"})
     backend: str = spec("auto", help="weight backend of fidelity runs ('auto': packed on GPU, dequant on CPU)",
                         choices=["auto", "packed", "dequant"])

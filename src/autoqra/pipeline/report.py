@@ -76,4 +76,18 @@ def write(p: Params, dirs: dict[str, str], final: Path, out: Path) -> dict[str, 
             quantize[f"b{b}"] = {"gptq_s": m.get("gptq_s"), **{f"val_{k}": v for k, v in m.get("val", {}).items()}}
     rows = table.where(pd.notna(table), None).to_dict("records")
     return {"arms": {r["arm"]: {k: v for k, v in r.items() if k not in ("arm", "configuration")} for r in rows},
-            "quantize": quantize}
+            "quantize": quantize, "pick_gap": _pick_gap(search, arms.get("autoqra"))}
+
+
+def _pick_gap(search: Path, arm: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The pick's validation mean at the top rung (the search's seeds) next to its test score under the
+    fresh seeds: how much of the pick's lead was the search's selection (winner's curse) and how much
+    the split."""
+    best = search / "refine" / "best.json"
+    if arm is None or not best.exists():
+        return None
+    top = json.loads(best.read_text())["top_rung"]
+    tests = [s["answer_loss"] for s in arm["seeds"] if s.get("answer_loss") is not None]
+    test = sum(tests) / len(tests) if tests else None
+    return {"validation_mean": top["mean"], "test_mean": test,
+            "test_minus_validation": None if test is None else test - top["mean"]}

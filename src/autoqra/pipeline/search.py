@@ -5,8 +5,8 @@ ask/tell loop on the stage's study; `evolve_stage` / `refine_stage` run the work
 - evolve: stage 1 (multi-fidelity evolution warm-started by the priors, or an ablation's search) into
   `<out>/trials.parquet`, `front.parquet`, `best.json`, `trace.png`;
 - refine: stage 2 (trust-region Bayesian refinement of stage 1's top-rung configurations) into
-  `<out>/trials.parquet`, `best.json` (the best configuration by its mean over the top seeds, stage 1's
-  included, so never worse than stage 1's best on those seeds) and `refine.png`.
+  `<out>/trials.parquet`, `best.json` (the lowest posterior mean of the performance model at the top
+  fidelity among configurations scored under every top seed, stage 1's included) and `refine.png`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from autoqra.pipeline.setup import Setup, evolve_settings, records_root, refine_
 from autoqra.pipeline.workers import run_workers
 from autoqra.report import plots
 from autoqra.report.search import fidelity_agreement, pareto_front, trials_frame
+from autoqra.search import diagnostics
+from autoqra.search.evolution import Evolution
 from autoqra.search.history import Evidence, ranking, seed_scores
 from autoqra.search.optuna import JOB, SearchFailed, describe_failures, drive, history
 from autoqra.search.repair import exchange_rates
@@ -65,7 +67,10 @@ def evolve_stage(p: Params, params_path: str, dirs: dict[str, str], out: Path, t
     if not ranked:
         raise SearchFailed(f"no evaluation of the evolve stage succeeded ({describe_failures(study)}); "
                            f"all {len(trials)} are kept (records under {dirs['search']}/records)")
-    best = ranked[0]
+    plan = sampler.plan
+    evolution = isinstance(plan, Evolution)
+    pick = plan.pick(hist) if evolution else None  # the lowest posterior mean at the top fidelity
+    best = next((e for e in ranked if pick is not None and e.config.key == pick.key), ranked[0])
     searched_steps, searched_records = setup.fidelity_run.steps_trained, setup.fidelity_run.computed
     frontier = setup.frontier()
     chosen = setup.space.parse(next(u for u in frontier["uniforms"] if u["key"] == frontier["chosen"])["config"])
@@ -98,9 +103,10 @@ def evolve_stage(p: Params, params_path: str, dirs: dict[str, str], out: Path, t
         "budget": {"kind": setup.budget.kind, "limit": setup.budget.limit, "description": setup.budget.description},
         "all_within_budget": bool(all(setup.budget.feasible(c) for c in setup.configs(trials))),
         "ablation": p.search.ablation,
-        "surrogate": (sampler.plan.surrogate_quality(hist) if hasattr(sampler.plan, "surrogate_quality") else []),
+        "screening": diagnostics.screening_quality(plan, hist) if evolution else [],
+        "model": diagnostics.model_report(plan, hist, best.config) if evolution else None,
         "fidelity_agreement": fidelity_agreement(trials),
-        "promotion": (sampler.plan.promotions(hist) if hasattr(sampler.plan, "promotions") else None),
+        "promotion": diagnostics.promotions(plan, hist) if evolution else None,
         "exchange_rates": exchange_rates(_means(hist, frontier, setup), setup.budget, setup.i_q, setup.i_r),
         "manifest": held,
         "search_s": round(search_s, 1),

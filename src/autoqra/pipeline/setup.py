@@ -37,7 +37,7 @@ def evolve_settings(p: Params) -> EvolveSettings:
     base = EvolveSettings(population=s.population, offspring=s.offspring, candidates=s.candidates,
                     generations=s.generations, fidelities=tuple(s.fidelities), eta=s.eta, max_steps=s.max_steps,
                     seed=p.seed, seeds_per_rung=tuple(s.seeds_per_rung), promotion=s.promotion,
-                    warm_start=s.warm_start, surrogate_model=s.surrogate_model)
+                    warm_start=s.warm_start)
     return ablated(base, s.ablation, s.refine.evaluations * s.seeds_per_rung[-1] * s.fidelities[-1])
 
 

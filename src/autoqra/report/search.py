@@ -9,8 +9,8 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from autoqra.search.optuna import JOB
-from autoqra.search.surrogate import rank_correlation
 from autoqra.space import Space
+from autoqra.stats import rank_correlation
 
 COLUMNS = ["number", "state", "generation", "rung", "fidelity", "seed", "score", "status", "reason", "config_key",
            "record_key", "memory_bytes", "avg_bits", "avg_bits_with_lora", "summary", "config", "worker", "duration_s"]

@@ -28,8 +28,9 @@ from autoqra.params.rules import search_seeds
 from autoqra.search import operators as ops
 from autoqra.search import promotion
 from autoqra.search.history import DONE, WAIT, Job, Result, ranking, seed_means, seed_scores, unique
-from autoqra.search.repair import repair
-from autoqra.search.surrogate import Surrogate, rank_correlation
+from autoqra.search.knapsack import prior_values, solve
+from autoqra.search.performance import Observation, PerformanceModel
+from autoqra.search.repair import fill, repair
 from autoqra.space import Config, Space
 
 
@@ -51,7 +52,6 @@ class EvolveSettings:
     method: str = "evolution"  # or an alternative search of `autoqra.search.baselines` ("random", "tpe")
     promotion: str = "raw"  # or "model": the predicted top-rung score
     warm_start: str = "uniforms"  # or "boundary": also repaired just-over uniforms
-    surrogate_model: str = "additive"  # or "fidelity": gene × fidelity terms
 
     def seeds(self, rung: int) -> tuple[int, ...]:
         """The training seeds of a rung: the same for every configuration, so scores are paired."""
@@ -93,8 +93,10 @@ class Evolution:
         return tuple(sorted((r.config.key, r.fidelity, r.seed, r.score) for r in history if r.done))
 
     def screening(self, generation: int, before: list[Result]) -> dict[str, Any]:
-        """Children of `generation`, bred from the results of earlier generations, and the surrogate's
-        view of them: `chosen` (to evaluate) and the predictions at the lowest fidelity."""
+        """Children of `generation`, bred from the results of earlier generations (repaired and filled to
+        the budget under the performance model's prices), and the model's view of them: `chosen` (to
+        evaluate: the exact optima of Thompson draws from the model first, then the children of lowest
+        predicted top-rung score) and the predictions at every fidelity."""
         memo_key = ("screen", generation, self._history_key(before))
         if memo_key in self._memo:
             return self._memo[memo_key]
@@ -102,6 +104,8 @@ class Evolution:
         rng = np.random.default_rng([s.seed, generation])
         ranked = ranking(before)[: s.population]
         seen = {r.config.key for r in before}
+        model = self.model(before) if s.surrogate else None
+        prices = model.values() if model else prior_values(self.space.bits, self.space.ranks, self.i_q, self.i_r)
         children: list[Config] = []
         for _ in range(20 * s.candidates):
             if len(children) >= s.candidates or not ranked:
@@ -111,45 +115,52 @@ class Evolution:
             b = ranked[ops.tournament(scores, rng)].config
             child = ops.mutate(ops.crossover(a, b, rng), self.space, self.i_q, self.i_r, rng,
                                units=int(rng.integers(1, 3)))
-            child = repair(child, self.budget, self.i_q, self.i_r)
+            child = fill(repair(child, self.budget, self.i_q, self.i_r), self.budget, prices)
             if child.key not in seen:
                 seen.add(child.key)
                 children.append(child)
-        predicted = None
-        if not s.surrogate:
+        if model is None:
             picks = rng.permutation(len(children))[: s.offspring]
             out = {"chosen": [children[i] for i in sorted(picks)], "candidates": len(children), "predicted": None,
                    "predicted_at": None}
             self._memo[memo_key] = out
             return out
-        surrogate = self._surrogate(before)
-        if surrogate.ready and children:
-            top = surrogate.predict(children, [s.fidelities[-1]] * len(children))
-            order = np.argsort(top, kind="stable")
-            predicted_at = {f: dict(zip((c.key for c in children), surrogate.predict(children, [f] * len(children))))
-                            for f in s.fidelities}
-            predicted = predicted_at[s.fidelities[0]]
-            chosen = [children[i] for i in order[: s.offspring]]
-        else:
-            chosen, predicted_at = children[: s.offspring], None
-        out = {"chosen": chosen, "candidates": len(children), "predicted": predicted, "predicted_at": predicted_at}
+        drawn = []
+        for _ in range(4 * s.offspring if ranked else 0):  # Thompson: each draw's exact optimum, new ones only
+            if len(drawn) >= math.ceil(s.offspring / 2):
+                break
+            c = solve(model.draw(rng), self.budget)
+            if c.key not in seen:
+                seen.add(c.key)
+                drawn.append(c)
+        pool = drawn + children
+        predicted_at = {f: dict(zip((c.key for c in pool), model.predict(pool, f))) for f in s.fidelities}
+        order = np.argsort([predicted_at[s.fidelities[-1]][c.key] for c in children], kind="stable")
+        chosen = drawn + [children[i] for i in order[: s.offspring - len(drawn)]]
+        out = {"chosen": chosen, "candidates": len(pool), "predicted": predicted_at[s.fidelities[0]],
+               "predicted_at": predicted_at, "thompson": len(drawn)}
         self._memo[memo_key] = out
         return out
 
-    def _surrogate(self, history: list[Result]) -> Surrogate:
-        # one observation per (configuration, fidelity): the mean over its seeds; sorted, so the fit
-        # does not depend on the order in which workers happened to finish
-        means = {k: float(np.mean(list(v.values()))) for k, v in seed_scores(history).items()
-                 if all(x is not None for x in v.values())}
-        configs = {r.config.key: r.config for r in history}
-        obs = sorted(means)
-        lower = []
-        for key, fidelity in obs:
-            below = [means[(k, f)] for k, f in obs if k == key and f < fidelity]
-            lower.append(min(below) if below else None)
-        model = Surrogate(self.space, self.budget, self.i_q, self.i_r,
-                          top=self.fidelities[-1] if self.settings.surrogate_model == "fidelity" else None)
-        return model.fit([configs[k] for k, _ in obs], [f for _, f in obs], lower, [means[o] for o in obs])
+    def model(self, history: list[Result]) -> PerformanceModel:
+        """The performance model fitted on every finished result of `history` (one observation per seed)."""
+        obs = [Observation(r.config, r.fidelity, r.seed, r.score) for r in history if r.done and r.score is not None]
+        key = ("model", self._history_key(history))
+        if key not in self._memo:
+            self._memo[key] = PerformanceModel(self.space, self.i_q, self.i_r, obs)
+        return self._memo[key]
+
+    def pick(self, history: list[Result]) -> Config | None:
+        """The configuration of lowest posterior mean at the top fidelity among those scored there under
+        every top-rung seed (not the raw minimum of a few seeds: that is the winner's curse)."""
+        top, seeds = self.fidelities[-1], self.settings.seeds(len(self.fidelities) - 1)
+        scores = seed_scores(history)
+        done = {k for (k, f), v in scores.items() if f == top and all(v.get(sd) is not None for sd in seeds)}
+        configs = sorted({r.config.key: r.config for r in history if r.config.key in done}.items())
+        if not configs:
+            return None
+        predicted = self.model(history).predict([c for _, c in configs], top)
+        return configs[int(np.argmin(predicted))][1]
 
     def members(self, generation: int, history: list[Result]) -> list[Config]:
         if generation == 0:
@@ -229,51 +240,3 @@ class Evolution:
             if not self.generation_done(g, history):
                 return WAIT
         return DONE
-
-    # ------------------------------------------------------------------ reporting
-    def surrogate_quality(self, history: list[Result]) -> list[dict[str, Any]]:
-        """Per generation: rank correlation of the surrogate's screening predictions (made before
-        the generation ran) with the true lowest-fidelity scores of the children it chose."""
-        out = []
-        last = max((r.generation for r in history), default=0)
-        for g in range(1, last + 1):
-            view = self.screening(g, [r for r in history if r.generation < g])
-            if view["predicted"] is None:
-                continue
-            truth = {key: float(np.mean(list(v.values()))) for (key, f), v in
-                     seed_scores([r for r in history if r.generation == g and r.rung == 0]).items()
-                     if None not in v.values()}
-            keys = [k for k in truth if k in view["predicted"]]
-            corr = rank_correlation([view["predicted"][k] for k in keys], [truth[k] for k in keys])
-            # and at every rung: the prediction at that rung's fidelity against the scores there
-            by_rung = {}
-            scores = seed_scores([r for r in history if r.generation == g])
-            for f, pred in view["predicted_at"].items():
-                at_f = {key: float(np.mean(list(v.values()))) for (key, ff), v in scores.items()
-                        if ff == f and None not in v.values()}
-                ks = [k for k in at_f if k in pred]
-                by_rung[str(f)] = rank_correlation([pred[k] for k in ks], [at_f[k] for k in ks])
-            out.append({"generation": g, "candidates": view["candidates"], **corr, "by_fidelity": by_rung})
-        return out
-
-    def promotions(self, history: list[Result]) -> dict[str, Any]:
-        """Each promotion made so far, raw (the rung's mean) next to the model's (the predicted top-rung
-        score), whichever the search used; `differs` counts the decisions where the model was ready and
-        chose another set."""
-        rows = []
-        for g in range(max((r.generation for r in history), default=-1) + 1):
-            rungs = self.rungs(g, history)
-            for k, (low, high) in enumerate(zip(rungs, rungs[1:])):
-                means = seed_means(history, g, k, self.settings.seeds(k), low)
-                quota = math.ceil(len(low) / self.settings.eta)
-                raw = promotion.choose(low, means, None, quota)
-                predicted = self.predicted(g, k, low, history)
-                model = promotion.choose(low, means, predicted, quota) if predicted else None
-                rows.append({"generation": g, "rung": k, "members": len(low), "promoted": [c.key for c in high],
-                             "raw": [c.key for c in raw], "model": None if model is None else [c.key for c in model],
-                             "differs": model is not None and {c.key for c in model} != {c.key for c in raw}})
-        ready = [r for r in rows if r["model"] is not None]
-        return {"used": self.settings.promotion, "decisions": len(rows), "model_ready": len(ready),
-                "differs": sum(r["differs"] for r in ready), "rows": rows}
-
-

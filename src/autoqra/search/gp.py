@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from autoqra.search.surrogate import rank_correlation
+from autoqra.stats import rank_correlation
 
 KINDS = ("additive", "ordinal", "categorical")
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from autoqra.memory import Budget, BudgetError
-from autoqra.search.repair import repair
+from autoqra.search.knapsack import prior_values, solve
+from autoqra.search.repair import fill, repair
 from autoqra.space import Config, Space
 
 
@@ -22,14 +23,16 @@ def _ladder_index(importance: np.ndarray, size: int) -> np.ndarray:
 
 
 def prior_config(space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray) -> Config:
-    """The paper's warm start: bits follow I_q, ranks follow I_r (by rank order), repaired to the budget."""
+    """The paper's warm start: bits follow I_q, ranks follow I_r (by rank order), repaired to the budget
+    and filled to it under the priors' prices."""
     x = np.concatenate([_ladder_index(i_q, len(space.bits)), _ladder_index(i_r, len(space.ranks))])
-    return repair(space.decode(x), budget, i_q, i_r)
+    return fill(repair(space.decode(x), budget, i_q, i_r), budget, prior_values(space.bits, space.ranks, i_q, i_r))
 
 
 def greedy_config(space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray) -> Config:
-    """Everything at the top of both ladders, then repair's importance-per-byte downgrades."""
-    return repair(space.uniform(space.bits[-1], space.ranks[-1]), budget, i_q, i_r)
+    """The optimum under the priors' prices (`knapsack.prior_values`), solved exactly: the allocation a
+    user gets from the priors alone, with no search."""
+    return solve(prior_values(space.bits, space.ranks, i_q, i_r), budget)
 
 
 def sequential_config(budget: Budget, i_q: np.ndarray, ranks: tuple[int, ...]) -> Config:

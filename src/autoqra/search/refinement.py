@@ -30,7 +30,8 @@ from autoqra.memory import Budget
 from autoqra.search import gp
 from autoqra.search import trust_region as tr
 from autoqra.search.history import DONE, Job, Result, proposal_in_flight, seed_scores
-from autoqra.search.repair import repair
+from autoqra.search.performance import Observation, PerformanceModel
+from autoqra.search.repair import fill, repair
 from autoqra.space import Config, Space
 
 
@@ -187,8 +188,9 @@ class Refinement:
         seen = {r.config.key for r in self.prior + own}
         rng = np.random.default_rng([s.seed, index, state.restarts])
         cands, keys = [], set()
+        prices = self.performance(self.history1 + [r for r in own if r.generation < index and r.done]).values()
         for c in tr.sample(self.space, centre, state.length, s.candidates, rng):
-            c = repair(c, self.budget, self.i_q, self.i_r)
+            c = fill(repair(c, self.budget, self.i_q, self.i_r), self.budget, prices)
             if c.key in seen or c.key in keys or not tr.inside(centre, c, state.length):
                 continue
             keys.add(c.key)
@@ -225,14 +227,27 @@ class Refinement:
         return DONE
 
     # ------------------------------------------------------------------ results
+    def performance(self, results: list[Result]) -> PerformanceModel:
+        """The performance model on `results` (every finished one, any fidelity: one observation per seed)."""
+        obs = [Observation(r.config, r.fidelity, r.seed, r.score) for r in results if r.done and r.score is not None]
+        key = ("performance", tuple(sorted((o.config.key, o.fidelity, o.seed, o.score) for o in obs)))
+        if key not in self._memo:
+            self._memo[key] = PerformanceModel(self.space, self.i_q, self.i_r, obs)
+        return self._memo[key]
+
     def incumbent(self, history: list[Result]) -> tuple[Config, float, list[float]] | None:
-        """The best configuration by its observed mean over the top seeds, among stage 1's and this
-        stage's (so it is never worse than stage 1's best on those seeds), with its per-seed scores."""
+        """The configuration of lowest posterior mean at the top fidelity (the performance model on stage
+        1's results and this stage's) among those scored under every top seed, with its observed mean and
+        per-seed scores: not the raw minimum of a few seeds, which favours the luckiest (winner's curse)."""
         results = self.prior + [r for r in history if r.done]
         means = {k: m for k, m in self._means(results).items() if m is not None}
         if not means:
             return None
-        key = min(means, key=lambda k: (means[k], k))
-        config = next(r.config for r in results if r.config.key == key)
+        configs = {r.config.key: r.config for r in results}
+        keys = sorted(means)
+        predicted = self.performance(self.history1 + [r for r in history if r.done]).predict(
+            [configs[k] for k in keys], self.settings.fidelity)
+        key = keys[int(np.argmin(predicted))]
+        config = configs[key]
         by_seed = seed_scores(results)[(key, self.settings.fidelity)]
         return config, means[key], [by_seed[s] for s in self.settings.seeds]

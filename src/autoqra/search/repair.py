@@ -76,6 +76,39 @@ def repair(config: Config, budget: Budget, i_q: np.ndarray | None = None, i_r: n
     return space.decode(np.concatenate([bi, ri]))
 
 
+def fill(config: Config, budget: Budget, values: np.ndarray) -> Config:
+    """Spend what `config` leaves of the budget: while some unit's one-step upgrade (bits or rank one
+    rung up) fits, take the one that `values` (U, |bits|, |ranks|: predicted score, lower is better)
+    says gains most per byte (ties: the earlier unit, bits before rank). Afterwards no unit's cheapest
+    upgrade fits; a configuration over the budget is returned unchanged (repair it first)."""
+    space = budget.space
+    n, (nb, nr) = len(space), (len(space.bits), len(space.ranks))
+    x = space.encode(config)
+    bi, ri = x[:n].copy(), x[n:].copy()
+    units = np.arange(n)
+    cost = budget.constant + budget.table[units, bi, ri].sum()
+    if not budget.fits(cost):
+        return config
+    while True:
+        best, choice = np.inf, None
+        for kind, up_b, up_r in (("bits", np.minimum(bi + 1, nb - 1), ri), ("rank", bi, np.minimum(ri + 1, nr - 1))):
+            extra = budget.table[units, up_b, up_r] - budget.table[units, bi, ri]
+            gain = values[units, up_b, up_r] - values[units, bi, ri]   # negative: the upgrade helps
+            can = ((up_b != bi) | (up_r != ri)) & budget.fits(cost + extra)
+            score = np.where(can, gain / np.maximum(extra, 1e-12), np.inf)
+            u = int(np.argmin(score))
+            if score[u] < best:
+                best, choice = score[u], (kind, u, extra[u])
+        if choice is None:
+            return space.decode(np.concatenate([bi, ri]))
+        kind, u, extra = choice
+        if kind == "bits":
+            bi[u] += 1
+        else:
+            ri[u] += 1
+        cost += extra
+
+
 def exchange_rates(means: dict[tuple[Config, int], float], budget: Budget, i_q: np.ndarray,
                    i_r: np.ndarray) -> list[dict[str, float]]:
     """Repair's exchange rate between a bit step and a rank step, checked against measured scores.

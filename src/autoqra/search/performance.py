@@ -1,0 +1,176 @@
+"""One performance model of the score: additive per unit, Bayesian, with the priors as its prior means.
+
+Notation: configuration c gives unit u the bit level b_u and the rank level r_u; f is the fidelity (steps)
+and s the training seed of a result y (lower is better). The model is
+
+    y = μ_f + δ_s + a_q · Σ_u Q[u, b_u] + a_r · Σ_u R[u, r_u] + Σ_u β[u, b_u] + Σ_u γ[u, r_u] + ε,
+
+- Q, R: the priors' shapes (`knapsack.prior_values`: I_q times the quantization noise of a bit level,
+  I_r times a rank's shortfall from the top rank; zero at the top of each ladder);
+- a_q, a_r: the priors' scale on this score (prior mean 1): what the search learns first;
+- β[u, ·], γ[u, ·]: each unit's departure from its prior (zero at the top level, prior mean 0, scale τ):
+  what the search learns where the priors are wrong for one unit;
+- μ_f: one intercept per fidelity (a short run scores worse); δ_s: one effect per seed (scores under a
+  shared seed are paired), prior mean 0; ε: noise of scale σ.
+
+Everything is Gaussian, so the posterior is exact (Bayesian linear regression); τ and σ are those of the
+highest evidence (marginal likelihood) on a grid. The model prices every (unit, bits, rank): `values()`
+(posterior mean) and `draw(rng)` (a Thompson sample), what `knapsack.solve` minimises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from autoqra.search.knapsack import prior_values
+from autoqra.space import Config, Space
+
+GRID = (0.01, 0.03, 0.1, 0.3, 1.0)  # τ and σ, as fractions of the scores' standard deviation
+
+
+@dataclass(frozen=True)
+class Observation:
+    config: Config
+    fidelity: int
+    seed: int
+    score: float
+
+
+class PerformanceModel:
+    """Fit on observations, then price configurations; refit by building a new one (it is cheap)."""
+
+    def __init__(self, space: Space, i_q: np.ndarray, i_r: np.ndarray, observations: Sequence[Observation] = (),
+                 scale: tuple[float, float] | None = None):
+        """`scale`: (τ, σ) to use instead of the evidence's choice (leave-one-out refits keep the full fit's)."""
+        self.space = space
+        self.prior = prior_values(space.bits, space.ranks, i_q, i_r)  # (U, nb, nr)
+        n, nb, nr = self.prior.shape
+        self.q = self.prior[:, :, -1]   # (U, nb): the quantization part (rank at the top: no shortfall)
+        self.r = self.prior[:, -1, :]   # (U, nr)
+        self.obs = sorted(observations, key=lambda o: (o.config.key, o.fidelity, o.seed))
+        self.fidelities = tuple(sorted({o.fidelity for o in self.obs}))
+        self.seeds = tuple(sorted({o.seed for o in self.obs}))
+        self.n_units, self.nb, self.nr = n, nb, nr
+        y = np.array([o.score for o in self.obs], dtype=float)
+        self.sd = float(y.std()) if len(y) > 1 and y.std() > 0 else 1.0
+        self.centre = float(y.mean()) if len(y) else 0.0
+        self.scale = scale
+        if len(y):
+            x = self._design(self.obs)
+            options = [scale] if scale else [(t, s) for t in GRID for s in GRID]
+            fits = [self._posterior(x, y, t * self.sd, s * self.sd) for t, s in options]
+            best = int(np.argmax([f[2] for f in fits]))
+            self.mean, self.cov, self.evidence = fits[best]
+            self.scale = options[best]
+        else:
+            self.mean, self.cov = self._prior_moments(0.1 * self.sd)
+            self.evidence = float("nan")
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def width(self) -> int:
+        return len(self.fidelities) + len(self.seeds) + 2 + self.n_units * (self.nb - 1 + self.nr - 1)
+
+    def _prior_moments(self, tau: float) -> tuple[np.ndarray, np.ndarray]:
+        nf, ns = len(self.fidelities), len(self.seeds)
+        mean = np.concatenate([np.full(nf, self.centre), np.zeros(ns), [1.0, 1.0], np.zeros(self.width - nf - ns - 2)])
+        var = np.concatenate([np.full(nf, (10 * self.sd) ** 2), np.full(ns, (0.5 * self.sd) ** 2), [1.0, 1.0],
+                              np.full(self.width - nf - ns - 2, tau**2)])
+        return mean, np.diag(var)
+
+    def _design(self, obs: Sequence[Observation]) -> np.ndarray:
+        n, nf, ns = self.n_units, len(self.fidelities), len(self.seeds)
+        units = np.arange(n)
+        rows = np.zeros((len(obs), self.width))
+        for i, o in enumerate(obs):
+            x = self.space.encode(o.config)
+            b, r = x[:n], x[n:]
+            if o.fidelity in self.fidelities:
+                rows[i, self.fidelities.index(o.fidelity)] = 1.0
+            if o.seed in self.seeds:
+                rows[i, nf + self.seeds.index(o.seed)] = 1.0
+            rows[i, nf + ns] = self.q[units, b].sum()
+            rows[i, nf + ns + 1] = self.r[units, r].sum()
+            rows[i, self._beta(units[b < self.nb - 1], b[b < self.nb - 1])] = 1.0
+            rows[i, self._gamma(units[r < self.nr - 1], r[r < self.nr - 1])] = 1.0
+        return rows
+
+    def _beta(self, u: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return len(self.fidelities) + len(self.seeds) + 2 + u * (self.nb - 1) + b
+
+    def _gamma(self, u: np.ndarray, r: np.ndarray) -> np.ndarray:
+        return len(self.fidelities) + len(self.seeds) + 2 + self.n_units * (self.nb - 1) + u * (self.nr - 1) + r
+
+    def _posterior(self, x: np.ndarray, y: np.ndarray, tau: float, sigma: float) -> tuple[np.ndarray, np.ndarray,
+                                                                                              float]:
+        m0, s0 = self._prior_moments(tau)
+        k = x @ s0 @ x.T + sigma**2 * np.eye(len(y))       # (N, N): the scores' prior covariance
+        chol = np.linalg.cholesky(k)
+        resid = y - x @ m0
+        alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, resid))
+        evidence = -0.5 * resid @ alpha - np.log(np.diag(chol)).sum() - 0.5 * len(y) * np.log(2 * np.pi)
+        gain = s0 @ x.T @ np.linalg.solve(chol.T, np.linalg.solve(chol, np.eye(len(y))))   # (P, N)
+        return m0 + gain @ resid, s0 - gain @ x @ s0, float(evidence)
+
+    # ------------------------------------------------------------------ prices and predictions
+    def _table(self, w: np.ndarray) -> np.ndarray:
+        """(U, nb, nr) predicted score added by each unit's choice, for parameters `w`."""
+        n, nf, ns = self.n_units, len(self.fidelities), len(self.seeds)
+        a_q, a_r = w[nf + ns], w[nf + ns + 1]
+        beta = np.zeros((n, self.nb))
+        gamma = np.zeros((n, self.nr))
+        beta[:, :-1] = w[self._beta(np.repeat(np.arange(n), self.nb - 1), np.tile(np.arange(self.nb - 1), n))
+                         ].reshape(n, self.nb - 1)
+        gamma[:, :-1] = w[self._gamma(np.repeat(np.arange(n), self.nr - 1), np.tile(np.arange(self.nr - 1), n))
+                          ].reshape(n, self.nr - 1)
+        return (a_q * self.q + beta)[:, :, None] + (a_r * self.r + gamma)[:, None, :]
+
+    def values(self) -> np.ndarray:
+        """The posterior mean price of every (unit, bits, rank), (U, nb, nr)."""
+        return self._table(self.mean)
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """A Thompson sample of the prices, (U, nb, nr)."""
+        w = rng.multivariate_normal(self.mean, self.cov, method="cholesky")
+        return self._table(w)
+
+    def predict(self, configs: Sequence[Config], fidelity: int) -> np.ndarray:
+        """Posterior mean score of each configuration at `fidelity` (averaged over seeds)."""
+        x = self._design([Observation(c, fidelity, -1, 0.0) for c in configs])
+        if fidelity not in self.fidelities:  # an unseen fidelity: the mean intercept
+            x[:, : len(self.fidelities)] = 1.0 / max(len(self.fidelities), 1)
+        return x @ self.mean
+
+    def leave_one_out(self, fidelity: int) -> dict[str, float | int | None]:
+        """Leave-one-configuration-out at `fidelity`: each configuration's mean over its seeds against the
+        model fitted without it (the full fit's τ and σ), as a Spearman rank correlation."""
+        keys = sorted({o.config.key for o in self.obs if o.fidelity == fidelity})
+        if len(keys) < 3:
+            return {"fidelity": fidelity, "configurations": len(keys), "spearman": None}
+        observed, predicted = [], []
+        for key in keys:
+            mine = [o for o in self.obs if o.config.key == key and o.fidelity == fidelity]
+            others = [o for o in self.obs if not (o.config.key == key and o.fidelity == fidelity)]
+            fit = _refit(self, others)
+            observed.append(np.mean([o.score for o in mine]))
+            predicted.append(float(fit.predict([mine[0].config], fidelity)[0]))
+        rho = spearmanr(observed, predicted).statistic
+        return {"fidelity": fidelity, "configurations": len(keys), "spearman": None if np.isnan(rho) else float(rho)}
+
+
+def _refit(model: PerformanceModel, observations: list[Observation]) -> PerformanceModel:
+    """The same model (space, priors, τ and σ) on other observations."""
+    out = PerformanceModel.__new__(PerformanceModel)
+    out.__dict__.update({k: v for k, v in model.__dict__.items() if k in ("space", "prior", "q", "r", "n_units",
+                                                                         "nb", "nr")})
+    out.obs = sorted(observations, key=lambda o: (o.config.key, o.fidelity, o.seed))
+    out.fidelities, out.seeds = model.fidelities, model.seeds
+    y = np.array([o.score for o in out.obs], dtype=float)
+    out.sd, out.centre, out.scale = model.sd, float(y.mean()), model.scale
+    out.mean, out.cov, out.evidence = out._posterior(out._design(out.obs), y, model.scale[0] * model.sd,
+                                                     model.scale[1] * model.sd)
+    return out
