@@ -245,3 +245,25 @@ def test_lora_ranks_and_alphas_per_module_and_rank_zero(tiny_dir):
             assert layer.scaling["default"] == pytest.approx(2.0)
     with pytest.raises(AdapterError, match="no adapter attached"):
         attach_lora(models.load_model(tiny_dir), {**ranks, "model.layers.9.mlp.up_proj": 4}, 2.0, 0.0)
+
+
+def test_a_promoted_rung_continues_the_lower_run_and_equals_the_uncut_run(tmp_path, tiny_dir, task_dir, tiny_caches,
+                                                                           space):
+    """A rung under the top rung's schedule keeps its state; the promotion trains only the extra steps and
+    gets the scores of the same run trained in one go (same batches, learning rates, moments, dropout)."""
+    config = space.config([4, 2, 8, 4], [8, 4, 8, 4])
+    ft = dataclasses.replace(FT, dtype="fp32")
+    kw = dict(finetune=dataclasses.replace(ft, warmup_ratio=0.2))
+    cut = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space, name="cut", **kw)
+    low = cut(config, 4, 0, horizon=12)
+    assert cut.state_path(config, 4, 0, 12).exists() and cut.steps_trained == 4
+    continued = cut(config, 12, 0, horizon=12, lower=(4,))
+    assert cut.steps_trained == 12 and continued["continued_from"] == 4 and continued["train_steps"] == 8
+    whole = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space, name="whole", **kw)(config, 12, 0)
+    assert continued["key"] == whole["key"]  # one record: how it was computed does not change its value
+    assert continued["score"] == pytest.approx(whole["score"], abs=1e-6)
+    assert continued["train_loss"] == pytest.approx(whole["train_loss"], abs=1e-6)
+    assert low["train_loss"] == pytest.approx(whole["train_loss"][:4], abs=1e-6)
+    # without the lower state (another seed) the same call trains from the start
+    again = cut(config, 12, 1, horizon=12, lower=(4,))
+    assert "continued_from" not in again and again["train_steps"] == 12

@@ -14,6 +14,7 @@ dropout masks, so two configurations trained under one seed are compared pairwis
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict
 from functools import cached_property
@@ -113,12 +114,15 @@ class FidelityRun:
 
     # ------------------------------------------------------------------ evaluation
     def __call__(self, config: Config, fidelity: int, seed: int, horizon: int = 0, val_samples: int = 0,
-                 keep_adapter: bool = False) -> dict[str, Any]:
+                 keep_adapter: bool = False, lower: tuple[int, ...] = ()) -> dict[str, Any]:
         """The record of (config, fidelity, seed): read if it exists, computed otherwise. With a
         `horizon` above `fidelity` the learning-rate schedule spans `horizon` steps and the run is cut
-        after `fidelity` of them (the first part of a longer run, rather than a whole short one).
-        `val_samples` scores the first that many validation examples only (0: all). `keep_adapter`
-        saves the trained adapters next to the record (`adapter_path`), for a final evaluation."""
+        after `fidelity` of them (the first part of a longer run, rather than a whole short one); its
+        training state is kept (`state_path`), and a run of the same configuration, seed and horizon at a
+        higher fidelity whose `lower` fidelities include this one continues from it, training only the
+        extra steps: the same record as the uncut run, for less. `val_samples` scores the first that
+        many validation examples only (0: all). `keep_adapter` saves the trained adapters next to the
+        record (`adapter_path`), for a final evaluation."""
         self.space.check(config)
         if horizon and horizon < fidelity:
             raise ValueError(f"horizon={horizon}: must be 0 or at least fidelity={fidelity}")
@@ -126,7 +130,7 @@ class FidelityRun:
         require = (lambda r: r["status"] != "ok" or adapter_ok(self.adapter_path(key))) if keep_adapter else None
         own = self.store.root / "adapters" / f"{key}.safetensors"
         record, _ = self.store.get(key, lambda: self._run(config, fidelity, seed, horizon, val_samples,
-                                                          own if keep_adapter else None),
+                                                          own if keep_adapter else None, lower),
                                    require=require)
         self.used[key] = record
         return record
@@ -143,8 +147,35 @@ class FidelityRun:
         model = self.backend.assemble(bits, workdir)
         return attach_lora(model, ranks, self.lora.alpha_ratio, self.lora.dropout, seed=seed)
 
+    def state_path(self, config: Config, fidelity: int, seed: int, horizon: int) -> Path:
+        """Where the training state of a cut run is kept: adapters, optimizer, random state, losses."""
+        return self.store.root / "states" / f"{self.key(config, fidelity, seed, horizon)}.pt"
+
+    def _resume(self, model: Any, config: Config, fidelity: int, seed: int, horizon: int,
+                lower: tuple[int, ...]) -> tuple[int, dict[str, Any] | None]:
+        """The highest of the `lower` fidelities whose kept state exists, loaded into `model` (adapters)
+        and torch (random state); (0, None) when there is none."""
+        for f in sorted((f for f in lower if f < fidelity), reverse=True):
+            path = self.state_path(config, f, seed, horizon)
+            if path.exists():
+                state = torch.load(path, map_location=self.device, weights_only=True)
+                params = dict(model.named_parameters())
+                with torch.no_grad():
+                    for name, tensor in state["lora"].items():
+                        params[name].copy_(tensor)
+                torch.set_rng_state(state["rng"].cpu())
+                return f, state
+        return 0, None
+
+    def _keep(self, model: Any, path: Path, optimizer: dict, rng: torch.Tensor, losses: list[float]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lora = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        torch.save({"lora": lora, "optimizer": optimizer, "rng": rng, "losses": losses}, tmp)
+        os.replace(tmp, path)
+
     def _run(self, config: Config, fidelity: int, seed: int, horizon: int = 0, val_samples: int = 0,
-             adapter: Path | None = None) -> dict[str, Any]:
+             adapter: Path | None = None, lower: tuple[int, ...] = ()) -> dict[str, Any]:
         start = time.perf_counter()
         record: dict[str, Any] = {"config": config.to_dict(), "config_key": config.key, "fidelity": fidelity,
                                   "seed": seed, "horizon": max(horizon, fidelity), "backend": self.backend.name,
@@ -156,13 +187,22 @@ class FidelityRun:
                 if self.device.startswith("cuda"):
                     torch.cuda.reset_peak_memory_stats()
                 model = self.assemble(config, Path(tmp), seed=seed)
+                start_step, state = self._resume(model, config, fidelity, seed, horizon, lower)
+                cut = horizon > fidelity  # the start of a longer run: keep its state for a continuation
                 result = train(model, self.train_data, self.tokenizer.pad_token_id, fidelity, seed,
                                batch_size=self.ft.batch_size, lr=self.ft.lr, warmup_ratio=self.ft.warmup_ratio,
                                schedule=self.ft.schedule, weight_decay=self.ft.weight_decay,
                                max_grad_norm=self.ft.max_grad_norm,
                                gradient_checkpointing=self.ft.gradient_checkpointing, progress=self.progress,
-                               on_step=self._count_step, horizon=horizon)
-                record.update(train_steps=result.steps, train_s=round(result.seconds, 3), train_loss=result.losses)
+                               on_step=self._count_step, horizon=horizon, start=start_step,
+                               optimizer_state=state["optimizer"] if state else None, keep_optimizer=cut)
+                losses = (state["losses"] if state else []) + result.losses
+                record.update(train_steps=result.steps, train_s=round(result.seconds, 3), train_loss=losses)
+                if start_step:
+                    record["continued_from"] = start_step
+                if cut and not result.failure:
+                    self._keep(model, self.state_path(config, fidelity, seed, horizon), result.optimizer,
+                               torch.get_rng_state(), losses)
                 if self.device.startswith("cuda"):
                     record["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
                 if result.failure:

@@ -143,11 +143,15 @@ class Setup:
 
     def objective(self, config: Config, fidelity: int, seed: int) -> dict[str, Any]:
         """A fidelity evaluation (a rung's validation subset, `search.val_per_rung`; off the rungs: all of it);
-        a transient failure with attempts left (`search.oom_attempts`) is marked `retry`."""
+        a transient failure with attempts left (`search.oom_attempts`) is marked `retry`. A rung trains under
+        the top rung's schedule and continues the run of the highest rung below it that this configuration
+        reached under this seed, so a promotion pays only the extra steps."""
         s = self.p.search
         rung = s.fidelities.index(fidelity) if fidelity in s.fidelities else None
         val = s.val_per_rung[rung] if s.val_per_rung and rung is not None else 0
-        record = self.fidelity_run(config, fidelity, seed, val_samples=val)
+        horizon = max(s.fidelities[-1], fidelity)
+        lower = tuple(s.fidelities[:rung]) if rung is not None else ()
+        record = self.fidelity_run(config, fidelity, seed, horizon=horizon, val_samples=val, lower=lower)
         # out of memory with attempts left: not a result yet, the search hands the job out again
         return {**record, "retry": not self.fidelity_run.store.usable(record)}
 

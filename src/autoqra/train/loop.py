@@ -53,28 +53,39 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     failure: str | None = None
     seconds: float = 0.0
+    optimizer: dict | None = None  # with `keep_optimizer`: the state a continuation starts from
 
 
 def train(model: Any, encoded: list[tuple[list[int], list[int]]], pad_id: int, steps: int, seed: int, *,
           batch_size: int, lr: float, warmup_ratio: float, schedule: str, weight_decay: float,
           max_grad_norm: float, gradient_checkpointing: bool = False, progress: bool = False,
-          on_step: Any = None, horizon: int = 0) -> TrainResult:
-    """`steps` AdamW steps on the trainable parameters; data order from `seed` (the same for every
-    configuration, so two configurations see the same batches). Stops at a non-finite loss.
+          on_step: Any = None, horizon: int = 0, start: int = 0, optimizer_state: dict | None = None,
+          keep_optimizer: bool = False) -> TrainResult:
+    """AdamW steps `start` .. `steps` - 1 on the trainable parameters; data order from `seed` (the same for
+    every configuration, so two configurations see the same batches). Stops at a non-finite loss.
     The learning-rate schedule spans `horizon` steps (default: `steps`); a longer horizon makes the
-    run the first `steps` steps of a longer one."""
+    run the first `steps` steps of a longer one. From `start` > 0 with the `optimizer_state` of a run
+    cut there (and the model's weights and torch's random state as that run left them), the run goes on
+    exactly as the uncut one would (the same batches, learning rates and moments); `keep_optimizer`
+    returns the optimizer's state for such a continuation."""
     if horizon and horizon < steps:
         raise ValueError(f"horizon={horizon}: must be 0 or at least steps={steps}")
+    if not 0 <= start <= steps or (start > 0) != (optimizer_state is not None):
+        raise ValueError(f"start={start}: a continuation needs 0 < start <= steps={steps} and an optimizer state")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     order = batch_order([len(ids) for ids, _ in encoded], batch_size, seed)
+    for _ in range(start):  # the batches the cut run trained on
+        next(order)
     result = TrainResult()
-    start = time.perf_counter()
+    begin = time.perf_counter()
     model.train()
-    bar = tqdm(range(steps), desc="train", disable=not progress, leave=False)
+    bar = tqdm(range(start, steps), desc="train", disable=not progress, leave=False)
     for step in bar:
         batch = collate([encoded[i] for i in next(order)], pad_id)
         for group in opt.param_groups:
@@ -95,5 +106,7 @@ def train(model: Any, encoded: list[tuple[list[int], list[int]]], pad_id: int, s
         if on_step is not None:
             on_step()
     model.eval()
-    result.seconds = time.perf_counter() - start
+    result.seconds = time.perf_counter() - begin
+    if keep_optimizer:
+        result.optimizer = opt.state_dict()
     return result
