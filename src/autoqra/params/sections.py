@@ -129,7 +129,8 @@ class SearchParams:
     fidelities: list[int] = spec([8, 24, 72], help="successive-halving rungs in fine-tuning steps",
                                  items={"min": 1}, min_items=1, increasing=True)
     eta: int = spec(3, help="successive-halving ratio (best 1/eta of a rung are promoted)", min=2)
-    max_steps: int = spec(2400, help="compute budget of stage 1 in training steps (0 = unlimited)", min=0)
+    max_steps: int = spec(2400, help="compute budget of stage 1 in training steps, a promotion counting only "
+                          "the steps it adds to the lower rung's run (0 = unlimited)", min=0)
     metric: str = spec("answer_loss", help="search objective on the validation split",
                        choices=["answer_loss", "exact_match"])
     storage: str | None = spec(None, help="Optuna storage URL, or env:NAME to read it from an environment "

@@ -22,7 +22,7 @@ from autoqra.pipeline.workers import run_workers
 from autoqra.report import plots
 from autoqra.report.search import fidelity_agreement, pareto_front, trials_frame
 from autoqra.search import diagnostics
-from autoqra.search.evolution import Evolution
+from autoqra.search.evolution import Evolution, cost
 from autoqra.search.history import Evidence, ranking, seed_scores
 from autoqra.search.optuna import JOB, SearchFailed, describe_failures, drive, history
 from autoqra.search.repair import exchange_rates
@@ -90,7 +90,8 @@ def evolve_stage(p: Params, params_path: str, dirs: dict[str, str], out: Path, t
         "generations": int(trials["generation"].max()) + 1 if len(trials) else 0,
         "failed": int((trials["status"] != "ok").sum()),
         "failures": describe_failures(study),
-        "steps_spent": int(trials["fidelity"].sum()),
+        "steps_spent": int(trials["fidelity"].sum()),  # every evaluation's fidelity
+        "steps_cost": sum(cost(r, hist) for r in hist),  # what search.max_steps bounds: promotions continue
         "steps_trained_this_run": sum(m["steps_trained"] for m in mine),
         "records_computed_this_run": sum(m["records_computed"] for m in mine),
         "best": {"key": best.config.key, "fidelity": best.fidelity, "score": best.score, "se": best.se,

@@ -224,7 +224,7 @@ class Evolution:
     def next(self, history: list[Result], slot: int = 0) -> Job | str:
         """The next evaluation to run (the `slot`-th free one, for workers asking at the same time)."""
         s = self.settings
-        spent = sum(r.fidelity for r in history)
+        spent = sum(cost(r, history) for r in history)
         for g in range(s.generations):
             rungs = self.rungs(g, history)
             if not rungs[0]:
@@ -234,9 +234,17 @@ class Evolution:
                     for sd in s.seeds(k) if (c.key, k, sd) not in taken]
             if free:
                 job = free[min(slot, len(free) - 1)]
-                if s.max_steps and spent + job.fidelity > s.max_steps:
+                if s.max_steps and spent + cost(job, history) > s.max_steps:
                     return DONE
                 return job
             if not self.generation_done(g, history):
                 return WAIT
         return DONE
+
+
+def cost(job: Job, history: list[Result]) -> int:
+    """The training steps `job` costs: its fidelity less the highest lower fidelity the same configuration
+    finished under the same seed (a rung continues that run: `FidelityRun`'s `lower`)."""
+    below = [r.fidelity for r in history if r.done and r.score is not None and r.seed == job.seed
+             and r.fidelity < job.fidelity and r.config.key == job.config.key]
+    return job.fidelity - max(below, default=0)
