@@ -1,4 +1,5 @@
-"""The two search stages and their operators: repair, warm start, evolution, surrogate, trust region.
+"""The two search stages and their parts: repair and fill, the exact budget solver, the performance model,
+the warm start, evolution, trust region.
 
 Library entry points on any black-box objective, stage 1 then stage 2::
 
