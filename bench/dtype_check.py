@@ -34,8 +34,8 @@ def main() -> None:
     p, setup, _ = search_setup(args, None)
     fids = p.search.fidelities
     fidelity = args.fidelity or fids[len(fids) // 2]
-    configs = {c.describe(): c for c in [ops.greedy_config(setup.space, setup.budget, setup.i_q, setup.i_r),
-                                         ops.prior_config(setup.space, setup.budget, setup.i_q, setup.i_r),
+    configs = {c.describe(): c for c in [ops.greedy_config(setup.space, setup.budget, setup.prices),
+                                         ops.prior_config(setup.space, setup.budget, setup.prices),
                                          *ops.feasible_uniforms(setup.space, setup.budget)]}
     if args.max_configs:
         configs = dict(list(configs.items())[:args.max_configs])

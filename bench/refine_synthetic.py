@@ -48,21 +48,21 @@ def main() -> None:
     print(f"{'seed':>4} {'stage 1':>8} {'refine':>8} {'local':>8} {'kernel':>12} {'held-out rho':>12} {'time':>7}")
     for seed in range(args.seeds):
         obj = SyntheticObjective(space, seed, sigma=args.sigma, shared=0.6)
-        i_q, i_r = obj.priors()
+        prices = obj.priors()
         st = EvolveSettings(population=12, offspring=6, candidates=60, generations=50, fidelities=(1, 3, 9), eta=3,
                       max_steps=args.stage1_steps, seed=seed, seeds_per_rung=(1, 1, 2))
-        study, _ = evolve(obj, space, budget, i_q, i_r, st)
+        study, _ = evolve(obj, space, budget, prices, st)
         hist = history(study, space)
         start = time.perf_counter()
         rs = RefineSettings(evaluations=args.evaluations, fidelity=9, seeds=(seed, seed + 1), seed=seed)
-        study2, plan = refine(obj, space, budget, hist, rs, i_q, i_r)
+        study2, plan = refine(obj, space, budget, hist, rs, prices)
         incumbent = plan.incumbent(history(study2, space))[0]
         seconds = time.perf_counter() - start
         stage1 = plan.starts()[0]
         rng = np.random.default_rng(seed + 7)
         best, best_mean = stage1, float(np.mean([obj(stage1, 9, s) for s in rs.seeds]))
         for _ in range(args.evaluations):
-            c = repair(tr.sample(space, best, 1, 1, rng)[0], budget, i_q, i_r)
+            c = repair(tr.sample(space, best, 1, 1, rng)[0], budget, prices)
             mean = float(np.mean([obj(c, 9, s) for s in rs.seeds]))
             if mean < best_mean:
                 best, best_mean = c, mean

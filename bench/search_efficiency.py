@@ -185,9 +185,9 @@ def zero_search(setup, method: str, top: int, seeds: tuple[int, ...]) -> tuple[o
     from autoqra.search import operators as ops
 
     if method == "greedy":
-        return ops.greedy_config(setup.space, setup.budget, setup.i_q, setup.i_r), 0, None
+        return ops.greedy_config(setup.space, setup.budget, setup.prices), 0, None
     if method == "prior":
-        return ops.prior_config(setup.space, setup.budget, setup.i_q, setup.i_r), 0, None
+        return ops.prior_config(setup.space, setup.budget, setup.prices), 0, None
     uniforms = ops.feasible_uniforms(setup.space, setup.budget, setup.p.search.frontier == "maximal")
     scored = [(setup.scored(c, top, seeds), c) for c in uniforms]
     ok = [(r, c) for r, c in scored if r["mean"] is not None and not r["failed"]]
@@ -278,11 +278,11 @@ def run_embedded(args: argparse.Namespace) -> list[dict]:
             t0, steps0 = time.perf_counter(), setup.fidelity_run.steps_trained
             pm = dataclasses.replace(base, seed=seed, search=dataclasses.replace(search, ablation=method))
             st, rs = evolve_settings(pm), refine_settings(pm)
-            study, _ = evolve(setup.objective, setup.space, setup.budget, setup.i_q, setup.i_r, st,
+            study, _ = evolve(setup.objective, setup.space, setup.budget, setup.prices, st,
                               study_name=f"{method}-s{seed}")
             results = history(study, setup.space)
             if rs.evaluations:
-                study2, _ = refine(setup.objective, setup.space, setup.budget, results, rs, setup.i_q, setup.i_r,
+                study2, _ = refine(setup.objective, setup.space, setup.budget, results, rs, setup.prices,
                                    study_name=f"{method}-s{seed}-refine")
                 results = results + history(study2, setup.space)
             c = curve(results, top, rs.seeds)
@@ -314,7 +314,7 @@ def run_synthetic(args: argparse.Namespace) -> list[dict]:
     rows = []
     for seed in range(args.seeds):
         obj = SyntheticObjective(space, seed, sigma=args.sigma, shared=0.6)
-        i_q, i_r = obj.priors()
+        prices = obj.priors()
         optimum = obj.optimum(budget)[0] if u <= 8 else None  # (value, config)
         top_seeds = tuple(seed + i for i in range(spr[-1]))
         for method in METHODS:
@@ -323,12 +323,12 @@ def run_synthetic(args: argparse.Namespace) -> list[dict]:
                                         fidelities=fidelities, eta=3, max_steps=args.stage1_steps, seed=seed,
                                         seeds_per_rung=spr),
                          method, refine_steps)
-            study, _ = evolve(obj, space, budget, i_q, i_r, st)
+            study, _ = evolve(obj, space, budget, prices, st)
             results = history(study, space)
             if method not in REFINE_OFF:
                 rs = RefineSettings(evaluations=args.refine, fidelity=fidelities[-1], seeds=top_seeds, seed=seed,
                                     kernel=args.kernel)
-                study2, _ = refine(obj, space, budget, results, rs, i_q, i_r)
+                study2, _ = refine(obj, space, budget, results, rs, prices)
                 results = results + history(study2, space)
             c = curve(results, fidelities[-1], top_seeds, obj.true_value)
             rows.append({"seed": seed, "method": method, "curve": c, "final": c[-1][1], "steps": c[-1][0],

@@ -40,7 +40,7 @@ def main() -> None:
         optimum, _ = obj.optimum(budget)
         settings = EvolveSettings(population=12, offspring=6, candidates=60, generations=50,
                                   fidelities=(1, 3, 9), eta=3, max_steps=args.max_steps, seed=seed)
-        study, _ = evolve(obj, space, budget, *obj.priors(), settings)
+        study, _ = evolve(obj, space, budget, obj.priors(), settings)
         best = ranking(history(study, space))[0][2]
         rng, rand, found = np.random.default_rng(seed + 100), SyntheticObjective(space, seed), []
         while rand.steps + 9 <= obj.steps:

@@ -68,7 +68,7 @@ def worker(root: str, seed: int, worker_index: int) -> None:
 
         return store.get(key, compute)[0]
 
-    sampler = PlanSampler(Evolution(space, budget, *obj.priors(), settings(seed)))
+    sampler = PlanSampler(Evolution(space, budget, obj.priors(), settings(seed)))
     drive(open_study("stress", None, str(Path(root) / "study.journal"), sampler), sampler, objective, poll_s=0.02)
 
 

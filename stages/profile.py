@@ -1,8 +1,10 @@
-"""profile: per-linear importance priors I_q (quantization sensitivity) and I_r (adaptation gain).
+"""profile: the priors: each search unit's loss at every bit-width, each linear's gradient spectrum.
 
-Reads the prepared model and task and the lowest-bit GPTQ cache; writes `<out>/priors.parquet`
-(one row per target linear, full HF name, raw and [0, 1]-normalised values), `<out>/priors.png`
-and `metrics.json`.
+Reads the prepared model and task and the GPTQ caches of `quant.bits`; writes `<out>/losses.parquet`
+(one row per search unit and bit-width: the answer-loss increase with that unit alone quantized),
+`<out>/priors.parquet` (one row per target linear, full HF name: the gradient's leading singular values
+and the fast gradient estimates of the loss increase at each bit-width), `<out>/priors.png` and
+`metrics.json`.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from stages import common
 def main(argv: list[str] | None = None) -> None:
     ap = common.parser(__doc__.splitlines()[0], dirs=False)
     ap.add_argument("--prepare", default="data/prepare", help="prepare stage folder")
-    ap.add_argument("--cache", required=True, help="lowest-bit quantize folder (data/quantize/b{min bits})")
+    ap.add_argument("--quantize", default="data/quantize", help="quantize stage folder (one b{bits} per bit-width)")
     ap.add_argument("--out", default="data/profile", help="output folder")
     args = ap.parse_args(argv)
     p = common.start(args)
     checked_s = common.preflight(p, args.prepare)
     out = Path(args.out)
-    common.finish(out / "metrics.json", lambda: profile(p, Path(args.prepare), Path(args.cache), out),
+    common.finish(out / "metrics.json", lambda: profile(p, Path(args.prepare), Path(args.quantize), out),
                   preflight_s=checked_s)
 
 

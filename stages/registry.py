@@ -38,6 +38,7 @@ SEARCH_CODE = files("autoqra.pipeline.setup", "autoqra.pipeline.search", "autoqr
                     "autoqra.memory.estimate", "autoqra.memory.budget", "autoqra.search.evolution",
                     "autoqra.search.history", "autoqra.search.ablations", "autoqra.search.operators",
                     "autoqra.search.repair", "autoqra.search.knapsack", "autoqra.search.performance",
+                    "autoqra.search.prices", "autoqra.priors",
                     "autoqra.search.diagnostics", "autoqra.search.baselines",
                     "autoqra.search.optuna.sampler", "autoqra.search.optuna.driver", "autoqra.search.optuna.liveness",
                     "autoqra.search.optuna.storage", "autoqra.search.promotion", "autoqra.search.gp")
@@ -56,7 +57,7 @@ SEARCH = tuple(f"search.{k}" for k in ("granularity", "population", "generations
                                        "fidelities", "eta", "max_steps", "metric", "workers", "backend",
                                        "seeds_per_rung", "val_per_rung", "max_failures",
                                        "oom_attempts", "ablation", "frontier", "promotion",
-                                       "warm_start"))
+                                       "warm_start", "thompson", "frontier_seeds"))
 DIRS = ("--prepare data/prepare --quantize data/quantize --profile data/profile --search data/search "
         "--records data/records")
 SEARCH_PARAMS = ("seed", *SEARCH, "budget", "lora", "finetune", "task.max_length", "quant.bits", "quant.group_size",
@@ -75,12 +76,13 @@ STAGES: dict[str, Stage] = {
                       cmd="python -m stages.quantize --params params.yaml --bits ${item} --prepare data/prepare "
                           "--out data/quantize/b${item}",
                       deps=("data/prepare",), outs=("data/quantize/b${item}",), foreach="${quant.bits}"),
-    "profile": Stage(params=("profile",),
+    "profile": Stage(params=("profile", "quant.bits", "search.granularity"),
                      code=_code("profile", *files("autoqra.pipeline.profile", "autoqra.priors", "autoqra.train.scoring",
-                                                  "autoqra.quant.cache", "autoqra.data.encoding")),
+                                                  "autoqra.quant.cache", "autoqra.data.encoding",
+                                                  "autoqra.search.prices", "autoqra.space")),
                      cmd="python -m stages.profile --params params.yaml --prepare data/prepare "
-                         "--cache data/quantize/b${quant.bits[0]} --out data/profile",
-                     deps=("data/prepare", "data/quantize/b${quant.bits[0]}"), outs=("data/profile",)),
+                         "--quantize data/quantize --out data/profile",
+                     deps=("data/prepare", "data/quantize"), outs=("data/profile",)),
     "evolve": Stage(params=SEARCH_PARAMS,
                     code=_code("evolve", *SEARCH_CODE, *VALUE),
                     cmd=f"python -m stages.evolve --params params.yaml {DIRS} --out data/search/evolve",

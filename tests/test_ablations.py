@@ -13,6 +13,7 @@ from autoqra.search import operators as ops
 from autoqra.search.baselines import BaselineSettings, RandomSearch, TPESearch
 from autoqra.search.evolution import Evolution
 from autoqra.search.optuna import history
+from autoqra.search.prices import Prices
 from autoqra.search.synthetic import SyntheticObjective
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -20,19 +21,21 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 def test_without_priors_generation_zero_is_random_feasible_and_ignores_the_priors():
     obj = SyntheticObjective(SPACE, 0)
-    i_q, i_r = obj.priors()
-    members = Evolution(SPACE, BUDGET, i_q, i_r, _settings(0, priors=False)).warm_start()
+    prices = obj.priors()
+    members = Evolution(SPACE, BUDGET, prices, _settings(0, priors=False)).warm_start()
     assert len(members) == 12 and all(BUDGET.feasible(c) for c in members)
-    assert ops.prior_config(SPACE, BUDGET, i_q, i_r) not in members
+    assert ops.prior_config(SPACE, BUDGET, prices) not in members
     # the same members whatever the priors say
-    flipped = Evolution(SPACE, BUDGET, 1 - i_q, 1 - i_r, _settings(0, priors=False)).warm_start()
+    i_q, i_r = prices.importance()
+    flipped = Evolution(SPACE, BUDGET, Prices.from_importance(SPACE, 1 - i_q, 1 - i_r),
+                        _settings(0, priors=False)).warm_start()
     assert [c.key for c in flipped] == [c.key for c in members]
 
 
 def test_without_surrogate_the_offspring_are_a_random_subset_of_the_candidates():
     obj = SyntheticObjective(SPACE, 2)
-    with_s = evolve(obj, SPACE, BUDGET, *obj.priors(), _settings(2, generations=2, max_steps=0))
-    without = evolve(obj, SPACE, BUDGET, *obj.priors(), _settings(2, generations=2, max_steps=0, surrogate=False))
+    with_s = evolve(obj, SPACE, BUDGET, obj.priors(), _settings(2, generations=2, max_steps=0))
+    without = evolve(obj, SPACE, BUDGET, obj.priors(), _settings(2, generations=2, max_steps=0, surrogate=False))
     hist = history(without[0], SPACE)
     view = without[1].screening(1, [r for r in hist if r.generation < 1])
     assert view["predicted"] is None and len(view["chosen"]) == 6 and view["candidates"] > 6
@@ -48,7 +51,7 @@ def test_mutation_reaches_units_whose_prior_is_zero_and_moves_the_lowest_unit_up
     rng = np.random.default_rng(0)
     moved, up = set(), 0
     for _ in range(400):
-        child = ops.mutate(start, SPACE, i_q, i_q.copy(), rng, units=1)
+        child = ops.mutate(start, SPACE, Prices.from_importance(SPACE, i_q, i_q), rng, units=1)
         diff = [u for u in range(n) if child.bits[u] != start.bits[u] or child.ranks[u] != start.ranks[u]]
         moved.update(diff)
         up += sum(child.bits[u] > start.bits[u] or child.ranks[u] > start.ranks[u] for u in diff if u != 0)
@@ -60,7 +63,7 @@ def test_mutation_reaches_units_whose_prior_is_zero_and_moves_the_lowest_unit_up
 def test_alternative_searches_spend_the_step_budget_on_new_feasible_configs_at_the_top_rung(cls):
     obj = SyntheticObjective(SPACE, 3)
     settings = _settings(3, max_steps=9 * 2 * 12 + 5, seeds_per_rung=(1, 1, 2), method=cls.__name__[:-6].lower())
-    study, plan = evolve(obj, SPACE, BUDGET, *obj.priors(), settings)
+    study, plan = evolve(obj, SPACE, BUDGET, obj.priors(), settings)
     assert isinstance(plan, cls)
     hist = history(study, SPACE)
     assert len(hist) == 24 and sum(r.fidelity for r in hist) <= settings.max_steps
@@ -98,4 +101,4 @@ def test_an_unknown_ablation_is_a_one_line_error():
 
 def test_make_plan_rejects_an_unknown_method():
     with pytest.raises(ValueError, match="search method 'grid'"):
-        make_plan(SPACE, BUDGET, np.ones(len(SPACE)), np.ones(len(SPACE)), _settings(0, method="grid"))
+        make_plan(SPACE, BUDGET, Prices.flat(SPACE), _settings(0, method="grid"))

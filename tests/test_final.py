@@ -48,7 +48,7 @@ def test_every_arm_is_trained_and_scored_under_every_seed(finished):
     # every arm, autoqra included, is trained afresh: under the fresh seeds, never a run the search selected on
     searched = {k for stage in ("evolve", "refine") for k in
                 pd.read_parquet(finished / f"data/search/{stage}/trials.parquet")["record_key"]}
-    search_seeds = set(range(max(p.search.seeds_per_rung)))
+    search_seeds = set(range(max(*p.search.seeds_per_rung, p.search.frontier_seeds)))
     for arm in p.finetune.arms:
         runs = json.loads((finished / f"data/final/{arm}/train/runs.json").read_text())["runs"]
         assert {r["seed"] for r in runs} == set(p.finetune.seeds) and not search_seeds & set(p.finetune.seeds)

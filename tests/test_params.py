@@ -115,7 +115,8 @@ def test_final_seeds_that_overlap_the_search_seeds_are_rejected_in_one_line_befo
     error that names both keys, from the stage's first check (before any GPTQ pass or training)."""
     with pytest.raises(ParamError) as err:
         load_params(P.compose(["finetune.seeds=[0,1,2]"]))
-    assert "finetune.seeds=[0, 1, 2]" in str(err.value) and "search.seeds_per_rung=[1, 1, 2]" in str(err.value)
+    assert "finetune.seeds=[0, 1, 2]" in str(err.value) and "search.seeds_per_rung=[1, 1, 1]" in str(err.value)
+    assert "search.frontier_seeds=2" in str(err.value)
     assert "seed=0" in str(err.value)
     (tmp_path / "p.yaml").write_text(P.to_yaml(P.compose(["experiment=smoke"])).replace("- 100\n", "- 1\n", 1))
     res = run_tool(["python", "-m", "stages.prepare", "--params", str(tmp_path / "p.yaml"), "--out",

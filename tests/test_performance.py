@@ -10,10 +10,11 @@ import pytest
 
 from autoqra.memory import MemoryModel, ModelSpec, ModuleShape, Training, make_budget
 from autoqra.search import EvolveSettings, evolve
-from autoqra.search.knapsack import prior_values, solve
+from autoqra.search.knapsack import solve
 from autoqra.search.operators import greedy_config
 from autoqra.search.optuna import history
 from autoqra.search.performance import Observation, PerformanceModel
+from autoqra.search.prices import Prices
 from autoqra.search.repair import fill, repair
 from autoqra.space import Space
 
@@ -37,8 +38,8 @@ class Planted:
         q = s[:, None] * (np.exp(-1.3 * (bits - 2)) - np.exp(-1.3 * (bits[-1] - 2)))[None, :]
         r = h[:, None] * (1 / np.sqrt(ranks) - 1 / np.sqrt(ranks[-1]))[None, :] * 2
         self.table = q[:, :, None] + r[:, None, :]
-        self.i_q, self.i_r = s * np.exp(rng.uniform(-np.log(3), np.log(3), N)), h * np.exp(
-            rng.uniform(-np.log(3), np.log(3), N))
+        self.prices = Prices.from_importance(SPACE, s * np.exp(rng.uniform(-np.log(3), np.log(3), N)),
+                                             h * np.exp(rng.uniform(-np.log(3), np.log(3), N)))
 
     def value(self, config) -> float:
         x = SPACE.encode(config)
@@ -69,14 +70,14 @@ def test_the_solver_finds_the_exact_optimum_and_meets_the_budget():
 
 def test_greedy_is_the_priors_optimum_and_fill_leaves_no_upgrade_that_fits():
     obj = Planted(0)
-    prices = prior_values(SPACE.bits, SPACE.ranks, obj.i_q, obj.i_r)
-    greedy = greedy_config(SPACE, BUDGET, obj.i_q, obj.i_r)
-    cut = repair(SPACE.uniform(8, 16), BUDGET, obj.i_q, obj.i_r)  # the old greedy: downgrades only
+    prices = obj.prices.values()
+    greedy = greedy_config(SPACE, BUDGET, obj.prices)
+    cut = repair(SPACE.uniform(8, 16), BUDGET, obj.prices)  # the old greedy: downgrades only
     x, y = SPACE.encode(greedy), SPACE.encode(cut)
     assert prices[np.arange(N), x[:N], x[N:]].sum() <= prices[np.arange(N), y[:N], y[N:]].sum() + 1e-12
     rng = np.random.default_rng(1)
     for _ in range(10):
-        c = fill(repair(SPACE.random(rng), BUDGET, obj.i_q, obj.i_r), BUDGET, prices)
+        c = fill(repair(SPACE.random(rng), BUDGET, obj.prices), BUDGET, prices)
         assert BUDGET.feasible(c)
         x = SPACE.encode(c)
         for u, (db, dr) in itertools.product(range(N), ((1, 0), (0, 1))):
@@ -91,11 +92,11 @@ def test_the_model_learns_the_truth_from_results_and_ranks_held_out_configuratio
     rng = np.random.default_rng(2)
     configs = [repair(SPACE.random(rng), BUDGET) for _ in range(48)]
     obs = [Observation(c, 9, s, obj(c, 9, s)) for c in configs for s in (0, 1)]
-    model = PerformanceModel(SPACE, obj.i_q, obj.i_r, obs)
+    model = PerformanceModel(SPACE, obj.prices, obs)
     loo = model.leave_one_out(9)
     assert loo["configurations"] == 48 and loo["spearman"] > 0.8
     optimum = obj.value(solve(obj.table, BUDGET))
-    greedy = obj.value(greedy_config(SPACE, BUDGET, obj.i_q, obj.i_r))
+    greedy = obj.value(greedy_config(SPACE, BUDGET, obj.prices))
     learned = obj.value(solve(model.values(), BUDGET))
     assert learned - optimum < 0.5 * (greedy - optimum)
     # a Thompson draw is a valid price table whose optimum fits
@@ -107,10 +108,10 @@ def test_the_search_beats_greedy_on_a_planted_objective_with_wrong_priors():
     for seed in range(5):
         obj = Planted(10 + seed)
         optimum = obj.value(solve(obj.table, BUDGET))
-        greedy = obj.value(greedy_config(SPACE, BUDGET, obj.i_q, obj.i_r))
+        greedy = obj.value(greedy_config(SPACE, BUDGET, obj.prices))
         settings = EvolveSettings(population=8, offspring=4, candidates=40, generations=4, fidelities=(3, 9), eta=2,
                                   max_steps=0, seed=seed, seeds_per_rung=(1, 2))
-        study, evolution = evolve(obj, SPACE, BUDGET, obj.i_q, obj.i_r, settings)
+        study, evolution = evolve(obj, SPACE, BUDGET, obj.prices, settings)
         found = obj.value(evolution.pick(history(study, SPACE)))
         regrets.append((found - optimum, greedy - optimum))
     print("regret (search, greedy):", [(round(a, 4), round(b, 4)) for a, b in regrets])

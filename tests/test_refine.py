@@ -62,9 +62,9 @@ def test_samples_stay_inside_the_region():
 @pytest.fixture(scope="module")
 def stage_one():
     obj = SyntheticObjective(SPACE, 3, shared=0.6)
-    i_q, i_r = obj.priors()
-    study, _ = evolve(obj, SPACE, BUDGET, i_q, i_r, _settings(3, max_steps=200, seeds_per_rung=(1, 1, 2)))
-    return obj, i_q, i_r, history(study, SPACE)
+    prices = obj.priors()
+    study, _ = evolve(obj, SPACE, BUDGET, prices, _settings(3, max_steps=200, seeds_per_rung=(1, 1, 2)))
+    return obj, prices, history(study, SPACE)
 
 
 def _refine_settings(**kw):
@@ -72,8 +72,8 @@ def _refine_settings(**kw):
 
 
 def test_every_proposal_is_within_budget_and_inside_its_region_and_new(stage_one):
-    obj, i_q, i_r, prior = stage_one
-    study, plan = refine(obj, SPACE, BUDGET, prior, _refine_settings(), i_q, i_r)
+    obj, prices, prior = stage_one
+    study, plan = refine(obj, SPACE, BUDGET, prior, _refine_settings(), prices)
     own = history(study, SPACE)
     steps, state, _, _ = plan.replay(own)
     assert len(steps) == 6 and len(own) == 12  # every proposal under both seeds
@@ -89,8 +89,8 @@ def test_every_proposal_is_within_budget_and_inside_its_region_and_new(stage_one
 def test_the_answer_is_the_lowest_posterior_mean_among_the_fully_scored(stage_one):
     """Not the raw minimum over two seeds (the winner's curse): the performance model's posterior mean at the
     top fidelity, over stage 1's top rung and the proposals scored under every top seed."""
-    obj, i_q, i_r, prior = stage_one
-    study, plan = refine(obj, SPACE, BUDGET, prior, _refine_settings(evaluations=3), i_q, i_r)
+    obj, prices, prior = stage_one
+    study, plan = refine(obj, SPACE, BUDGET, prior, _refine_settings(evaluations=3), prices)
     own = history(study, SPACE)
     best, mean, scores = plan.incumbent(own)
     results = plan.prior + [r for r in own if r.done]
@@ -104,7 +104,7 @@ def test_the_answer_is_the_lowest_posterior_mean_among_the_fully_scored(stage_on
 
 
 def test_a_killed_refinement_resumes_exactly(stage_one, tmp_path):
-    obj, i_q, i_r, prior = stage_one
+    obj, prices, prior = stage_one
     settings = _refine_settings()
     calls = []
 
@@ -115,16 +115,16 @@ def test_a_killed_refinement_resumes_exactly(stage_one, tmp_path):
         return obj(config, fidelity, seed)
 
     journal = str(tmp_path / "r.journal")
-    sampler = PlanSampler(Refinement(SPACE, BUDGET, i_q, i_r, prior, settings))
+    sampler = PlanSampler(Refinement(SPACE, BUDGET, prices, prior, settings))
     study = open_study("r", None, journal, sampler)
     with pytest.raises(KeyboardInterrupt):
         drive(study, sampler, dies_after_5)
     running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     study.tell(running[0].number, state=optuna.trial.TrialState.FAIL)  # what a restart does for a dead worker
     resumed = []
-    sampler = PlanSampler(Refinement(SPACE, BUDGET, i_q, i_r, prior, settings))  # a fresh process
+    sampler = PlanSampler(Refinement(SPACE, BUDGET, prices, prior, settings))  # a fresh process
     drive(open_study("r", None, journal, sampler), sampler,
           lambda c, f, s: resumed.append((c.key, s)) or obj(c, f, s))
     reference = []
-    refine(lambda c, f, s: reference.append((c.key, s)) or obj(c, f, s), SPACE, BUDGET, prior, settings, i_q, i_r)
+    refine(lambda c, f, s: reference.append((c.key, s)) or obj(c, f, s), SPACE, BUDGET, prior, settings, prices)
     assert not set(calls) & set(resumed) and calls + resumed == reference

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autoqra.memory import MemoryModel, ModelSpec, ModuleShape, Training, make_budget
+from autoqra.search.prices import Prices
 from autoqra.search.repair import repair
 from autoqra.space import Space
 
@@ -27,15 +28,15 @@ def test_repair_meets_budget_never_upgrades_and_keeps_feasible(granularity, kind
     floor = probe.cost(space.minimum()) / (probe.limit / (1.0 if kind == "relative" else 8.0))
     top = probe.cost(space.uniform(16, max(ranks))) / (probe.limit / (1.0 if kind == "relative" else 8.0))
     budget = make_budget(kind, floor + slack * (top - floor), "uniform4_r16", MEMORY, space)
-    i_q, i_r = rng.random(len(space)), rng.random(len(space))
+    prices = Prices.from_importance(space, rng.random(len(space)), rng.random(len(space)))
     config = space.random(rng)
-    fixed = repair(config, budget, i_q, i_r)
+    fixed = repair(config, budget, prices)
     assert budget.feasible(fixed)
     assert all(a <= b for a, b in zip(fixed.bits, config.bits))
     assert all(a <= b for a, b in zip(fixed.ranks, config.ranks))
     if budget.feasible(config):
         assert fixed == config
-    assert fixed == repair(config, budget, i_q, i_r)  # deterministic
+    assert fixed == repair(config, budget, prices)  # deterministic
 
 
 def test_repair_downgrades_the_least_important_unit_first():
@@ -45,5 +46,5 @@ def test_repair_downgrades_the_least_important_unit_first():
     one_step = budget.cost(start) - budget.cost(start.replace(0, bits=4))
     tight = make_budget("bytes", budget.cost(start) - one_step / 2, "uniform4_r16", MEMORY, space)
     i_q = np.array([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])  # block 2 loses nothing by going to 4 bits
-    fixed = repair(start, tight, i_q, np.ones(6))
+    fixed = repair(start, tight, Prices.from_importance(space, i_q, np.ones(6)))
     assert fixed.bits == (8, 8, 4, 8, 8, 8) and fixed.ranks == start.ranks

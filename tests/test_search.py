@@ -15,9 +15,10 @@ from autoqra.memory import MemoryModel, ModelSpec, ModuleShape, Training, make_b
 from autoqra.report import search as report
 from autoqra.search import EvolveSettings, evolve, ranking
 from autoqra.search import operators as ops
-from autoqra.search.evolution import Evolution
+from autoqra.search.evolution import Evolution, cost, spent_steps
 from autoqra.search.history import Job, Result
 from autoqra.search.optuna import PlanSampler, SearchFailed, drive, failure_counts, history, open_study
+from autoqra.search.prices import Prices
 from autoqra.search.repair import repair
 from autoqra.search.synthetic import SyntheticObjective
 from autoqra.space import Space
@@ -38,10 +39,10 @@ def _settings(seed, **kw):
 
 def test_generation_zero_starts_with_the_prior_config_and_fits_the_budget():
     obj = SyntheticObjective(SPACE, 0)
-    i_q, i_r = obj.priors()
-    evo = Evolution(SPACE, BUDGET, i_q, i_r, _settings(0))
+    prices = obj.priors()
+    evo = Evolution(SPACE, BUDGET, prices, _settings(0))
     members = evo.warm_start()
-    assert members[0] == ops.prior_config(SPACE, BUDGET, i_q, i_r)
+    assert members[0] == ops.prior_config(SPACE, BUDGET, prices)
     assert len(members) == 12 and len({c.key for c in members}) == 12
     assert all(BUDGET.feasible(c) for c in members)
     assert set(ops.feasible_uniforms(SPACE, BUDGET)) <= {c for c in members}
@@ -51,13 +52,14 @@ def test_generation_zero_starts_with_the_prior_config_and_fits_the_budget():
         assert (c in maximal) != any(o != c and o.bits[0] >= c.bits[0] and o.ranks[0] >= c.ranks[0] for o in fits)
     # the prior spends bits where I_q is high: the most sensitive unit has at least the least one's bits
     prior = members[0]
+    i_q = prices.importance()[0]
     assert prior.bits[int(np.argmax(i_q))] >= prior.bits[int(np.argmin(i_q))]
 
 
 def test_successive_halving_rung_counts_and_promotions():
     obj = SyntheticObjective(SPACE, 1)
     settings = _settings(1, population=9, offspring=6, generations=3, max_steps=0)
-    study, evo = evolve(obj, SPACE, BUDGET, *obj.priors(), settings)
+    study, evo = evolve(obj, SPACE, BUDGET, obj.priors(), settings)
     hist = history(study, SPACE)
     counts = {(g, k): sum(1 for r in hist if r.generation == g and r.rung == k) for g in range(3) for k in range(3)}
     assert [counts[(0, k)] for k in range(3)] == [9, 3, 1]
@@ -75,7 +77,7 @@ def test_successive_halving_rung_counts_and_promotions():
 def test_search_beats_random_feasible_search_with_the_same_fidelity_budget(seed):
     obj = SyntheticObjective(SPACE, seed)
     optimum, _ = obj.optimum(BUDGET)
-    study, _ = evolve(obj, SPACE, BUDGET, *obj.priors(), _settings(seed))
+    study, _ = evolve(obj, SPACE, BUDGET, obj.priors(), _settings(seed))
     best = ranking(history(study, SPACE))[0][2]
     spent = obj.steps
     rng, rand = np.random.default_rng(seed + 100), SyntheticObjective(SPACE, seed)
@@ -93,9 +95,11 @@ def test_same_seed_same_search():
     runs = []
     for _ in range(2):
         obj = SyntheticObjective(SPACE, 3)
-        study, _ = evolve(obj, SPACE, BUDGET, *obj.priors(), _settings(3, max_steps=120))
+        study, _ = evolve(obj, SPACE, BUDGET, obj.priors(), _settings(3, max_steps=120))
         runs.append([(t.params["fidelity"], t.value, t.user_attrs["config_key"]) for t in study.trials])
     assert runs[0] == runs[1]
+    hist = history(study, SPACE)  # the step budget's one-pass sum is the per-job costs' sum, within the budget
+    assert spent_steps(hist) == sum(cost(r, hist) for r in hist) <= 120 < sum(r.fidelity for r in hist)
 
 
 def test_resume_after_a_dead_worker_repeats_only_the_unfinished_evaluation(tmp_path):
@@ -110,7 +114,7 @@ def test_resume_after_a_dead_worker_repeats_only_the_unfinished_evaluation(tmp_p
         return obj(config, fidelity, seed)
 
     journal = str(tmp_path / "study.journal")
-    evo = Evolution(SPACE, BUDGET, *obj.priors(), settings)
+    evo = Evolution(SPACE, BUDGET, obj.priors(), settings)
     first = PlanSampler(evo)
     study = open_study("s", None, journal, first)
     with pytest.raises(KeyboardInterrupt):
@@ -120,12 +124,12 @@ def test_resume_after_a_dead_worker_repeats_only_the_unfinished_evaluation(tmp_p
     study.tell(running[0].number, state=optuna.trial.TrialState.FAIL)  # what a restart does for a dead pid
 
     resumed = []
-    sampler = PlanSampler(Evolution(SPACE, BUDGET, *obj.priors(), settings))
+    sampler = PlanSampler(Evolution(SPACE, BUDGET, obj.priors(), settings))
     study = open_study("s", None, journal, sampler)
     drive(study, sampler, lambda c, f, s: resumed.append((c.key, f, s)) or obj(c, f, s))
     reference = []
     ref_obj = SyntheticObjective(SPACE, 4)
-    evolve(lambda c, f, s: reference.append((c.key, f, s)) or ref_obj(c, f, s), SPACE, BUDGET, *obj.priors(),
+    evolve(lambda c, f, s: reference.append((c.key, f, s)) or ref_obj(c, f, s), SPACE, BUDGET, obj.priors(),
            settings)
     assert not set(calls) & set(resumed)  # nothing finished was evaluated again
     assert calls + resumed == reference  # and the search went on exactly as if uninterrupted
@@ -144,7 +148,7 @@ def test_two_workers_share_one_study_without_duplicates(tmp_path):
         return obj(config, fidelity, seed)
 
     def work():
-        sampler = PlanSampler(Evolution(SPACE, BUDGET, *obj.priors(), settings))
+        sampler = PlanSampler(Evolution(SPACE, BUDGET, obj.priors(), settings))
         drive(open_study("shared", None, journal, sampler), sampler, objective, poll_s=0.05)
 
     threads = [threading.Thread(target=work) for _ in range(2)]
@@ -154,7 +158,7 @@ def test_two_workers_share_one_study_without_duplicates(tmp_path):
         t.join(timeout=300)
     single = []
     evolve(lambda c, f, s: single.append((c.key, f, s)) or SyntheticObjective(SPACE, 2)(c, f, s), SPACE, BUDGET,
-           *obj.priors(), settings)
+           obj.priors(), settings)
     assert sorted(seen) == sorted(single) and len(set(seen)) == len(seen)
 
 
@@ -163,7 +167,7 @@ def test_a_running_duplicate_does_not_end_a_rung_early():
     # be skipped) must not make the rung look unfinished: that made the generation look done at
     # this rung, and the next generation was bred from part of the evidence (seen in CI, 4 workers)
     obj = SyntheticObjective(SPACE, 0)
-    evo = Evolution(SPACE, BUDGET, *obj.priors(), _settings(0))
+    evo = Evolution(SPACE, BUDGET, obj.priors(), _settings(0))
     members = evo.warm_start()
     done = [Result(c, 1, 0, 0, score=obj(c, 1)) for c in members]
     duplicate = Result(members[0], 1, 0, 0, score=None, done=False)
@@ -221,7 +225,7 @@ def test_consecutive_failures_stop_the_search_naming_the_reasons(tmp_path):
         return {"score": None, "status": "failed", "reason": f"non-finite training loss (nan) at step {len(calls)}"}
 
     settings = _settings(5, max_steps=0)
-    sampler = PlanSampler(Evolution(SPACE, BUDGET, *obj.priors(), settings))
+    sampler = PlanSampler(Evolution(SPACE, BUDGET, obj.priors(), settings))
     study = open_study("f", None, str(tmp_path / "f.journal"), sampler)
     with pytest.raises(SearchFailed, match=r"search.max_failures=4: 4 evaluations failed in a row \(failures so far: "
                                            r"4 × non-finite training loss\)"):
@@ -256,10 +260,10 @@ def test_seeds_of_a_rung_are_separate_records_and_more_seeds_compute_only_the_ne
 
     # one generation: the next one is bred by a model of every result, the top rung's seeds included
     base = dict(generations=1, max_steps=0, population=9, offspring=6)
-    evolve(cached, SPACE, BUDGET, *obj.priors(), _settings(6, seeds_per_rung=(1, 1, 2), **base), study_name="k2")
+    evolve(cached, SPACE, BUDGET, obj.priors(), _settings(6, seeds_per_rung=(1, 1, 2), **base), study_name="k2")
     first = store.computed
     assert first == len(store.keys())
-    evolve(cached, SPACE, BUDGET, *obj.priors(), _settings(6, seeds_per_rung=(1, 1, 3), **base), study_name="k3")
+    evolve(cached, SPACE, BUDGET, obj.priors(), _settings(6, seeds_per_rung=(1, 1, 3), **base), study_name="k3")
     # the same promotions (lower rungs unchanged), one more seed for the configuration at the top rung
     assert store.computed - first == 1  # 9 -> 3 -> 1
 
@@ -291,20 +295,20 @@ def test_an_injected_out_of_memory_is_retried_within_the_search_and_the_configur
             return {"score": None, "status": "failed", "reason": "out of memory: injected", "retry": True}
         return obj(config, fidelity, seed)
 
-    sampler = PlanSampler(Evolution(SPACE, BUDGET, *obj.priors(), settings))
+    sampler = PlanSampler(Evolution(SPACE, BUDGET, obj.priors(), settings))
     study = open_study("oom", None, str(tmp_path / "s.journal"), sampler)
     drive(study, sampler, once_out_of_memory)
     done = {(r.config.key, r.fidelity, r.seed): r.score for r in history(study, SPACE)}
     assert hit[0] in done and done[hit[0]] is not None  # retried and scored
     assert failure_counts(study) == {}  # no evaluation counts as failed
     assert [t.user_attrs["status"] for t in study.trials if t.state == optuna.trial.TrialState.FAIL] == ["retry"]
-    reference, _ = evolve(obj, SPACE, BUDGET, *obj.priors(), settings)
+    reference, _ = evolve(obj, SPACE, BUDGET, obj.priors(), settings)
     assert sorted(done) == sorted((r.config.key, r.fidelity, r.seed) for r in history(reference, SPACE))
 
 
 def test_the_boundary_warm_start_holds_the_repairs_of_the_uniforms_just_over_the_budget():
     obj = SyntheticObjective(SPACE, 0)
-    i_q, i_r = obj.priors()
+    prices = obj.priors()
     over = ops.boundary_uniforms(SPACE, BUDGET)
     assert over and not any(BUDGET.feasible(c) for c in over)
     fits = set(ops.feasible_uniforms(SPACE, BUDGET))
@@ -312,14 +316,14 @@ def test_the_boundary_warm_start_holds_the_repairs_of_the_uniforms_just_over_the
         b, r = SPACE.bits.index(c.bits[0]), SPACE.ranks.index(c.ranks[0])
         assert {SPACE.uniform(SPACE.bits[b - 1], c.ranks[0]) if b else None,
                 SPACE.uniform(c.bits[0], SPACE.ranks[r - 1]) if r else None} & fits
-    members = Evolution(SPACE, BUDGET, i_q, i_r, _settings(0, warm_start="boundary")).warm_start()
-    plain = Evolution(SPACE, BUDGET, i_q, i_r, _settings(0)).warm_start()
-    repaired = [repair(c, BUDGET, i_q, i_r) for c in over]
+    members = Evolution(SPACE, BUDGET, prices, _settings(0, warm_start="boundary")).warm_start()
+    plain = Evolution(SPACE, BUDGET, prices, _settings(0)).warm_start()
+    repaired = [repair(c, BUDGET, prices) for c in over]
     assert all(c in members for c in repaired) and not all(c in plain for c in repaired)
     # each one's repair along one ladder alone: the uniform's bits everywhere with a few ranks lower, and
     # the reverse (where that ladder alone fits); the first is what repair's own mix need not propose
     for c in over:
-        by_rank = repair(c, BUDGET, i_q, i_r, axis="rank")
+        by_rank = repair(c, BUDGET, prices, axis="rank")
         assert by_rank in members and BUDGET.feasible(by_rank) and set(by_rank.bits) == set(c.bits)
         assert len(set(by_rank.ranks)) > 1 and max(by_rank.ranks) == c.ranks[0]
     with pytest.raises(ValueError, match="along the bits ladder alone"):
@@ -327,7 +331,7 @@ def test_the_boundary_warm_start_holds_the_repairs_of_the_uniforms_just_over_the
             "relative", 0.0, "uniform3_r8", MemoryModel(SPEC, 64, Training(1, 4)), SPACE), axis="bits")
     # "also": beyond the population, so no uniform or prior gives way, whatever the population
     assert members[:12] == plain and len(members) > 12 and len(set(members)) == len(members)
-    tight = Evolution(SPACE, BUDGET, i_q, i_r, _settings(0, warm_start="boundary", population=2 + len(fits)))
+    tight = Evolution(SPACE, BUDGET, prices, _settings(0, warm_start="boundary", population=2 + len(fits)))
     assert fits <= set(tight.warm_start())
     assert all(BUDGET.feasible(c) for c in members)
     assert "warm_start='boundary'" in repr(_settings(0, warm_start="boundary"))  # the study's name hashes it
@@ -343,14 +347,14 @@ def test_model_promotion_keeps_the_quota_and_what_already_runs_and_reports_again
     assert promotion.choose([a, b, c], means, {a.key: 5.0, b.key: 4.0, c.key: 0.5}, 2, running=[b.key]) == [b, c]
     obj = SyntheticObjective(SPACE, 2, crossing=1.0)
     settings = _settings(2, population=9, offspring=6, generations=3, max_steps=0, promotion="model")
-    study, evo = evolve(obj, SPACE, BUDGET, *obj.priors(), settings)
+    study, evo = evolve(obj, SPACE, BUDGET, obj.priors(), settings)
     hist = history(study, SPACE)
     report_ = diagnostics.promotions(evo, hist)
     assert report_["decisions"] == 6 and report_["model_ready"] >= 3  # generation 0 has nothing above its rungs
     for row in report_["rows"]:
         assert len(row["promoted"]) == math.ceil(row["members"] / 3)
         assert set(row["promoted"]) == set(row["model"] if row["model"] is not None else row["raw"])
-    again, _ = evolve(SyntheticObjective(SPACE, 2, crossing=1.0), SPACE, BUDGET, *obj.priors(), settings)
+    again, _ = evolve(SyntheticObjective(SPACE, 2, crossing=1.0), SPACE, BUDGET, obj.priors(), settings)
     assert [t.params for t in again.trials] == [t.params for t in study.trials]
 
 
@@ -359,7 +363,7 @@ def test_repair_exchange_rate_is_checked_against_the_measured_steps():
 
     cells = {(b, r): 0.0 for b in (3, 4) for r in (8, 16)}
     cells = {SPACE.uniform(b, r): (4 - b) * 1.0 + (16 - r) * 0.01 for b, r in cells}
-    rows = exchange_rates({(c, 9): m for c, m in cells.items()}, BUDGET, np.ones(len(SPACE)), np.ones(len(SPACE)))
+    rows = exchange_rates({(c, 9): m for c, m in cells.items()}, BUDGET, Prices.flat(SPACE))
     assert [r["fidelity"] for r in rows] == [9] and rows[0]["pairs_bit"] == 2 and rows[0]["pairs_rank"] == 2
     gib = 2.0**30
     bit = 1.0 / ((BUDGET.cost(SPACE.uniform(4, 8)) - BUDGET.cost(SPACE.uniform(3, 8))) / gib)

@@ -2,11 +2,12 @@
 
 The public API (imported lazily, so `import autoqra` stays cheap for the Snakefile)::
 
-    from autoqra import Space, make_budget, evolve, refine, EvolveSettings, RefineSettings
-    study, evolution = evolve(objective, space, budget, i_q, i_r, EvolveSettings(...))
+    from autoqra import Space, Prices, make_budget, evolve, refine, EvolveSettings, RefineSettings
+    study, evolution = evolve(objective, space, budget, Prices.from_importance(space, i_q, i_r), EvolveSettings(...))
 
 Parameters (`Params`, `load_params`), the search space (`Space`, `Config`), memory (`ModelSpec`,
-`MemoryModel`, `make_budget`), repair, the two search stages on any objective (`evolve`, `refine`, a study's `history`),
+`MemoryModel`, `make_budget`), the priors' price tables (`Prices`), repair, the two search stages on
+any objective (`evolve`, `refine`, a study's `history`),
 a fidelity run on a real model (`FidelityRun`), the pipeline's composition root (`Setup`) and the
 paired statistics (`paired`, `mean_se`).
 """
@@ -22,7 +23,7 @@ _HOMES = {
     "Space": "autoqra.space", "Config": "autoqra.space", "UNQUANTIZED": "autoqra.space",
     "ModelSpec": "autoqra.memory", "MemoryModel": "autoqra.memory", "Training": "autoqra.memory",
     "Budget": "autoqra.memory", "make_budget": "autoqra.memory",
-    "repair": "autoqra.search.repair",
+    "repair": "autoqra.search.repair", "Prices": "autoqra.search.prices",
     "evolve": "autoqra.search", "refine": "autoqra.search", "EvolveSettings": "autoqra.search",
     "RefineSettings": "autoqra.search", "ranking": "autoqra.search", "history": "autoqra.search.optuna",
     "FidelityRun": "autoqra.pipeline.fidelity", "Setup": "autoqra.pipeline.setup",

@@ -5,11 +5,11 @@
 - `best_uniform`: the best uniform configuration that fits the budget: every feasible uniform
   configuration scored at the arms' steps under the search's top-rung seeds (the uniform frontier,
   `data/search/evolve/frontier.json`), the lowest validation mean chosen; never the test split;
-- `greedy`: the priors' greedy importance-per-byte allocation under the budget, and `prior`: the
-  prior-derived configuration (bits follow I_q, ranks follow I_r), exactly what the search's warm start
+- `greedy`: the exact optimum of the priors' prices under the budget, and `prior`: the prior-derived
+  configuration (bits and ranks follow the prices by rank order), exactly what the search's warm start
   injects: the zero-search alternatives, so the table says what the search buys over its starting point;
-- `sequential`: quantize first, then adapt: bits from I_q alone under the budget (greedy importance per
-  byte, bits only) at one uniform rank, the largest at which they fit;
+- `sequential`: quantize first, then adapt: bits from the quantization prices alone under the budget
+  (repair along the bit ladder) at one uniform rank, the largest at which they fit;
 - `uniform{b}_r{r}`: any uniform configuration (`uniform3_r16`, the default budget's reference;
   `uniform4_r16`, the classic QLoRA setting).
 

@@ -1,48 +1,66 @@
-"""Layer-importance priors that warm-start the search and steer repair and mutation.
+"""Layer-importance priors that warm-start the search, price its budget and seed its performance model.
 
-Two signals per target linear (full HF module name), computed on calibration sequences:
+Measured on calibration sequences, on the answer tokens the metric scores:
 
-- `I_q` (quantization sensitivity): the increase of the whole-sequence calibration loss when only
-  that linear is replaced by its lowest-bit GPTQ weight from the cache, every other one unquantized.
-- `I_r` (adaptation gain): the squared Frobenius norm of the task-loss (answer tokens) gradient with
-  respect to that linear's weight, G = dL/dW. A LoRA adapter B·A with B = 0 at initialisation
-  changes the loss to first order by -lr·||G·Aᵀ||², whose expectation over the random A is
-  proportional to rank · ||G||²_F: units with a large ||G||² gain the most from every extra rank.
-  One backward pass gives it for every linear at once, and it does not depend on the LoRA settings,
-  so changing `lora.*` never re-runs the profile.
+- Quantization (`q`): per search unit (a block: all its target linears; or one linear) and per bit-width
+  of the ladder, the increase of the answer-token loss when only that unit takes its GPTQ weight at that
+  bit-width from the cache, everything else unquantized. Raw values on the score's own scale: no unit
+  gets zero importance by construction, and the budget's margin (3 <-> 4 bits, say) is measured where it
+  binds instead of being extrapolated from the lowest bit-width.
+- Adaptation (`r`): the singular values σ_1 >= σ_2 >= ... of the answer-loss gradient G = dL/dW of each
+  linear. A rank-k update ΔW of spectral norm ρ lowers the loss to first order by at most ρ·(σ_1 + ... +
+  σ_k) (the steepest-descent step under the spectral norm, which is what normalised optimisers such as
+  AdamW take more nearly than a plain gradient step), so rank k's shortfall from the top rank k_max is
+  ρ·(σ_{k+1} + ... + σ_{k_max}): units whose gradient spreads over many directions gain from more rank,
+  those with one dominant direction do not. One backward pass gives every linear's G; the values do not
+  depend on `lora.*`, so changing the rank ladder never re-runs the profile. ρ is set to `lr · steps`
+  (every step moving the update by lr along the best direction: an upper bound); the performance model
+  learns the true scale from the first evaluations (`Prices` and `search.performance`).
 
-Block-level priors are sums over the block's linears. Raw values are kept; normalised ones are
-min-max scaled to [0, 1] over the units they are computed for.
+Block values of `r` are sums over the block's linears; `q` is measured per unit (a block's linears
+quantized together), so interactions inside a block are in it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from autoqra.quant import QuantCache
-from autoqra.space import block_of
+from autoqra.search.prices import Prices, monotone
+from autoqra.space import UNQUANTIZED, Space, block_of
 from autoqra.train.scoring import labelled_nll, mean_nll
 
 log = logging.getLogger("autoqra")
 
+SPECTRUM = 256  # singular values kept per linear: rank ladders above this are priced as if flat beyond it
+
 
 def quant_sensitivity(model: nn.Module, modules: Mapping[str, nn.Linear], cache: QuantCache,
-                      data: list[dict[str, torch.Tensor]], progress: bool = False) -> dict[str, float]:
-    """Loss increase when each module alone takes its cached low-bit weight."""
+                      data: list[dict[str, torch.Tensor]], progress: bool = False,
+                      units: Mapping[str, Sequence[str]] | None = None) -> dict[str, float]:
+    """Loss increase on `data`'s labelled tokens when each unit's linears (`units`: unit -> module names;
+    default each module alone) take their cached weights, everything else as it was."""
+    units = {n: [n] for n in modules} if units is None else units
     base = mean_nll(model, data)
     out = {}
-    for name, lin in tqdm(modules.items(), desc=f"I_q at {cache.bits} bits", disable=not progress):
-        saved = lin.weight.data
-        lin.weight.data = cache.dequantized(name, lin.in_features, lin.out_features).to(saved)
-        out[name] = mean_nll(model, data) - base
-        lin.weight.data = saved
+    for unit, names in tqdm(units.items(), desc=f"loss at {cache.bits} bits", disable=not progress):
+        saved = {n: modules[n].weight.data for n in names}
+        try:
+            for n in names:
+                lin = modules[n]
+                lin.weight.data = cache.dequantized(n, lin.in_features, lin.out_features).to(saved[n])
+            out[unit] = mean_nll(model, data) - base
+        finally:
+            for n in names:
+                modules[n].weight.data = saved[n]
     return out
 
 
@@ -93,9 +111,10 @@ def fisher_sensitivity(model: nn.Module, modules: Mapping[str, nn.Linear], cache
     return out
 
 
-def grad_sensitivity(model: nn.Module, modules: Mapping[str, nn.Linear],
-                     data: list[dict[str, torch.Tensor]]) -> dict[str, float]:
-    """||dL/dW||²_F of the token-mean answer loss over all of `data`, per module."""
+def gradients(model: nn.Module, modules: Mapping[str, nn.Linear],
+              data: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """dL/dW of the token-mean loss over `data`'s labelled tokens, per module (float32, on the model's
+    device); the model's `requires_grad` flags and `.grad`s are left as they were."""
     flags = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
@@ -104,69 +123,100 @@ def grad_sensitivity(model: nn.Module, modules: Mapping[str, nn.Linear],
         lin.weight.grad = None
     tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in data)
     model.eval()
-    for batch in data:
-        nll, _ = labelled_nll(model, batch)
-        (nll / tokens).backward()
-    out = {name: float(lin.weight.grad.float().pow(2).sum()) for name, lin in modules.items()}
-    for p, flag in flags.items():
-        p.requires_grad_(flag)
-        p.grad = None
-    return out
+    try:
+        for batch in data:
+            nll, _ = labelled_nll(model, batch)
+            (nll / tokens).backward()
+        return {name: lin.weight.grad.float() for name, lin in modules.items()}
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+            p.grad = None
 
 
-def normalise(values: pd.Series) -> pd.Series:
-    """Min-max scale to [0, 1] (all zeros when every value is equal)."""
-    span = values.max() - values.min()
-    return (values - values.min()) / span if span > 0 else values * 0.0
+def grad_sensitivity(model: nn.Module, modules: Mapping[str, nn.Linear],
+                     data: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """||dL/dW||²_F of the token-mean answer loss over all of `data`, per module."""
+    return {n: float(g.pow(2).sum()) for n, g in gradients(model, modules, data).items()}
 
 
-def table(modules: Mapping[str, nn.Linear], i_q: Mapping[str, float], i_r: Mapping[str, float]) -> pd.DataFrame:
-    """One row per module: names, size, raw and normalised priors."""
+def grad_spectra(model: nn.Module, modules: Mapping[str, nn.Linear], data: list[dict[str, torch.Tensor]],
+                 keep: int = SPECTRUM) -> dict[str, np.ndarray]:
+    """The `keep` largest singular values of each module's dL/dW (descending; fewer where the matrix is
+    smaller)."""
+    grads = gradients(model, modules, data)
+    return {n: torch.linalg.svdvals(g)[:keep].double().cpu().numpy() for n, g in grads.items()}
+
+
+def table(modules: Mapping[str, nn.Linear], spectra: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """One row per module: names, size, ||G||²_F (`I_r_raw`) and the gradient's leading singular values."""
     rows = [{"module": n, "block": block_of(n), "kind": n.rsplit(".", 1)[-1],
-             "params": lin.in_features * lin.out_features, "I_q_raw": i_q[n], "I_r_raw": i_r[n]}
-            for n, lin in modules.items()]
-    df = pd.DataFrame(rows)
-    df["I_q"], df["I_r"] = normalise(df["I_q_raw"]), normalise(df["I_r_raw"])
-    return df
+             "params": lin.in_features * lin.out_features, "I_r_raw": float((spectra[n] ** 2).sum()),
+             "spectrum": np.asarray(spectra[n], dtype=float)} for n, lin in modules.items()]
+    return pd.DataFrame(rows)
 
 
-def for_units(priors: pd.DataFrame, units: Mapping[str, list[str]]) -> pd.DataFrame:
-    """Priors of search units (blocks or modules): raw sums over each unit's modules, renormalised."""
-    by_module = priors.set_index("module")
-    missing = [m for mods in units.values() for m in mods if m not in by_module.index]
+def loss_table(measured: Mapping[int, Mapping[str, float]], method: str) -> pd.DataFrame:
+    """Long form of the per-unit loss increases: one row per (unit, bits)."""
+    return pd.DataFrame([{"unit": u, "bits": int(b), "loss_increase": float(v), "method": method}
+                         for b, per in sorted(measured.items()) for u, v in per.items()])
+
+
+def unit_prices(modules: pd.DataFrame, losses: pd.DataFrame, space: Space, scale: float) -> Prices:
+    """The search space's `Prices` from a profile: `q` from the measured loss increases of its units at its
+    bit-widths (made monotone: `prices.monotone`), `r` = `scale` (ρ, see the module docstring) times each
+    unit's sum over its linears of the gradient singular values between a rank and the top rank."""
+    by_unit = losses.set_index(["unit", "bits"])["loss_increase"]
+    by_module = modules.set_index("module")
+    missing = [m for ms in space.members.values() for m in ms if m not in by_module.index]
     if missing:
         raise KeyError(f"priors have no row for {missing[:3]} (profile computed for other targets?)")
-    rows = [{"unit": u, **by_module.loc[mods, ["I_q_raw", "I_r_raw"]].sum().to_dict()} for u, mods in units.items()]
-    df = pd.DataFrame(rows)
-    df["I_q"], df["I_r"] = normalise(df["I_q_raw"]), normalise(df["I_r_raw"])
-    return df.set_index("unit")
+    q = np.zeros((len(space), len(space.bits)))
+    for i, unit in enumerate(space.units):
+        for j, b in enumerate(space.bits):
+            if b >= UNQUANTIZED:
+                continue
+            if (unit, b) not in by_unit.index:
+                raise KeyError(f"the profile has no {b}-bit loss for unit {unit} (profile computed for other "
+                               f"quant.bits or search.granularity: re-run the profile stage)")
+            q[i, j] = by_unit[(unit, b)]
+    top = max(space.ranks)
+    r = np.zeros((len(space), len(space.ranks)))
+    for i, unit in enumerate(space.units):
+        for m in space.members[unit]:
+            sv = np.asarray(by_module.loc[m, "spectrum"], dtype=float)
+            kept = np.concatenate([[0.0], np.cumsum(sv)])
+            r[i] += [kept[min(top, len(sv))] - kept[min(k, len(sv))] for k in space.ranks]
+    return Prices(monotone(q), scale * r)
 
 
-def plot(priors: pd.DataFrame) -> Any:
-    """Heat maps of I_q and I_r: blocks down, linear kinds across."""
+def plot(losses: pd.DataFrame, modules: pd.DataFrame, units: Mapping[str, Sequence[str]]) -> Any:
+    """Each unit's measured loss increase over bits (log scale) and its gradient spectrum's cumulative
+    share (what each rank could capture), one line per unit, coloured by depth."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = list(dict.fromkeys(priors["kind"]))
-    blocks = list(dict.fromkeys(priors["block"]))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 0.25 * len(blocks) + 2), sharey=True)
-    for ax, col, title in zip(axes, ("I_q", "I_r"), ("I_q: loss increase at lowest bits", "I_r: ||dL/dW||²")):
-        grid = priors.pivot(index="block", columns="kind", values=col).loc[blocks, kinds]
-        im = ax.imshow(grid.values, aspect="auto", cmap="viridis", vmin=0, vmax=1)
-        ax.set_xticks(range(len(kinds)), kinds, rotation=45, ha="right")
-        ax.set_yticks(range(len(blocks)), [b.rsplit(".", 1)[-1] for b in blocks])
-        ax.set_title(title, fontsize=10)
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    axes[0].set_ylabel("block")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = plt.cm.viridis(np.linspace(0, 1, max(len(units), 1)))
+    by_module = modules.set_index("module")
+    for colour, (unit, names) in zip(colours, units.items()):
+        mine = losses[losses["unit"] == unit].sort_values("bits")
+        axes[0].plot(mine["bits"], np.maximum(mine["loss_increase"], 1e-6), "o-", color=colour, lw=1, ms=3)
+        sv = sum(_padded(by_module.loc[n, "spectrum"], SPECTRUM) for n in names)
+        axes[1].plot(np.arange(1, SPECTRUM + 1), np.cumsum(sv) / max(sv.sum(), 1e-30), color=colour, lw=1)
+    axes[0].set(yscale="log", xlabel="bits (the unit quantized alone)", ylabel="answer-loss increase",
+                title="quantization: loss over bits, per unit")
+    axes[0].set_xticks(sorted(losses["bits"].unique()))
+    axes[1].set(xscale="log", xlabel="rank k", ylabel="share of Σσ in the top k",
+                title="adaptation: gradient spectrum, per unit")
     fig.tight_layout()
     return fig
 
 
-def unit_priors(priors: pd.DataFrame, space: Any) -> tuple[Any, Any]:
-    """The normalised (I_q, I_r) of a search space's units, in unit order (numpy arrays)."""
-    units = for_units(priors, {u: list(m) for u, m in space.members.items()})
-    return units.loc[list(space.units), "I_q"].to_numpy(), units.loc[list(space.units), "I_r"].to_numpy()
-
-
+def _padded(values: Any, size: int) -> np.ndarray:
+    out = np.zeros(size)
+    v = np.asarray(values, dtype=float)[:size]
+    out[: len(v)] = v
+    return out

@@ -21,7 +21,7 @@ rule profile:
     input:
         code=stage_code("profile"),
         prepare=rules.prepare.output,
-        cache=f"data/quantize/b{BITS[0]}",
+        quantize=QUANTIZE,
     output:
         directory("data/profile"),
     params:

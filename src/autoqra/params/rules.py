@@ -36,11 +36,13 @@ def check(p: Params) -> None:
     if bits not in p.quant.bits or rank not in p.lora.ranks:
         raise ParamError(f"budget.reference={p.budget.reference!r}: bits and rank must be on the ladders "
                          f"(quant.bits={p.quant.bits}, lora.ranks={p.lora.ranks})")
-    used = {s for top in [p.seed, *p.sweep.seeds] for s in search_seeds(top, p.search.seeds_per_rung)}
+    selecting = [*p.search.seeds_per_rung, p.search.frontier_seeds]  # the frontier chooses best_uniform on its
+    used = {s for top in [p.seed, *p.sweep.seeds] for s in search_seeds(top, selecting)}
     overlap = sorted(set(p.finetune.seeds) & used)
     if overlap:
         raise ParamError(f"finetune.seeds={p.finetune.seeds}: overlaps the search's training seeds {sorted(used)} "
-                         f"(seed={p.seed}, search.seeds_per_rung={p.search.seeds_per_rung}"
+                         f"(seed={p.seed}, search.seeds_per_rung={p.search.seeds_per_rung}, "
+                         f"search.frontier_seeds={p.search.frontier_seeds}"
                          f"{f', sweep.seeds={p.sweep.seeds}' if p.sweep.seeds else ''}): the final arms are "
                          f"trained afresh, on seeds no search stage selected on (e.g. finetune.seeds="
                          f"[{max(used) + 100}, {max(used) + 101}, {max(used) + 102}])")

@@ -83,11 +83,13 @@ class LoraParams:
 class ProfileParams:
     """Importance priors (the profile stage)."""
 
-    iq_method: str = spec("measured", help="I_q estimator: 'measured' (the loss with each linear quantized alone: "
-                          "one forward pass per linear, minutes), or from one backward pass in seconds: 'taylor' "
-                          "(first + second order) or 'fisher' (second order only); on the embedded model the fast "
-                          "ones rank less well (README)", choices=["measured", "taylor", "fisher"])
-    samples: int = spec(16, help="calibration sequences used for I_q and I_r", min=1)
+    iq_method: str = spec("measured", help="the quantization prior: 'measured' (each search unit's answer-loss "
+                          "increase, quantized alone at each bit-width: one forward pass per unit and bit-width, "
+                          "minutes), or from one backward pass per bit-width in seconds, summed over the unit's "
+                          "linears: 'taylor' (first + second order) or 'fisher' (second order only); on the "
+                          "embedded model the fast ones rank less well (docs/method.md)",
+                          choices=["measured", "taylor", "fisher"])
+    samples: int = spec(32, help="calibration sequences whose answer tokens the priors are measured on", min=1)
     batch_size: int = spec(8, help="batch size of the profile passes", min=1)
     max_length: int = spec(256, help="tokens per profile sequence", min=8)
 
@@ -124,6 +126,9 @@ class SearchParams:
     generations: int = spec(8, help="generations of stage 1", min=1)
     offspring: int = spec(8, help="children evaluated per generation (Thompson draws, then the performance "
                           "model's best)", min=1)
+    thompson: float = spec(0.5, help="share of each generation's offspring (rounded up) that are the exact budget "
+                           "optima of Thompson draws from the performance model, new configurations only; the rest "
+                           "are the bred children it predicts best", min=0.0, max=1.0)
     candidates: int = spec(200, help="children bred per generation for the performance model to screen (its "
                            "best `offspring` of them, after the Thompson draws, are evaluated)", min=1)
     fidelities: list[int] = spec([8, 24, 72], help="successive-halving rungs in fine-tuning steps",
@@ -159,6 +164,9 @@ class SearchParams:
                            "fit, or also ('boundary', beyond the population) the rank-only, bit-only and mixed "
                            "repairs of the uniforms just over the budget",
                            choices=["uniforms", "boundary"])
+    frontier_seeds: int = spec(2, help="training seeds under which each frontier uniform is scored to choose "
+                               "best_uniform (at least the top rung's; its first seeds are the search's, so their "
+                               "records are shared)", min=1)
     refine: RefineParams = field(default_factory=RefineParams, metadata={"help": "stage 2"})
     backend: str = spec("auto", help="weight backend of fidelity runs ('auto': packed on GPU, dequant on CPU)",
                         choices=["auto", "packed", "dequant"])

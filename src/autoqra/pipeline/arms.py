@@ -40,10 +40,10 @@ def resolve(arm: str, setup: Setup, search: Path) -> Config:
         return space.parse(next(u for u in frontier["uniforms"] if u["key"] == frontier["chosen"])["config"])
     if arm in ("greedy", "prior"):
         make = ops.greedy_config if arm == "greedy" else ops.prior_config
-        return make(setup.space, setup.budget, setup.i_q, setup.i_r)
+        return make(setup.space, setup.budget, setup.prices)
     if arm == "sequential":
         ranks = tuple(r for r in setup.space.ranks if r <= p.finetune.arm_rank) or setup.space.ranks[:1]
-        return ops.sequential_config(setup.budget, setup.i_q, ranks)
+        return ops.sequential_config(setup.budget, setup.prices, ranks)
     if arm == "fp_lora":
         return space.uniform(UNQUANTIZED, p.finetune.arm_rank)
     return space.uniform(*parse_uniform(arm))

@@ -1,4 +1,4 @@
-"""The profile stage's work: the per-unit importance priors from the prepared folder and a GPTQ cache."""
+"""The profile stage's work: the per-unit priors from the prepared folder and the GPTQ caches."""
 
 from __future__ import annotations
 
@@ -7,49 +7,65 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from autoqra import data, devices, models, quant
 from autoqra.params import ParamError
-from autoqra.priors import fisher_sensitivity, grad_sensitivity, plot, quant_sensitivity, table
+from autoqra.priors import fisher_sensitivity, grad_spectra, loss_table, plot, quant_sensitivity, table
+from autoqra.space import Space
 from autoqra.train import scoring
 
 log = logging.getLogger("autoqra")
 
 
-def profile(p: Any, prepare: Path, cache_dir: Path, out: Path) -> dict[str, Any]:
-    """The profile stage's work: I_q (`profile.iq_method`) and I_r of every target linear from the prepared
-    folder and the lowest-bit cache, into `<out>/priors.parquet` (raw and normalised, with the fast I_q
-    estimates next to it) and `<out>/priors.png`. Returns the metrics."""
+def profile(p: Any, prepare: Path, quantize: Path, out: Path) -> dict[str, Any]:
+    """The profile stage's work: every search unit's answer-loss increase at every bit-width of
+    `quant.bits` (`profile.iq_method`: measured, or the gradient estimates summed over the unit's linears)
+    into `<out>/losses.parquet`; every target linear's gradient spectrum, with the fast estimates at each
+    bit-width, into `<out>/priors.parquet`; the curves into `<out>/priors.png`. Returns the metrics."""
+    bits = [b for b in p.quant.bits if b != quant.UNQUANTIZED]
+    missing = [b for b in bits if not (quantize / f"b{b}" / "quantize_config.json").exists()]
+    if missing:
+        raise ParamError(f"quant.bits contains {missing[0]} but {quantize}/b{missing[0]} holds no GPTQ cache")
+    caches = {b: quant.QuantCache(quantize / f"b{b}") for b in bits}
     device, dtype = devices.device_and_dtype()
-    cache = quant.QuantCache(cache_dir)
     tok = models.load_tokenizer(prepare / "model")
     model = models.load_model(prepare / "model", dtype, device)
-    quantized = set(cache.modules)
+    quantized = set(caches[bits[0]].modules)
     modules = {n: m for n, m in model.named_modules() if n in quantized}
     if not modules:
-        raise ParamError(f"--cache {cache_dir}: holds no quantized module of this model")
+        raise ParamError(f"--quantize {quantize}: holds no quantized module of this model")
+    space = Space.from_modules(modules, p.search.granularity, p.quant.bits, [1])  # units only: no rank ladder
+    units = {u: list(ms) for u, ms in space.members.items()}
     examples = data.read_split(prepare / "task", "calib")[: p.profile.samples]
-    whole = scoring.batches(tok, examples, p.profile.max_length, p.profile.batch_size, whole_sequence=True)
     answer = scoring.batches(tok, examples, p.profile.max_length, p.profile.batch_size)
     start = time.perf_counter()
-    fast = fisher_sensitivity(model, modules, cache, whole)
-    t_fisher = time.perf_counter() - start
+    fast = {b: fisher_sensitivity(model, modules, caches[b], answer) for b in bits}
+    t_fast = time.perf_counter() - start
     if p.profile.iq_method == "measured":
-        i_q = quant_sensitivity(model, modules, cache, whole, progress=True)
+        losses = {b: quant_sensitivity(model, modules, caches[b], answer, progress=True, units=units) for b in bits}
     else:
-        i_q = {n: v[p.profile.iq_method] for n, v in fast.items()}
+        losses = {b: {u: sum(fast[b][n][p.profile.iq_method] for n in ms) for u, ms in units.items()} for b in bits}
     t_q = time.perf_counter() - start
-    i_r = grad_sensitivity(model, modules, answer)
+    spectra = grad_spectra(model, modules, answer)
     t_r = time.perf_counter() - start - t_q
-    frame = table(modules, i_q, i_r)
-    frame["I_q_fisher_raw"] = [fast[n]["fisher"] for n in frame["module"]]
-    frame["I_q_taylor_raw"] = [fast[n]["taylor"] for n in frame["module"]]
+    frame = table(modules, spectra)
+    for b in bits:
+        frame[f"I_q_fisher_b{b}"] = [fast[b][n]["fisher"] for n in frame["module"]]
+        frame[f"I_q_taylor_b{b}"] = [fast[b][n]["taylor"] for n in frame["module"]]
+    long = loss_table(losses, p.profile.iq_method)
     out.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(out / "priors.parquet", index=False)
-    plot(frame).savefig(out / "priors.png", dpi=120)
-    top = frame.sort_values("I_q_raw", ascending=False)
-    log.info("most quantization-sensitive: %s", top["module"].head(3).tolist())
-    return {"modules": len(frame), "bits": cache.bits, "samples": len(examples), "iq_method": p.profile.iq_method,
-            "i_q_s": round(t_q, 2), "i_q_fisher_s": round(t_fisher, 2),
-            "i_r_s": round(t_r, 2), "top_I_q": top["module"].head(5).tolist(),
-            "top_I_r": frame.sort_values("I_r_raw", ascending=False)["module"].head(5).tolist(),
-            "I_q_raw_max": float(frame["I_q_raw"].max()), "I_r_raw_max": float(frame["I_r_raw"].max())}
+    long.to_parquet(out / "losses.parquet", index=False)
+    plot(long, frame, units).savefig(out / "priors.png", dpi=120)
+    nuclear = {u: sum(float(spectra[n].sum()) for n in ms) for u, ms in units.items()}
+    at = {b: long[long["bits"] == b].set_index("unit")["loss_increase"] for b in bits}
+    log.info("most quantization-sensitive at %d bits: %s", bits[0], at[bits[0]].nlargest(3).index.tolist())
+    return {"units": len(units), "modules": len(frame), "granularity": space.granularity, "bits": bits,
+            "samples": len(examples), "iq_method": p.profile.iq_method, "i_q_s": round(t_q, 2),
+            "i_q_fast_s": round(t_fast, 2), "i_r_s": round(t_r, 2),
+            "loss_increase": {f"b{b}": {"max": float(v.max()), "median": float(v.median()),
+                                        "negative": int((v < 0).sum())} for b, v in at.items()},
+            "top_q": {f"b{b}": v.nlargest(3).index.tolist() for b, v in at.items()},
+            "top_r": sorted(nuclear, key=lambda u: -nuclear[u])[:3],
+            "spectrum_top1_share": float(pd.Series([s[0] / s.sum() for s in spectra.values()]).median())}

@@ -14,9 +14,9 @@ from typing import Any
 
 import pandas as pd
 
-from autoqra import priors
 from autoqra.memory import ModelSpec, from_params
 from autoqra.params import ParamError, Params
+from autoqra.pipeline.setup import load_prices
 from autoqra.report import arms as arm_table
 from autoqra.report import plots
 
@@ -63,7 +63,7 @@ def write(p: Params, dirs: dict[str, str], final: Path, out: Path) -> dict[str, 
     space, _, _ = from_params(p, ModelSpec.from_pretrained(Path(dirs["prepare"]) / "model", p.quant.targets))  # units
     if "autoqra" in arms:
         winner = space.parse(arms["autoqra"]["config"])
-        i_q, i_r = priors.unit_priors(pd.read_parquet(Path(dirs["profile"]) / "priors.parquet"), space)
+        i_q, i_r = load_prices(Path(dirs["profile"]), space, p).importance()
         plots.allocation(list(space.units), list(winner.bits), list(winner.ranks), i_q, i_r).savefig(
             out / "allocation.png", dpi=120)
     if trials:

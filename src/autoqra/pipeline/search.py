@@ -22,7 +22,7 @@ from autoqra.pipeline.workers import run_workers
 from autoqra.report import plots
 from autoqra.report.search import fidelity_agreement, pareto_front, trials_frame
 from autoqra.search import diagnostics
-from autoqra.search.evolution import Evolution, cost
+from autoqra.search.evolution import Evolution, spent_steps
 from autoqra.search.history import Evidence, ranking, seed_scores
 from autoqra.search.optuna import JOB, SearchFailed, describe_failures, drive, history
 from autoqra.search.repair import exchange_rates
@@ -91,7 +91,7 @@ def evolve_stage(p: Params, params_path: str, dirs: dict[str, str], out: Path, t
         "failed": int((trials["status"] != "ok").sum()),
         "failures": describe_failures(study),
         "steps_spent": int(trials["fidelity"].sum()),  # every evaluation's fidelity
-        "steps_cost": sum(cost(r, hist) for r in hist),  # what search.max_steps bounds: promotions continue
+        "steps_cost": spent_steps(hist),  # what search.max_steps bounds: promotions continue
         "steps_trained_this_run": sum(m["steps_trained"] for m in mine),
         "records_computed_this_run": sum(m["records_computed"] for m in mine),
         "best": {"key": best.config.key, "fidelity": best.fidelity, "score": best.score, "se": best.se,
@@ -108,7 +108,7 @@ def evolve_stage(p: Params, params_path: str, dirs: dict[str, str], out: Path, t
         "model": diagnostics.model_report(plan, hist, best.config) if evolution else None,
         "fidelity_agreement": fidelity_agreement(trials),
         "promotion": diagnostics.promotions(plan, hist) if evolution else None,
-        "exchange_rates": exchange_rates(_means(hist, frontier, setup), setup.budget, setup.i_q, setup.i_r),
+        "exchange_rates": exchange_rates(_means(hist, frontier, setup), setup.budget, setup.prices),
         "manifest": held,
         "search_s": round(search_s, 1),
     }

@@ -13,12 +13,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from autoqra import arms, priors, quant, stats
 from autoqra.memory import ModelSpec, from_params
 from autoqra.params import ParamError, Params
+from autoqra.params.rules import search_seeds
 from autoqra.pipeline.fidelity import FidelityRun
 from autoqra.search import make_plan
 from autoqra.search import operators as ops
@@ -26,8 +26,9 @@ from autoqra.search.ablations import REFINE_OFF, ablated
 from autoqra.search.evolution import EvolveSettings
 from autoqra.search.history import Evidence, Result
 from autoqra.search.optuna import PlanSampler, SearchFailed, history, open_study
+from autoqra.search.prices import Prices
 from autoqra.search.refinement import Refinement, RefineSettings
-from autoqra.space import Config
+from autoqra.space import Config, Space
 from autoqra.store import fingerprint, manifest
 
 
@@ -37,7 +38,7 @@ def evolve_settings(p: Params) -> EvolveSettings:
     base = EvolveSettings(population=s.population, offspring=s.offspring, candidates=s.candidates,
                     generations=s.generations, fidelities=tuple(s.fidelities), eta=s.eta, max_steps=s.max_steps,
                     seed=p.seed, seeds_per_rung=tuple(s.seeds_per_rung), promotion=s.promotion,
-                    warm_start=s.warm_start)
+                    warm_start=s.warm_start, thompson=s.thompson)
     return ablated(base, s.ablation, s.refine.evaluations * s.seeds_per_rung[-1] * s.fidelities[-1])
 
 
@@ -91,6 +92,19 @@ def check_inputs(p: Params, dirs: dict[str, str]) -> None:
             raise ParamError(f"quant.bits contains {b} but {dirs['quantize']}/b{b} holds no GPTQ cache")
 
 
+def load_prices(profile: Path, space: Space, p: Params) -> Prices:
+    """The space's `Prices` from the profile stage's folder; the rank prices' scale ρ is `finetune.lr` times
+    the top fidelity's steps (`autoqra.priors`)."""
+    if not (profile / "losses.parquet").exists():
+        raise ParamError(f"--profile {profile}: holds no losses.parquet (made by an older profile stage: re-run it)")
+    try:
+        return priors.unit_prices(pd.read_parquet(profile / "priors.parquet"),
+                                  pd.read_parquet(profile / "losses.parquet"), space,
+                                  p.finetune.lr * p.search.fidelities[-1])
+    except KeyError as e:
+        raise ParamError(f"--profile {profile}: {e.args[0]}") from None
+
+
 class Setup:
     """Everything a search stage or a final arm works with, from `p` and the folders `dirs`."""
 
@@ -100,7 +114,7 @@ class Setup:
         self.spec = ModelSpec.from_pretrained(Path(dirs["prepare"]) / "model", p.quant.targets)
         self.space, self.memory, self.budget = from_params(p, self.spec, prepared_labelled(Path(dirs["prepare"])))
         self.arm_space = arms.arm_space(self.space, [p.finetune.arm_rank])
-        self.i_q, self.i_r = priors.unit_priors(pd.read_parquet(Path(dirs["profile"]) / "priors.parquet"), self.space)
+        self.prices = load_prices(Path(dirs["profile"]), self.space, p)
         caches = {b: quant.QuantCache(Path(dirs["quantize"]) / f"b{b}") for b in p.quant.bits if b != quant.UNQUANTIZED}
         prepare = Path(dirs["prepare"])
         self.fidelity_run = FidelityRun(model_dir=prepare / "model", task_dir=prepare / "task", caches=caches,
@@ -116,7 +130,7 @@ class Setup:
         """Everything that defines stage 1's search: its study's name hashes it."""
         return {"units": self.space.units, "bits": self.space.bits, "ranks": self.space.ranks,
                "budget": [self.budget.kind, round(self.budget.limit, 3)], "settings": settings,
-               "priors": [np.round(self.i_q, 6).tolist(), np.round(self.i_r, 6).tolist()],
+               "priors": self.prices.summary(),
                "evaluator": self.fidelity_run.key(self.space.minimum(), 0, self.p.seed)}
 
     def open(self, name: str, sampler: Any, store: str, readonly: bool = False) -> Any:
@@ -129,7 +143,7 @@ class Setup:
         """Stage 1's Optuna study (in the stage-1 store's journal); its name hashes everything that
         defines the search. The later stages read it `readonly`: it is the evolve stage's output."""
         settings = evolve_settings(self.p)
-        sampler = PlanSampler(make_plan(self.space, self.budget, self.i_q, self.i_r, settings))
+        sampler = PlanSampler(make_plan(self.space, self.budget, self.prices, settings))
         name = f"evolve-{fingerprint.of_data(self.identity(settings))[:16]}"
         return self.open(name, sampler, self.dirs.get("stage1_journal", "evolve"), readonly), sampler
 
@@ -137,7 +151,7 @@ class Setup:
         """Stage 2's study, named after stage 1's search and its own settings, and stage 1's history."""
         stage1, _ = self.study(readonly=True)
         prior = history(stage1, self.space)
-        sampler = PlanSampler(Refinement(self.space, self.budget, self.i_q, self.i_r, prior, refine_settings(self.p)))
+        sampler = PlanSampler(Refinement(self.space, self.budget, self.prices, prior, refine_settings(self.p)))
         name = f"refine-{fingerprint.of_data([self.identity(evolve_settings(self.p)), refine_settings(self.p)])[:16]}"
         return self.open(name, sampler, self.dirs.get("journal", "refine")), sampler, prior
 
@@ -194,11 +208,13 @@ class Setup:
 
     def frontier(self) -> dict[str, Any]:
         """The uniform frontier: the uniform configurations that fit the budget (`search.frontier`: all, or
-        the maximal ones), scored at the arms' steps (`finetune.steps`) under the search's top-rung seeds
-        on the validation split, most expensive first; `chosen` (the `best_uniform` arm) is the lowest mean
-        (ties: the cheaper one). The test split is never looked at."""
+        the maximal ones), scored at the arms' steps (`finetune.steps`) under `search.frontier_seeds` seeds
+        (or the top rung's, if more; the first ones are the search's) on the validation split, most expensive
+        first; `chosen` (the `best_uniform` arm) is the lowest mean (ties: the cheaper one).
+        The test split is never looked at."""
         settings = evolve_settings(self.p)
-        seeds = settings.seeds(len(settings.fidelities) - 1)
+        top = settings.seeds(len(settings.fidelities) - 1)
+        seeds = tuple(search_seeds(self.p.seed, [max(self.p.search.frontier_seeds, len(top))]))
         rows = [{"bits": c.bits[0], "rank": c.ranks[0], "config": c.to_dict(), **self.scored(c, self.p.finetune.steps,
                                                                                              seeds)}
                 for c in ops.feasible_uniforms(self.space, self.budget, self.p.search.frontier == "maximal")]

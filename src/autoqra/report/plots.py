@@ -103,7 +103,8 @@ def pareto(trials: pd.DataFrame, arms: dict[str, dict[str, Any]], budget: float,
 
 
 def allocation(units: list[str], bits: list[int], ranks: list[int], i_q: np.ndarray, i_r: np.ndarray) -> Any:
-    """The winner's bits and rank per unit, next to the normalised priors I_q and I_r."""
+    """The winner's bits and rank per unit, next to the priors' prices at the bottom of each ladder (over the
+    largest unit's: `Prices.importance`)."""
     plt = _plt()
     fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
     x = np.arange(len(units))
@@ -114,11 +115,11 @@ def allocation(units: list[str], bits: list[int], ranks: list[int], i_q: np.ndar
         ax.set_ylabel(name)
         twin = ax.twinx()
         twin.plot(x, prior, color="black", marker=".", linewidth=1, label="prior")
-        twin.set_ylabel("I_q" if name == "bits" else "I_r")
+        twin.set_ylabel("loss at the lowest bits" if name == "bits" else "rank shortfall at the lowest rank")
         ax.set_yticks(sorted(set(values)))
     axes[1].set_xticks(x, labels, fontsize=7)
     axes[1].set_xlabel("unit (transformer block)")
-    axes[0].set_title("the winner's allocation (bars) and the importance priors (line)", fontsize=10)
+    axes[0].set_title("the winner's allocation (bars) and the priors' prices, relative (line)", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -4,10 +4,12 @@ the warm start, evolution, trust region.
 Library entry points on any black-box objective, stage 1 then stage 2::
 
     from autoqra.search import evolve, refine
-    study, evolution = evolve(objective, space, budget, i_q, i_r, settings)
-    study2, refinement = refine(objective, space, budget, history(study, space), refine_settings, i_q, i_r)
+    study, evolution = evolve(objective, space, budget, prices, settings)
+    study2, refinement = refine(objective, space, budget, history(study, space), refine_settings, prices)
 
-`objective(config, fidelity, seed)` returns a score to minimise (or a dict with `score`, None on failure);
+`prices` (`Prices`): the priors' tables (`Prices.from_importance(space, i_q, i_r)` from one importance
+number per unit, `Prices.flat(space)` with none). `objective(config, fidelity, seed)` returns a score to
+minimise (or a dict with `score`, None on failure);
 the seeds of a rung (`EvolveSettings.seeds_per_rung`) are the same for every configuration.
 """
 
@@ -16,24 +18,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from autoqra.memory import Budget
 from autoqra.search.ablations import REFINE_OFF, ablated
 from autoqra.search.evolution import Evolution, EvolveSettings
 from autoqra.search.history import DONE, WAIT, Job, Result, ranking
+from autoqra.search.prices import Prices
 from autoqra.search.refinement import Refinement, RefineSettings
 from autoqra.space import Config, Space
 
-__all__ = ["DONE", "REFINE_OFF", "WAIT", "Evolution", "Job", "RefineSettings", "Refinement", "Result", "EvolveSettings",
+__all__ = ["DONE", "REFINE_OFF", "WAIT", "Evolution", "Job", "Prices", "RefineSettings", "Refinement", "Result",
+           "EvolveSettings",
            "ablated", "evolve", "make_plan", "ranking", "refine"]
 
 
-def make_plan(space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray, settings: EvolveSettings) -> Any:
+def make_plan(space: Space, budget: Budget, prices: Prices, settings: EvolveSettings) -> Any:
     """Stage 1's plan: the evolution, or (`settings.method`) random search or TPE at the top fidelity
     under the top rung's seeds with the same step budget."""
     if settings.method == "evolution":
-        return Evolution(space, budget, i_q, i_r, settings)
+        return Evolution(space, budget, prices, settings)
     from autoqra.search.baselines import BaselineSettings, baseline_plan
 
     top = len(settings.fidelities) - 1
@@ -41,7 +43,7 @@ def make_plan(space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray, se
                 BaselineSettings(settings.fidelities[top], settings.seeds(top), settings.max_steps, settings.seed))
 
 
-def evolve(objective: Callable[[Config, int, int], Any], space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray,
+def evolve(objective: Callable[[Config, int, int], Any], space: Space, budget: Budget, prices: Prices,
            settings: EvolveSettings, *, study_name: str = "autoqra-evolve", storage: str | None = None,
            journal: str | None = None,
            describe: Callable[[Config], dict[str, Any]] | None = None) -> tuple[Any, Evolution]:
@@ -49,7 +51,7 @@ def evolve(objective: Callable[[Config, int, int], Any], space: Space, budget: B
     (`settings.method` "random" or "tpe": the alternative search in its place)."""
     from autoqra.search.optuna import PlanSampler, drive, open_study
 
-    evolution = make_plan(space, budget, i_q, i_r, settings)
+    evolution = make_plan(space, budget, prices, settings)
     sampler = PlanSampler(evolution)
     study = open_study(study_name, storage, journal, sampler)
     drive(study, sampler, objective, describe=describe)
@@ -57,16 +59,14 @@ def evolve(objective: Callable[[Config, int, int], Any], space: Space, budget: B
 
 
 def refine(objective: Callable[[Config, int, int], Any], space: Space, budget: Budget, history: list[Result],
-           settings: RefineSettings, i_q: np.ndarray | None = None, i_r: np.ndarray | None = None, *,
+           settings: RefineSettings, prices: Prices | None = None, *,
            study_name: str = "autoqra-refine", storage: str | None = None, journal: str | None = None,
            describe: Callable[[Config], dict[str, Any]] | None = None) -> tuple[Any, Refinement]:
     """Run (or resume) stage 2 from stage 1's `history` (its top-fidelity results are the prior);
     returns the Optuna study of the proposals and the plan (`plan.incumbent(...)` is the answer)."""
     from autoqra.search.optuna import PlanSampler, drive, open_study
 
-    n = len(space)
-    refinement = Refinement(space, budget, np.ones(n) if i_q is None else i_q, np.ones(n) if i_r is None else i_r,
-                            history, settings)
+    refinement = Refinement(space, budget, Prices.flat(space) if prices is None else prices, history, settings)
     sampler = PlanSampler(refinement)
     study = open_study(study_name, storage, journal, sampler)
     drive(study, sampler, objective, describe=describe)

@@ -23,6 +23,7 @@ import numpy as np
 
 from autoqra.memory import Budget
 from autoqra.search.history import DONE, Job, Result, proposal_in_flight, seed_scores
+from autoqra.search.prices import Prices
 from autoqra.search.repair import repair
 from autoqra.space import Config, Space
 
@@ -41,7 +42,7 @@ class _Baseline:
     def __init__(self, space: Space, budget: Budget, settings: BaselineSettings):
         self.space, self.budget, self.settings = space, budget, settings
         self.fidelities = (settings.fidelity,)
-        self.flat = np.full(len(space), 0.5)  # repair without priors
+        self.flat = Prices.flat(space)  # repair without priors
         self._memo: dict[int, Config | None] = {}
 
     @property
@@ -81,7 +82,7 @@ class RandomSearch(_Baseline):
         seen = {r.config.key for r in own}
         rng = np.random.default_rng([self.settings.seed, index])
         for _ in range(1000):
-            c = repair(self.space.random(rng), self.budget, self.flat, self.flat)
+            c = repair(self.space.random(rng), self.budget, self.flat)
             if c.key not in seen:
                 return c
         return None
@@ -128,7 +129,7 @@ class TPESearch(_Baseline):
             if x <= 0 and c.key not in seen:
                 return c
             study.tell(trial, worst)  # infeasible (or a repeat): told at no training cost
-        c = repair(c, budget, self.flat, self.flat)
+        c = repair(c, budget, self.flat)
         return None if c.key in seen else c
 
 

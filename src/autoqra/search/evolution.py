@@ -28,8 +28,9 @@ from autoqra.params.rules import search_seeds
 from autoqra.search import operators as ops
 from autoqra.search import promotion
 from autoqra.search.history import DONE, WAIT, Job, Result, ranking, seed_means, seed_scores, unique
-from autoqra.search.knapsack import prior_values, solve
+from autoqra.search.knapsack import solve
 from autoqra.search.performance import Observation, PerformanceModel
+from autoqra.search.prices import Prices
 from autoqra.search.repair import fill, repair
 from autoqra.space import Config, Space
 
@@ -52,6 +53,7 @@ class EvolveSettings:
     method: str = "evolution"  # or an alternative search of `autoqra.search.baselines` ("random", "tpe")
     promotion: str = "raw"  # or "model": the predicted top-rung score
     warm_start: str = "uniforms"  # or "boundary": also repaired just-over uniforms
+    thompson: float = 0.5  # share of the offspring (rounded up) that are optima of Thompson draws from the model
 
     def seeds(self, rung: int) -> tuple[int, ...]:
         """The training seeds of a rung: the same for every configuration, so scores are paired."""
@@ -59,12 +61,14 @@ class EvolveSettings:
 
 
 class Evolution:
-    def __init__(self, space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray, settings: EvolveSettings):
+    def __init__(self, space: Space, budget: Budget, prices: Prices, settings: EvolveSettings):
+        """`prices`: the priors' tables (`Prices`), what greedy, repair, mutation and the model start from."""
+        if len(prices) != len(space):
+            raise ValueError(f"prices for {len(prices)} units: the space has {len(space)}")
         self.space, self.budget, self.settings = space, budget, settings
         self.fidelities = settings.fidelities
-        self.i_q, self.i_r = np.asarray(i_q, float), np.asarray(i_r, float)
-        if not settings.priors:  # flat importance: uniform mutation (up or down alike), repair by bytes
-            self.i_q, self.i_r = np.full(len(space), 0.5), np.full(len(space), 0.5)
+        # ablation off: every unit alike (uniform mutation, repair by bytes)
+        self.prices = prices if settings.priors else Prices.flat(space)
         self._memo: dict[Any, Any] = {}
 
     # ------------------------------------------------------------------ generations
@@ -73,20 +77,20 @@ class Evolution:
         s = self.settings
         rng = np.random.default_rng([s.seed, 0])
         if not s.priors:
-            pool = [repair(self.space.random(rng), self.budget, self.i_q, self.i_r) for _ in range(50 * s.population)]
+            pool = [repair(self.space.random(rng), self.budget, self.prices) for _ in range(50 * s.population)]
             return unique(pool)[: s.population]
-        prior = ops.prior_config(self.space, self.budget, self.i_q, self.i_r)
-        pool = [prior, ops.greedy_config(self.space, self.budget, self.i_q, self.i_r)]
+        prior = ops.prior_config(self.space, self.budget, self.prices)
+        pool = [prior, ops.greedy_config(self.space, self.budget, self.prices)]
         pool += ops.feasible_uniforms(self.space, self.budget)
         attempts = 0
         while len({c.key for c in pool}) < s.population and attempts < 50 * s.population:
             attempts += 1
             base = ops.jitter(prior, self.space, rng) if attempts % 2 else self.space.random(rng)
-            pool.append(repair(base, self.budget, self.i_q, self.i_r))
+            pool.append(repair(base, self.budget, self.prices))
         members = unique(pool)[: s.population]
         if s.warm_start == "boundary":  # also (beyond the population) the region just inside the budget next
             # to the uniforms just over it, so no uniform or prior gives way to it
-            members = unique(members + ops.boundary_repairs(self.space, self.budget, self.i_q, self.i_r))
+            members = unique(members + ops.boundary_repairs(self.space, self.budget, self.prices))
         return members
 
     def _history_key(self, history: list[Result]) -> tuple:
@@ -105,7 +109,7 @@ class Evolution:
         ranked = ranking(before)[: s.population]
         seen = {r.config.key for r in before}
         model = self.model(before) if s.surrogate else None
-        prices = model.values() if model else prior_values(self.space.bits, self.space.ranks, self.i_q, self.i_r)
+        prices = model.values() if model else self.prices.values()
         children: list[Config] = []
         for _ in range(20 * s.candidates):
             if len(children) >= s.candidates or not ranked:
@@ -113,9 +117,9 @@ class Evolution:
             scores = list(range(len(ranked)))  # rank order: lower is better
             a = ranked[ops.tournament(scores, rng)].config
             b = ranked[ops.tournament(scores, rng)].config
-            child = ops.mutate(ops.crossover(a, b, rng), self.space, self.i_q, self.i_r, rng,
+            child = ops.mutate(ops.crossover(a, b, rng), self.space, self.prices, rng,
                                units=int(rng.integers(1, 3)))
-            child = fill(repair(child, self.budget, self.i_q, self.i_r), self.budget, prices)
+            child = fill(repair(child, self.budget, self.prices), self.budget, prices)
             if child.key not in seen:
                 seen.add(child.key)
                 children.append(child)
@@ -127,7 +131,7 @@ class Evolution:
             return out
         drawn = []
         for _ in range(4 * s.offspring if ranked else 0):  # Thompson: each draw's exact optimum, new ones only
-            if len(drawn) >= math.ceil(s.offspring / 2):
+            if len(drawn) >= math.ceil(s.offspring * s.thompson):
                 break
             c = solve(model.draw(rng), self.budget)
             if c.key not in seen:
@@ -147,7 +151,7 @@ class Evolution:
         obs = [Observation(r.config, r.fidelity, r.seed, r.score) for r in history if r.done and r.score is not None]
         key = ("model", self._history_key(history))
         if key not in self._memo:
-            self._memo[key] = PerformanceModel(self.space, self.i_q, self.i_r, obs)
+            self._memo[key] = PerformanceModel(self.space, self.prices, obs)
         return self._memo[key]
 
     def pick(self, history: list[Result]) -> Config | None:
@@ -224,7 +228,7 @@ class Evolution:
     def next(self, history: list[Result], slot: int = 0) -> Job | str:
         """The next evaluation to run (the `slot`-th free one, for workers asking at the same time)."""
         s = self.settings
-        spent = sum(cost(r, history) for r in history)
+        spent = spent_steps(history)
         for g in range(s.generations):
             rungs = self.rungs(g, history)
             if not rungs[0]:
@@ -248,3 +252,13 @@ def cost(job: Job, history: list[Result]) -> int:
     below = [r.fidelity for r in history if r.done and r.score is not None and r.seed == job.seed
              and r.fidelity < job.fidelity and r.config.key == job.config.key]
     return job.fidelity - max(below, default=0)
+
+
+def spent_steps(history: list[Result]) -> int:
+    """What every entry of `history` cost (`cost`, summed) in one pass over it."""
+    finished: dict[tuple[str, int], list[int]] = {}
+    for r in history:
+        if r.done and r.score is not None:
+            finished.setdefault((r.config.key, r.seed), []).append(r.fidelity)
+    return sum(r.fidelity - max((f for f in finished.get((r.config.key, r.seed), ()) if f < r.fidelity), default=0)
+               for r in history)

@@ -19,7 +19,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import csr_array, kron
 
 from autoqra.memory import Budget, BudgetError
-from autoqra.space import UNQUANTIZED, Config
+from autoqra.space import Config
 
 TIE = 1e-9  # weight of the (normalised) cost in the objective: picks the cheaper of equal-valued optima
 
@@ -47,15 +47,3 @@ def solve(values: np.ndarray, budget: Budget) -> Config:
         if budget.feasible(config):
             return config
     raise BudgetError(f"no configuration fits {budget.description} ({out.message})")
-
-
-def prior_values(space_bits: tuple[int, ...], space_ranks: tuple[int, ...], i_q: np.ndarray,
-                 i_r: np.ndarray) -> np.ndarray:
-    """The priors' predicted loss of every (unit, bits, rank), (U, |bits|, |ranks|): a unit's I_q times its
-    quantization noise relative to the lowest bit-width (noise power 4^-b), plus its I_r times the rank's
-    shortfall from the top rank (diminishing returns, log(1 + r)); zero at the top of both ladders."""
-    bits = np.array([0.0 if b >= UNQUANTIZED else 4.0 ** -b for b in space_bits]) / 4.0 ** -min(space_bits)
-    gain = np.log1p(np.array(space_ranks, dtype=float)) / np.log1p(max(max(space_ranks), 1))
-    q = np.asarray(i_q, float)[:, None] * (bits - bits[-1])[None, :]
-    r = np.asarray(i_r, float)[:, None] * (gain[-1] - gain)[None, :]
-    return q[:, :, None] + r[:, None, :]

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from autoqra.memory import Budget, BudgetError
-from autoqra.search.knapsack import prior_values, solve
+from autoqra.search.knapsack import solve
+from autoqra.search.prices import Prices
 from autoqra.search.repair import fill, repair
 from autoqra.space import Config, Space
 
@@ -22,26 +23,30 @@ def _ladder_index(importance: np.ndarray, size: int) -> np.ndarray:
     return np.rint(ranks * (size - 1)).astype(int)
 
 
-def prior_config(space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray) -> Config:
-    """The paper's warm start: bits follow I_q, ranks follow I_r (by rank order), repaired to the budget
-    and filled to it under the priors' prices."""
+def prior_config(space: Space, budget: Budget, prices: Prices) -> Config:
+    """The paper's warm start: bits follow each unit's quantization price, ranks its rank price (by rank
+    order, `Prices.importance`), repaired to the budget and filled to it under the priors' prices."""
+    i_q, i_r = prices.importance()
     x = np.concatenate([_ladder_index(i_q, len(space.bits)), _ladder_index(i_r, len(space.ranks))])
-    return fill(repair(space.decode(x), budget, i_q, i_r), budget, prior_values(space.bits, space.ranks, i_q, i_r))
+    return fill(repair(space.decode(x), budget, prices), budget, prices.values())
 
 
-def greedy_config(space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray) -> Config:
-    """The optimum under the priors' prices (`knapsack.prior_values`), solved exactly: the allocation a
-    user gets from the priors alone, with no search."""
-    return solve(prior_values(space.bits, space.ranks, i_q, i_r), budget)
+def greedy_config(space: Space, budget: Budget, prices: Prices) -> Config:
+    """The optimum under the priors' prices, solved exactly: the allocation a user gets from the priors
+    alone, with no search."""
+    return solve(prices.values(), budget)
 
 
-def sequential_config(budget: Budget, i_q: np.ndarray, ranks: tuple[int, ...]) -> Config:
-    """Quantize first, then adapt: bits from I_q alone under the budget at the largest uniform rank of
-    `ranks` where that fits (rank steps made prohibitively important: repair takes bit downgrades only)."""
+def sequential_config(budget: Budget, prices: Prices, ranks: tuple[int, ...]) -> Config:
+    """Quantize first, then adapt: bits from the quantization prices alone under the budget at the largest
+    uniform rank of `ranks` where that fits (repair along the bit ladder only)."""
     space = budget.space
     for rank in sorted(ranks, reverse=True):
-        c = repair(space.uniform(space.bits[-1], rank), budget, i_q, np.full(len(space), 1e12))
-        if set(c.ranks) == {rank} and budget.feasible(c):
+        try:
+            c = repair(space.uniform(space.bits[-1], rank), budget, prices, axis="bits")
+        except ValueError:  # bits alone cannot bring this rank within the budget
+            continue
+        if budget.feasible(c):
             return c
     raise BudgetError("finetune.arms: sequential: no uniform rank admits a bit allocation within the budget")
 
@@ -70,7 +75,7 @@ def boundary_uniforms(space: Space, budget: Budget) -> list[Config]:
     return sorted(out, key=budget.cost)
 
 
-def boundary_repairs(space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray) -> list[Config]:
+def boundary_repairs(space: Space, budget: Budget, prices: Prices) -> list[Config]:
     """The configurations just inside the budget next to each uniform just over it: its repair along the
     rank ladder alone (its bits everywhere, a few units at a lower rank), along the bit ladder alone, and
     repair's own mix, where each fits (unique, in that order per uniform). The single-axis repairs are there
@@ -80,7 +85,7 @@ def boundary_repairs(space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndar
     for c in boundary_uniforms(space, budget):
         for axis in ("rank", "bits", None):
             try:
-                r = repair(c, budget, i_q, i_r, axis=axis)
+                r = repair(c, budget, prices, axis=axis)
             except ValueError:  # that ladder alone cannot bring it within the budget
                 continue
             if r not in out:
@@ -106,14 +111,15 @@ def crossover(a: Config, b: Config, rng: np.random.Generator) -> Config:
     return Config(a.units, bits, ranks)
 
 
-def mutate(config: Config, space: Space, i_q: np.ndarray, i_r: np.ndarray, rng: np.random.Generator,
-           units: int = 2) -> Config:
-    """Importance-guided mutation (as in the authors' code, where it was written but never called):
-    pick `units` units, half of the probability ∝ importance^1.5 and half uniform (so a unit whose
-    prior is zero is still mutated: the authors' weights gave it ~3e-5); move a picked unit's bits up
-    with probability I_q and its rank up with probability I_r, both clipped to [0.1, 0.9] (so the
-    lowest-prior unit is not always moved down), down otherwise."""
+def mutate(config: Config, space: Space, prices: Prices, rng: np.random.Generator, units: int = 2) -> Config:
+    """Importance-guided mutation (as in the authors' code, where it was written but never called), with
+    I_q, I_r = `prices.importance()` in [0, 1]: pick `units` units, half of the probability ∝
+    ((I_q + I_r) / 2)^1.5 and half uniform (so a unit whose prior is zero is still mutated: the authors'
+    weights gave it ~3e-5); move a picked unit's bits up with probability I_q and its rank up with
+    probability I_r, both clipped to [0.1, 0.9] (so the lowest-prior unit is not always moved down), down
+    otherwise."""
     n = len(space)
+    i_q, i_r = prices.importance()
     weight = (0.5 * i_q + 0.5 * i_r) ** 1.5
     weight = 0.5 * weight / weight.sum() + 0.5 / n if weight.sum() > 0 else np.full(n, 1 / n)
     picked = rng.choice(n, size=min(units, n), replace=False, p=weight / weight.sum())

@@ -5,9 +5,10 @@ and s the training seed of a result y (lower is better). The model is
 
     y = μ_f + δ_s + a_q · Σ_u Q[u, b_u] + a_r · Σ_u R[u, r_u] + Σ_u β[u, b_u] + Σ_u γ[u, r_u] + ε,
 
-- Q, R: the priors' shapes (`knapsack.prior_values`: I_q times the quantization noise of a bit level,
-  I_r times a rank's shortfall from the top rank; zero at the top of each ladder);
-- a_q, a_r: the priors' scale on this score (prior mean 1): what the search learns first;
+- Q, R: the priors' price tables (`Prices.q`, `Prices.r`: the loss a unit's bit level and rank level are
+  predicted to add; zero at the top of each ladder);
+- a_q, a_r: the priors' scale on this score (prior mean 1, standard deviation `SCALE_SD`, wide: the
+  rank prices come from gradients, not losses, and their scale is a guess): what the search learns first;
 - β[u, ·], γ[u, ·]: each unit's departure from its prior (zero at the top level, prior mean 0, scale τ):
   what the search learns where the priors are wrong for one unit;
 - μ_f: one intercept per fidelity (a short run scores worse); δ_s: one effect per seed (scores under a
@@ -26,10 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import spearmanr
 
-from autoqra.search.knapsack import prior_values
+from autoqra.search.prices import Prices
 from autoqra.space import Config, Space
 
 GRID = (0.01, 0.03, 0.1, 0.3, 1.0)  # τ and σ, as fractions of the scores' standard deviation
+SCALE_SD = 3.0  # prior standard deviation of a_q and a_r (prior mean 1)
 
 
 @dataclass(frozen=True)
@@ -43,25 +45,27 @@ class Observation:
 class PerformanceModel:
     """Fit on observations, then price configurations; refit by building a new one (it is cheap)."""
 
-    def __init__(self, space: Space, i_q: np.ndarray, i_r: np.ndarray, observations: Sequence[Observation] = (),
-                 scale: tuple[float, float] | None = None):
-        """`scale`: (τ, σ) to use instead of the evidence's choice (leave-one-out refits keep the full fit's)."""
-        self.space = space
-        self.prior = prior_values(space.bits, space.ranks, i_q, i_r)  # (U, nb, nr)
-        n, nb, nr = self.prior.shape
-        self.q = self.prior[:, :, -1]   # (U, nb): the quantization part (rank at the top: no shortfall)
-        self.r = self.prior[:, -1, :]   # (U, nr)
+    def __init__(self, space: Space, prices: Prices, observations: Sequence[Observation] = (),
+                 like: PerformanceModel | None = None):
+        """`like`: a fitted model whose τ, σ, score scale, fidelities and seeds to keep instead of choosing
+        them from these observations (leave-one-out refits)."""
+        self.space, self.prices = space, prices
+        self.q, self.r = prices.q, prices.r   # (U, nb), (U, nr)
+        self.n_units, self.nb, self.nr = len(space), len(space.bits), len(space.ranks)
+        if self.q.shape != (self.n_units, self.nb) or self.r.shape != (self.n_units, self.nr):
+            raise ValueError(f"prices of shapes {self.q.shape}, {self.r.shape}: the space needs "
+                             f"({self.n_units}, {self.nb}), ({self.n_units}, {self.nr})")
         self.obs = sorted(observations, key=lambda o: (o.config.key, o.fidelity, o.seed))
-        self.fidelities = tuple(sorted({o.fidelity for o in self.obs}))
-        self.seeds = tuple(sorted({o.seed for o in self.obs}))
-        self.n_units, self.nb, self.nr = n, nb, nr
+        self.fidelities = like.fidelities if like else tuple(sorted({o.fidelity for o in self.obs}))
+        self.seeds = like.seeds if like else tuple(sorted({o.seed for o in self.obs}))
         y = np.array([o.score for o in self.obs], dtype=float)
         self.sd = float(y.std()) if len(y) > 1 and y.std() > 0 else 1.0
+        self.sd = like.sd if like else self.sd
         self.centre = float(y.mean()) if len(y) else 0.0
-        self.scale = scale
+        self.scale = like.scale if like else None
         if len(y):
             x = self._design(self.obs)
-            options = [scale] if scale else [(t, s) for t in GRID for s in GRID]
+            options = [self.scale] if self.scale else [(t, s) for t in GRID for s in GRID]
             fits = [self._posterior(x, y, t * self.sd, s * self.sd) for t, s in options]
             best = int(np.argmax([f[2] for f in fits]))
             self.mean, self.cov, self.evidence = fits[best]
@@ -78,7 +82,7 @@ class PerformanceModel:
     def _prior_moments(self, tau: float) -> tuple[np.ndarray, np.ndarray]:
         nf, ns = len(self.fidelities), len(self.seeds)
         mean = np.concatenate([np.full(nf, self.centre), np.zeros(ns), [1.0, 1.0], np.zeros(self.width - nf - ns - 2)])
-        var = np.concatenate([np.full(nf, (10 * self.sd) ** 2), np.full(ns, (0.5 * self.sd) ** 2), [1.0, 1.0],
+        var = np.concatenate([np.full(nf, (10 * self.sd) ** 2), np.full(ns, (0.5 * self.sd) ** 2), [SCALE_SD**2] * 2,
                               np.full(self.width - nf - ns - 2, tau**2)])
         return mean, np.diag(var)
 
@@ -155,22 +159,9 @@ class PerformanceModel:
         for key in keys:
             mine = [o for o in self.obs if o.config.key == key and o.fidelity == fidelity]
             others = [o for o in self.obs if not (o.config.key == key and o.fidelity == fidelity)]
-            fit = _refit(self, others)
+            fit = PerformanceModel(self.space, self.prices, others, like=self)
             observed.append(np.mean([o.score for o in mine]))
             predicted.append(float(fit.predict([mine[0].config], fidelity)[0]))
         rho = spearmanr(observed, predicted).statistic
         return {"fidelity": fidelity, "configurations": len(keys), "spearman": None if np.isnan(rho) else float(rho)}
 
-
-def _refit(model: PerformanceModel, observations: list[Observation]) -> PerformanceModel:
-    """The same model (space, priors, τ and σ) on other observations."""
-    out = PerformanceModel.__new__(PerformanceModel)
-    out.__dict__.update({k: v for k, v in model.__dict__.items() if k in ("space", "prior", "q", "r", "n_units",
-                                                                         "nb", "nr")})
-    out.obs = sorted(observations, key=lambda o: (o.config.key, o.fidelity, o.seed))
-    out.fidelities, out.seeds = model.fidelities, model.seeds
-    y = np.array([o.score for o in out.obs], dtype=float)
-    out.sd, out.centre, out.scale = model.sd, float(y.mean()), model.scale
-    out.mean, out.cov, out.evidence = out._posterior(out._design(out.obs), y, model.scale[0] * model.sd,
-                                                     model.scale[1] * model.sd)
-    return out

@@ -31,6 +31,7 @@ from autoqra.search import gp
 from autoqra.search import trust_region as tr
 from autoqra.search.history import DONE, Job, Result, proposal_in_flight, seed_scores
 from autoqra.search.performance import Observation, PerformanceModel
+from autoqra.search.prices import Prices
 from autoqra.search.repair import fill, repair
 from autoqra.space import Config, Space
 
@@ -65,10 +66,9 @@ class Step:
 
 
 class Refinement:
-    def __init__(self, space: Space, budget: Budget, i_q: np.ndarray, i_r: np.ndarray, prior: list[Result],
-                 settings: RefineSettings):
-        self.space, self.budget, self.settings = space, budget, settings
-        self.i_q, self.i_r = np.asarray(i_q, float), np.asarray(i_r, float)
+    def __init__(self, space: Space, budget: Budget, prices: Prices, prior: list[Result], settings: RefineSettings):
+        """`prices`: the priors' tables (`Prices`), what the performance model starts from."""
+        self.space, self.budget, self.settings, self.prices = space, budget, settings, prices
         self.fidelities = (settings.fidelity,)
         self.history1 = [r for r in prior if r.done and r.fidelity <= settings.fidelity]  # every rung: the GP's
         self.prior = [r for r in self.history1 if r.fidelity == settings.fidelity and r.seed in settings.seeds]
@@ -185,12 +185,12 @@ class Refinement:
         if key in self._memo:
             return self._memo[key]
         s = self.settings
-        seen = {r.config.key for r in self.prior + own}
+        seen = {r.config.key for r in self.history1 + own}  # nothing stage 1 evaluated, at any rung
         rng = np.random.default_rng([s.seed, index, state.restarts])
         cands, keys = [], set()
         prices = self.performance(self.history1 + [r for r in own if r.generation < index and r.done]).values()
         for c in tr.sample(self.space, centre, state.length, s.candidates, rng):
-            c = fill(repair(c, self.budget, self.i_q, self.i_r), self.budget, prices)
+            c = fill(repair(c, self.budget, self.prices), self.budget, prices)
             if c.key in seen or c.key in keys or not tr.inside(centre, c, state.length):
                 continue
             keys.add(c.key)
@@ -232,7 +232,7 @@ class Refinement:
         obs = [Observation(r.config, r.fidelity, r.seed, r.score) for r in results if r.done and r.score is not None]
         key = ("performance", tuple(sorted((o.config.key, o.fidelity, o.seed, o.score) for o in obs)))
         if key not in self._memo:
-            self._memo[key] = PerformanceModel(self.space, self.i_q, self.i_r, obs)
+            self._memo[key] = PerformanceModel(self.space, self.prices, obs)
         return self._memo[key]
 
     def incumbent(self, history: list[Result]) -> tuple[Config, float, list[float]] | None:

@@ -1,14 +1,11 @@
 """Repair: make any configuration fit the memory budget before anything is spent on it.
 
 While over budget, apply the single one-step downgrade (one unit's bits or rank one rung down
-its ladder) that loses the least importance per byte saved. Importance lost by a step is the
-unit's prior times how much of its quality the step gives up:
-
-- bits b -> b': I_q · (4^-b' - 4^-b) / 4^-b_min  (quantization noise power scales as 4^-b);
-- rank r -> r': I_r · (log(1+r) - log(1+r')) / log(1+r_max)  (diminishing returns of rank);
-
-plus a small epsilon so units with zero prior still order by bytes. Ties go to the earlier unit, so
-the result is deterministic. Repair never upgrades anything and leaves feasible configurations alone.
+its ladder) that adds the least predicted loss per byte saved: the step's price in the priors' tables
+(`Prices`: q[u, i-1] - q[u, i] for a bit step, r[u, j-1] - r[u, j] for a rank step), plus a small
+epsilon (a thousandth of the largest step price) so units whose steps cost nothing still order by
+bytes. Ties go to the earlier unit, so the result is deterministic. Repair never upgrades anything and
+leaves feasible configurations alone; `fill` spends what is left.
 """
 
 from __future__ import annotations
@@ -16,40 +13,37 @@ from __future__ import annotations
 import numpy as np
 
 from autoqra.memory import Budget
-from autoqra.space import UNQUANTIZED, Config
+from autoqra.search.prices import Prices
+from autoqra.space import Config
 
 EPS = 1e-3
 
 
-def _quality_bits(bits: tuple[int, ...]) -> np.ndarray:
-    return np.array([0.0 if b >= UNQUANTIZED else 4.0 ** -b for b in bits]) / 4.0 ** -min(bits)
+def _epsilon(prices: Prices) -> float:
+    steps = np.concatenate([-np.diff(prices.q, axis=1).ravel(), -np.diff(prices.r, axis=1).ravel(), [0.0]])
+    return EPS * (float(steps.max()) or 1.0)
 
 
-def _quality_ranks(ranks: tuple[int, ...]) -> np.ndarray:
-    return np.log1p(np.array(ranks, dtype=float)) / np.log1p(max(max(ranks), 1))
-
-
-def repair(config: Config, budget: Budget, i_q: np.ndarray | None = None, i_r: np.ndarray | None = None,
-           axis: str | None = None) -> Config:
-    """The cheapest-in-importance sequence of downgrades that brings `config` within `budget`; `axis`
-    "bits" or "rank": downgrades along that ladder only (a ValueError where that alone cannot fit)."""
+def repair(config: Config, budget: Budget, prices: Prices | None = None, axis: str | None = None) -> Config:
+    """The least-predicted-loss sequence of downgrades that brings `config` within `budget` (`prices`:
+    the priors' tables, `Prices.flat` when None); `axis` "bits" or "rank": downgrades along that ladder
+    only (a ValueError where that alone cannot fit)."""
     if axis not in (None, "bits", "rank"):
         raise ValueError(f"axis={axis!r}: allowed None, 'bits', 'rank'")
     space = budget.space
     n = len(space)
-    i_q = np.ones(n) if i_q is None else np.asarray(i_q, dtype=float)
-    i_r = np.ones(n) if i_r is None else np.asarray(i_r, dtype=float)
+    prices = Prices.flat(space) if prices is None else prices
+    eps = _epsilon(prices)
     x = space.encode(config)
     bi, ri = x[:n].copy(), x[n:].copy()
     units = np.arange(n)
-    noise, gain = _quality_bits(space.bits), _quality_ranks(space.ranks)
     cost = budget.constant + budget.table[units, bi, ri].sum()
     while not budget.fits(cost):
         best, choice = np.inf, None
         down_b = bi > 0
         if down_b.any() and axis != "rank":
             saved = budget.table[units, bi, ri] - budget.table[units, np.maximum(bi - 1, 0), ri]
-            lost = i_q * (noise[np.maximum(bi - 1, 0)] - noise[bi]) + EPS
+            lost = prices.q[units, np.maximum(bi - 1, 0)] - prices.q[units, bi] + eps
             score = np.where(down_b & (saved > 0), lost / np.where(saved > 0, saved, 1), np.inf)
             u = int(np.argmin(score))
             if score[u] < best:
@@ -57,7 +51,7 @@ def repair(config: Config, budget: Budget, i_q: np.ndarray | None = None, i_r: n
         down_r = ri > 0
         if down_r.any() and axis != "bits":
             saved = budget.table[units, bi, ri] - budget.table[units, bi, np.maximum(ri - 1, 0)]
-            lost = i_r * (gain[ri] - gain[np.maximum(ri - 1, 0)]) + EPS
+            lost = prices.r[units, np.maximum(ri - 1, 0)] - prices.r[units, ri] + eps
             score = np.where(down_r & (saved > 0), lost / np.where(saved > 0, saved, 1), np.inf)
             u = int(np.argmin(score))
             if score[u] < best:
@@ -109,18 +103,16 @@ def fill(config: Config, budget: Budget, values: np.ndarray) -> Config:
         cost += extra
 
 
-def exchange_rates(means: dict[tuple[Config, int], float], budget: Budget, i_q: np.ndarray,
-                   i_r: np.ndarray) -> list[dict[str, float]]:
+def exchange_rates(means: dict[tuple[Config, int], float], budget: Budget, prices: Prices) -> list[dict[str, float]]:
     """Repair's exchange rate between a bit step and a rank step, checked against measured scores.
 
     `means`: (configuration, fidelity) -> mean score. Per fidelity with uniform configurations one bit
     step apart (same rank) and one rank step apart (same bits): the measured score lost per GiB saved by
     each kind of step (mean over the pairs), and what repair charges per GiB for the same steps over all
-    units (importance lost); `measured_ratio` / `charged_ratio` = bit step's rate over rank step's. A
+    units (the price tables' sum); `measured_ratio` / `charged_ratio` = bit step's rate over rank step's. A
     charged ratio above the measured one means repair gives up bits where ranks would cost less."""
     space, gib = budget.space, 2.0**30
-    noise, gain = _quality_bits(space.bits), _quality_ranks(space.ranks)
-    i_q, i_r = np.asarray(i_q, float), np.asarray(i_r, float)
+    eps = _epsilon(prices) * len(space)
     at: dict[int, dict[tuple[int, int], float]] = {}
     for (c, f), m in means.items():
         if len(set(c.bits)) == 1 and len(set(c.ranks)) == 1:
@@ -133,9 +125,9 @@ def exchange_rates(means: dict[tuple[Config, int], float], budget: Budget, i_q: 
                 if lo in cells:
                     saved = (budget.cost(space.uniform(space.bits[i], space.ranks[j]))
                              - budget.cost(space.uniform(space.bits[lo[0]], space.ranks[lo[1]]))) / gib
-                    lost = (i_q * (noise[i - 1] - noise[i])).sum() if kind == "bit" else \
-                        (i_r * (gain[j] - gain[j - 1])).sum()
-                    steps[kind].append(((cells[lo] - m) / saved, (lost + EPS * len(space)) / saved))
+                    lost = (prices.q[:, i - 1] - prices.q[:, i]).sum() if kind == "bit" else \
+                        (prices.r[:, j - 1] - prices.r[:, j]).sum()
+                    steps[kind].append(((cells[lo] - m) / saved, (lost + eps) / saved))
         if steps["bit"] and steps["rank"]:
             bit, rank = np.mean(steps["bit"], axis=0), np.mean(steps["rank"], axis=0)
             out.append({"fidelity": f, "pairs_bit": len(steps["bit"]), "pairs_rank": len(steps["rank"]),

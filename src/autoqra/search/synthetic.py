@@ -16,6 +16,7 @@ import itertools
 import numpy as np
 
 from autoqra.memory import Budget
+from autoqra.search.prices import Prices
 from autoqra.space import UNQUANTIZED, Config, Space
 from autoqra.store import fingerprint
 
@@ -60,12 +61,13 @@ class SyntheticObjective:
         rq = np.log1p(np.array(config.ranks, float)) / np.log1p(max(self.space.ranks))
         return 1.0 + self.crossing * float(rq.mean()) * len(self.space)
 
-    def priors(self, noise: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
-        """Noisy importance priors in [0, 1], as a profile stage would measure them."""
+    def priors(self, noise: float = 0.3) -> Prices:
+        """Noisy importance priors (each unit's true sensitivity times a random factor within ±`noise`,
+        over the largest), priced by `Prices.from_importance`'s law, as a profile stage would measure them."""
         rng = np.random.default_rng(self.seed + 1)
         i_q = self.s * rng.uniform(1 - noise, 1 + noise, len(self.s))
         i_r = self.h * rng.uniform(1 - noise, 1 + noise, len(self.h))
-        return (i_q - i_q.min()) / np.ptp(i_q), (i_r - i_r.min()) / np.ptp(i_r)
+        return Prices.from_importance(self.space, i_q / i_q.max(), i_r / i_r.max())
 
     def optimum(self, budget: Budget) -> tuple[float, Config]:
         """Exhaustive constrained optimum (small spaces only)."""
