@@ -38,7 +38,7 @@ def _frontier(search: Path) -> str:
         return ""
     frontier = json.loads(path.read_text())
     return (f"\n## The uniform frontier\n\nEvery uniform configuration within the budget, trained "
-            f"{frontier['steps']} steps under the search's top-rung seeds {frontier['seeds']} and scored on the "
+            f"{frontier['steps']} steps under the seeds {frontier['seeds']} (search.frontier_seeds) and scored on the "
             f"validation split (mean ± standard error over seeds and examples); the lowest is the "
             f"`best_uniform` arm above, retrained on the fresh seeds.\n\n" + arm_table.frontier_markdown(frontier))
 

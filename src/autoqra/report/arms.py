@@ -103,7 +103,7 @@ def markdown(table: pd.DataFrame, reference: str = "autoqra") -> str:
 
 def frontier_markdown(frontier: dict[str, Any]) -> str:
     """Every feasible uniform configuration with its validation score (mean ± standard error over the
-    search's top-rung seeds and the validation examples) and its paired difference to the chosen one
+    frontier's seeds and the validation examples) and its paired difference to the chosen one
     (95 % interval), the chosen `best_uniform` marked."""
     lines = [f"| uniform configuration | memory GiB | validation {frontier['metric']} | Δ vs chosen | chosen |",
              "|---|---|---|---|---|"]

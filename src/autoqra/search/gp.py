@@ -31,6 +31,7 @@ import torch
 from autoqra.stats import rank_correlation
 
 KINDS = ("additive", "ordinal", "categorical")
+MAXITER = 150  # L-BFGS iterations of a hyper-parameter fit
 
 
 def fit(x: np.ndarray, y: np.ndarray, sizes: Sequence[int], kind: str, seed: int = 0) -> Any:
@@ -42,10 +43,12 @@ def fit(x: np.ndarray, y: np.ndarray, sizes: Sequence[int], kind: str, seed: int
     torch.manual_seed(seed)
     model = unfitted(x, y, sizes, kind)
     mll = ExactMarginalLogLikelihood(model.likelihood, model)
-    # a failed optimisation leaves the priors' hyper-parameters: the model is still usable
+    # a failed optimisation leaves the priors' hyper-parameters: the model is still usable; L-BFGS stops after
+    # MAXITER iterations (on some stage-1 histories it wandered for over a thousand, seconds per fit, where
+    # the evidence had long stopped improving)
     with contextlib.suppress(Exception), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit_gpytorch_mll(mll)
+        fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": MAXITER}})
     return model.eval()
 
 
