@@ -102,3 +102,13 @@ def test_an_unknown_ablation_is_a_one_line_error():
 def test_make_plan_rejects_an_unknown_method():
     with pytest.raises(ValueError, match="search method 'grid'"):
         make_plan(SPACE, BUDGET, Prices.flat(SPACE), _settings(0, method="grid"))
+
+
+def test_the_thompson_share_sets_how_many_offspring_are_optima_of_draws_from_the_model():
+    obj = SyntheticObjective(SPACE, 2)
+    study, plan = evolve(obj, SPACE, BUDGET, obj.priors(), _settings(2, generations=2, max_steps=0))
+    before = [r for r in history(study, SPACE) if r.generation < 1]
+    for share, drawn in ((0.0, 0), (0.3, 2), (0.5, 3), (1.0, 6)):  # of 6 offspring, rounded up
+        view = Evolution(SPACE, BUDGET, obj.priors(), _settings(2, generations=2, thompson=share)).screening(1, before)
+        assert view["thompson"] == drawn and len(view["chosen"]) == 6
+        assert all(BUDGET.feasible(c) for c in view["chosen"][:drawn])

@@ -55,9 +55,8 @@ def test_the_fragile_linear_costs_most_at_two_bits_alone_and_in_its_block(fragil
     assert max(alone, key=alone.get) == FRAGILE
     _, losses = _profile(model_dir, {2: cache}, task_dir)
     assert losses.set_index("unit")["loss_increase"].idxmax() == "model.layers.2"
-    assert [p.requires_grad for p in model.parameters()] == [p.requires_grad for p in models.load_model(
-        model_dir).parameters()] and all(torch.equal(a, b) for a, b in zip(  # weights restored
-            model.state_dict().values(), models.load_model(model_dir).state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(  # every weight restored after each unit's turn
+        model.state_dict().values(), models.load_model(model_dir).state_dict().values()))
 
 
 def test_fisher_estimate_finds_the_fragile_linear_and_ranks_like_the_measured_loss(fragile, tiny_dir, task_dir,

@@ -3,7 +3,7 @@
 - `autoqra`: the search's pick (stage 2's best.json; stage 1's when refinement is off);
 - `fp_lora`: the unquantized base with one uniform rank, the quality ceiling (outside the budget);
 - `best_uniform`: the best uniform configuration that fits the budget: every feasible uniform
-  configuration scored at the arms' steps under the search's top-rung seeds (the uniform frontier,
+  configuration scored at the arms' steps under `search.frontier_seeds` seeds (the uniform frontier,
   `data/search/evolve/frontier.json`), the lowest validation mean chosen; never the test split;
 - `greedy`: the exact optimum of the priors' prices under the budget, and `prior`: the prior-derived
   configuration (bits and ranks follow the prices by rank order), exactly what the search's warm start

@@ -67,7 +67,7 @@ def quant_sensitivity(model: nn.Module, modules: Mapping[str, nn.Linear], cache:
 def fisher_sensitivity(model: nn.Module, modules: Mapping[str, nn.Linear], cache: QuantCache,
                        data: list[dict[str, torch.Tensor]]) -> dict[str, dict[str, float]]:
     """The loss increase of quantizing each module alone, estimated from one backward pass: a
-    second-order Taylor expansion in ΔW = W_b - W (the cached lowest-bit weight minus the base) with
+    second-order Taylor expansion in ΔW = W_b - W (the cache's weight minus the base) with
     the empirical Fisher of the per-sequence losses standing in for the Hessian,
 
         ΔL ≈ Σ_n c_n + ½ N Σ_n c_n²,   c_n = <∂L_n/∂W, ΔW> = Σ_t <∂L/∂y_t, ΔW x_t>  (sequence n's tokens t)
@@ -111,10 +111,11 @@ def fisher_sensitivity(model: nn.Module, modules: Mapping[str, nn.Linear], cache
     return out
 
 
-def gradients(model: nn.Module, modules: Mapping[str, nn.Linear],
-              data: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """dL/dW of the token-mean loss over `data`'s labelled tokens, per module (float32, on the model's
-    device); the model's `requires_grad` flags and `.grad`s are left as they were."""
+def gradients(model: nn.Module, modules: Mapping[str, nn.Linear], data: list[dict[str, torch.Tensor]],
+              reduce: Any = None) -> dict[str, Any]:
+    """dL/dW of the token-mean loss over `data`'s labelled tokens, per module (float32), each passed through
+    `reduce` (default: kept) as soon as it is read, so an 8B model never holds a float32 copy of every
+    gradient at once; afterwards the model's `requires_grad` flags are as they were and every `.grad` None."""
     flags = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
@@ -127,7 +128,12 @@ def gradients(model: nn.Module, modules: Mapping[str, nn.Linear],
         for batch in data:
             nll, _ = labelled_nll(model, batch)
             (nll / tokens).backward()
-        return {name: lin.weight.grad.float() for name, lin in modules.items()}
+        out = {}
+        for name, lin in modules.items():
+            g = lin.weight.grad.float()
+            lin.weight.grad = None
+            out[name] = g if reduce is None else reduce(g)
+        return out
     finally:
         for p, flag in flags.items():
             p.requires_grad_(flag)
@@ -137,15 +143,14 @@ def gradients(model: nn.Module, modules: Mapping[str, nn.Linear],
 def grad_sensitivity(model: nn.Module, modules: Mapping[str, nn.Linear],
                      data: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     """||dL/dW||²_F of the token-mean answer loss over all of `data`, per module."""
-    return {n: float(g.pow(2).sum()) for n, g in gradients(model, modules, data).items()}
+    return gradients(model, modules, data, reduce=lambda g: float(g.pow(2).sum()))
 
 
 def grad_spectra(model: nn.Module, modules: Mapping[str, nn.Linear], data: list[dict[str, torch.Tensor]],
                  keep: int = SPECTRUM) -> dict[str, np.ndarray]:
     """The `keep` largest singular values of each module's dL/dW (descending; fewer where the matrix is
     smaller)."""
-    grads = gradients(model, modules, data)
-    return {n: torch.linalg.svdvals(g)[:keep].double().cpu().numpy() for n, g in grads.items()}
+    return gradients(model, modules, data, reduce=lambda g: torch.linalg.svdvals(g)[:keep].double().cpu().numpy())
 
 
 def table(modules: Mapping[str, nn.Linear], spectra: Mapping[str, np.ndarray]) -> pd.DataFrame:

@@ -36,7 +36,7 @@ def check(p: Params) -> None:
     if bits not in p.quant.bits or rank not in p.lora.ranks:
         raise ParamError(f"budget.reference={p.budget.reference!r}: bits and rank must be on the ladders "
                          f"(quant.bits={p.quant.bits}, lora.ranks={p.lora.ranks})")
-    selecting = [*p.search.seeds_per_rung, p.search.frontier_seeds]  # the frontier chooses best_uniform on its
+    selecting = [*p.search.seeds_per_rung, p.search.frontier_seeds]  # the frontier's seeds choose best_uniform
     used = {s for top in [p.seed, *p.sweep.seeds] for s in search_seeds(top, selecting)}
     overlap = sorted(set(p.finetune.seeds) & used)
     if overlap:

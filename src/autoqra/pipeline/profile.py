@@ -24,6 +24,8 @@ def profile(p: Any, prepare: Path, quantize: Path, out: Path) -> dict[str, Any]:
     into `<out>/losses.parquet`; every target linear's gradient spectrum, with the fast estimates at each
     bit-width, into `<out>/priors.parquet`; the curves into `<out>/priors.png`. Returns the metrics."""
     bits = [b for b in p.quant.bits if b != quant.UNQUANTIZED]
+    if not bits:
+        raise ParamError(f"quant.bits={p.quant.bits}: no bit-width to quantize, so nothing to profile")
     missing = [b for b in bits if not (quantize / f"b{b}" / "quantize_config.json").exists()]
     if missing:
         raise ParamError(f"quant.bits contains {missing[0]} but {quantize}/b{missing[0]} holds no GPTQ cache")
@@ -68,4 +70,5 @@ def profile(p: Any, prepare: Path, quantize: Path, out: Path) -> dict[str, Any]:
                                         "negative": int((v < 0).sum())} for b, v in at.items()},
             "top_q": {f"b{b}": v.nlargest(3).index.tolist() for b, v in at.items()},
             "top_r": sorted(nuclear, key=lambda u: -nuclear[u])[:3],
-            "spectrum_top1_share": float(pd.Series([s[0] / s.sum() for s in spectra.values()]).median())}
+            "spectrum_top1_share": float(pd.Series([s[0] / s.sum() if s.sum() > 0 else 0.0
+                                                    for s in spectra.values()]).median())}

@@ -1,10 +1,11 @@
 """Stage 1: multi-fidelity evolutionary search, as a pure function of the evaluation history.
 
-Generation 0 is the warm start: the prior-derived configuration first, the greedy importance-per-
-byte allocation, every uniform configuration that fits, jittered copies of the prior and random
+Generation 0 is the warm start: the prior-derived configuration first, greedy (the exact optimum of
+the priors' prices), every uniform configuration that fits, jittered copies of the prior and random
 feasible ones. Every later generation breeds `candidates` children from the best configurations so
-far (tournament selection, uniform crossover, importance-guided mutation, repair), the surrogate
-keeps the `offspring` most promising ones, and only those are fine-tuned.
+far (tournament selection, uniform crossover, importance-guided mutation, repair and fill); the exact
+optima of Thompson draws from the performance model (a share `thompson` of the `offspring`) and the
+children it predicts best are fine-tuned.
 
 Within each generation, successive halving: all members are evaluated at the lowest fidelity; the
 best ⌈n/eta⌉ of each rung are promoted to the next. A configuration is judged by its evidence at
@@ -131,7 +132,7 @@ class Evolution:
             return out
         drawn = []
         for _ in range(4 * s.offspring if ranked else 0):  # Thompson: each draw's exact optimum, new ones only
-            if len(drawn) >= math.ceil(s.offspring * s.thompson):
+            if len(drawn) >= math.ceil(round(s.offspring * s.thompson, 9)):
                 break
             c = solve(model.draw(rng), self.budget)
             if c.key not in seen:
