@@ -65,6 +65,7 @@ def test_the_solver_finds_the_exact_optimum_and_meets_the_budget():
         got = solve(values, budget)
         x = small.encode(got)
         assert budget.feasible(got)
+        assert solve(values * 1e30 + 1e28, budget) == got  # the prices' scale and offset do not matter
         assert values[np.arange(3), x[:3], x[3:]].sum() == pytest.approx(best[0])
 
 

@@ -30,11 +30,13 @@ def solve(values: np.ndarray, budget: Budget) -> Config:
     n, nb, nr = table.shape
     if values.shape != table.shape:
         raise ValueError(f"values of shape {values.shape}: must be the budget table's {table.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError("values: every price must be finite")
     k = nb * nr
     cost = table.reshape(n, k)
     scale = max(float(np.abs(cost).max()), 1.0)
-    spread = float(np.ptp(values)) or 1.0
-    objective = (values.reshape(n, k) + TIE * spread * cost / scale).ravel()
+    spread = float(np.ptp(values)) or 1.0  # the optimum does not change with the values' scale; HiGHS's numerics do
+    objective = ((values.reshape(n, k) - values.min()) / spread + TIE * cost / scale).ravel()
     one = LinearConstraint(kron(csr_array(np.eye(n)), csr_array(np.ones((1, k)))), 1, 1)
     room = budget.limit - budget.constant  # `Budget.feasible` checks the answer with its tolerance
     for margin in (0.0, 1e-9, 1e-6):  # HiGHS's own feasibility tolerance may let a row slip by a hair
