@@ -11,7 +11,7 @@ import pandas as pd
 
 from autoqra import data, devices, models, quant
 from autoqra.params import ParamError
-from autoqra.priors import fisher_sensitivity, grad_spectra, loss_table, plot, quant_sensitivity, table
+from autoqra.priors import fisher_sensitivity, grad_spectra, loss_table, plot, quant_divergence, table
 from autoqra.space import Space
 from autoqra.train import scoring
 
@@ -19,10 +19,11 @@ log = logging.getLogger("autoqra")
 
 
 def profile(p: Any, prepare: Path, quantize: Path, out: Path) -> dict[str, Any]:
-    """The profile stage's work: every search unit's answer-loss increase at every bit-width of
-    `quant.bits` (`profile.iq_method`: measured, or the gradient estimates summed over the unit's linears)
-    into `<out>/losses.parquet`; every target linear's gradient spectrum, with the fast estimates at each
-    bit-width, into `<out>/priors.parquet`; the curves into `<out>/priors.png`. Returns the metrics."""
+    """The profile stage's work: every search unit's price at every bit-width of `quant.bits`
+    (`profile.iq_method`: measured, the KL on answer tokens with the raw loss increase beside it, or the
+    gradient estimates of the loss increase summed over the unit's linears) into `<out>/losses.parquet`;
+    every target linear's gradient spectrum, with the fast estimates at each bit-width, into
+    `<out>/priors.parquet`; the curves into `<out>/priors.png`. Returns the metrics."""
     bits = [b for b in p.quant.bits if b != quant.UNQUANTIZED]
     if not bits:
         raise ParamError(f"quant.bits={p.quant.bits}: no bit-width to quantize, so nothing to profile")
@@ -45,7 +46,7 @@ def profile(p: Any, prepare: Path, quantize: Path, out: Path) -> dict[str, Any]:
     fast = {b: fisher_sensitivity(model, modules, caches[b], answer) for b in bits}
     t_fast = time.perf_counter() - start
     if p.profile.iq_method == "measured":
-        losses = {b: quant_sensitivity(model, modules, caches[b], answer, progress=True, units=units) for b in bits}
+        losses = {b: quant_divergence(model, modules, caches[b], answer, units, progress=True) for b in bits}
     else:
         losses = {b: {u: sum(fast[b][n][p.profile.iq_method] for n in ms) for u, ms in units.items()} for b in bits}
     t_q = time.perf_counter() - start
@@ -61,13 +62,15 @@ def profile(p: Any, prepare: Path, quantize: Path, out: Path) -> dict[str, Any]:
     long.to_parquet(out / "losses.parquet", index=False)
     plot(long, frame, units).savefig(out / "priors.png", dpi=120)
     nuclear = {u: sum(float(spectra[n].sum()) for n in ms) for u, ms in units.items()}
-    at = {b: long[long["bits"] == b].set_index("unit")["loss_increase"] for b in bits}
+    at = {b: long[long["bits"] == b].set_index("unit")["price"] for b in bits}
     log.info("most quantization-sensitive at %d bits: %s", bits[0], at[bits[0]].nlargest(3).index.tolist())
     return {"units": len(units), "modules": len(frame), "granularity": space.granularity, "bits": bits,
             "samples": len(examples), "iq_method": p.profile.iq_method, "i_q_s": round(t_q, 2),
             "i_q_fast_s": round(t_fast, 2), "i_r_s": round(t_r, 2),
-            "loss_increase": {f"b{b}": {"max": float(v.max()), "median": float(v.median()),
-                                        "negative": int((v < 0).sum())} for b, v in at.items()},
+            "price": {f"b{b}": {"max": float(v.max()), "median": float(v.median()),
+                                "negative": int((v < 0).sum())} for b, v in at.items()},
+            "loss_increase_negative": {f"b{b}": int((long[long["bits"] == b]["loss_increase"] < 0).sum())
+                                       for b in bits},
             "top_q": {f"b{b}": v.nlargest(3).index.tolist() for b, v in at.items()},
             "top_r": sorted(nuclear, key=lambda u: -nuclear[u])[:3],
             "spectrum_top1_share": float(pd.Series([s[0] / s.sum() if s.sum() > 0 else 0.0
