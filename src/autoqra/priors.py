@@ -15,9 +15,11 @@ Measured on calibration sequences, on the answer tokens the metric scores:
   AdamW take more nearly than a plain gradient step), so rank k's shortfall from the top rank k_max is
   ρ·(σ_{k+1} + ... + σ_{k_max}): units whose gradient spreads over many directions gain from more rank,
   those with one dominant direction do not. One backward pass gives every linear's G; the values do not
-  depend on `lora.*`, so changing the rank ladder never re-runs the profile. ρ is set to `lr · steps`
-  (every step moving the update by lr along the best direction: an upper bound); the performance model
-  learns the true scale from the first evaluations (`Prices` and `search.performance`).
+  depend on `lora.*`, so changing the rank ladder never re-runs the profile. ρ is set to `lr`: the
+  first-order gain of one step of that spectral size, the scale at which a first-order argument holds
+  (`lr · steps`, every step adding alike, priced a uniform r4 -> r16 step on the embedded default at 4.7,
+  a hundred times the loss differences rank makes there, and reversed the measured order of uniform 3-bit
+  r16 and 4-bit r8); the performance model learns the true scale from the first evaluations.
 
 Block values of `r` are sums over the block's linears; `q` is measured per unit (a block's linears
 quantized together), so interactions inside a block are in it.

@@ -93,14 +93,14 @@ def check_inputs(p: Params, dirs: dict[str, str]) -> None:
 
 
 def load_prices(profile: Path, space: Space, p: Params) -> Prices:
-    """The space's `Prices` from the profile stage's folder; the rank prices' scale ρ is `finetune.lr` times
-    the top fidelity's steps (`autoqra.priors`)."""
+    """The space's `Prices` from the profile stage's folder; the rank prices' scale ρ is `finetune.lr`
+    (`autoqra.priors`)."""
     if not (profile / "losses.parquet").exists():
         raise ParamError(f"--profile {profile}: holds no losses.parquet (made by an older profile stage: re-run it)")
     try:
         return priors.unit_prices(pd.read_parquet(profile / "priors.parquet"),
                                   pd.read_parquet(profile / "losses.parquet"), space,
-                                  p.finetune.lr * p.search.fidelities[-1])
+                                  p.finetune.lr)
     except KeyError as e:
         raise ParamError(f"--profile {profile}: {e.args[0]}") from None
 
