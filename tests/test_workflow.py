@@ -224,13 +224,14 @@ def test_a_dvc_experiment_neither_loses_nor_retrains_records_even_after_a_kill(s
     assert json.loads((root / "data/search/evolve/metrics.json").read_text())["steps_trained_this_run"] == 0
 
     # a new search, killed once it has written a few records of its own, then run again
-    bigger = [*dotted, "-S", "search.population=6"]
+    bigger = [*dotted, "-S", "search.population=10"]  # enough new configurations to be killed mid-search
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.Popen(["dvc", "exp", "run", *bigger, "evolve"], cwd=root, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 900
     while len(trained_records(root)) < len(before) + 3 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(1)
+    assert proc.poll() is None, "the search finished or failed before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     killed = trained_records(root)
