@@ -28,7 +28,8 @@ quantized together), so interactions inside a block are in it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -56,16 +57,23 @@ def quant_sensitivity(model: nn.Module, modules: Mapping[str, nn.Linear], cache:
     base = mean_nll(model, data)
     out = {}
     for unit, names in tqdm(units.items(), desc=f"loss at {cache.bits} bits", disable=not progress):
-        saved = {n: modules[n].weight.data for n in names}
-        try:
-            for n in names:
-                lin = modules[n]
-                lin.weight.data = cache.dequantized(n, lin.in_features, lin.out_features).to(saved[n])
+        with quantized(modules, names, cache):
             out[unit] = mean_nll(model, data) - base
-        finally:
-            for n in names:
-                modules[n].weight.data = saved[n]
     return out
+
+
+@contextmanager
+def quantized(modules: Mapping[str, nn.Linear], names: Sequence[str], cache: QuantCache) -> Iterator[None]:
+    """Inside the block, the linears `names` hold the cache's (dequantized) weights; afterwards their own."""
+    saved = {n: modules[n].weight.data for n in names}
+    try:
+        for n in names:
+            lin = modules[n]
+            lin.weight.data = cache.dequantized(n, lin.in_features, lin.out_features).to(saved[n])
+        yield
+    finally:
+        for n in names:
+            modules[n].weight.data = saved[n]
 
 
 def _answer_log_probs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,20 +103,13 @@ def quant_divergence(model: nn.Module, modules: Mapping[str, nn.Linear], cache: 
     tokens = max(sum(len(y) for _, y in base), 1)
     out = {}
     for unit, names in tqdm(units.items(), desc=f"KL at {cache.bits} bits", disable=not progress):
-        saved = {n: modules[n].weight.data for n in names}
-        try:
-            for n in names:
-                lin = modules[n]
-                lin.weight.data = cache.dequantized(n, lin.in_features, lin.out_features).to(saved[n])
-            kl = loss = 0.0
+        kl = loss = 0.0
+        with quantized(modules, names, cache):
             for batch, (lp, y) in zip(data, base):
                 lq, _ = _answer_log_probs(model, batch)
                 kl += float((lp.exp() * (lp - lq)).sum())
                 loss += float((lp - lq).gather(1, y[:, None]).sum())
-            out[unit] = {"kl": kl / tokens, "loss_increase": loss / tokens}
-        finally:
-            for n in names:
-                modules[n].weight.data = saved[n]
+        out[unit] = {"kl": kl / tokens, "loss_increase": loss / tokens}
     model.train(was_training)
     return out
 
