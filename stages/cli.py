@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     low, high = info["value_range"]
     print(f"ok ({time.perf_counter() - start:.1f} s of checks): budget {info['budget']}; at budget.kind="
           f"{typed.budget.kind} the search space spans budget.value {low:.4g} (its smallest configuration fits) "
-          f"to {high:.4g} (its largest fits: the budget binds nothing above)")
+          f"to {high:.4g} (its largest fits: the budget binds nothing above); activations priced for "
+          f"{info['labelled'] if info['labelled'] is not None else 'all'} answer tokens per sequence at most "
+          f"(from {info['labelled_from']})")
     return 0
 
 

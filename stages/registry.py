@@ -25,7 +25,6 @@ class Stage(NamedTuple):
     outs: tuple[str, ...] = ()
     foreach: str | None = None     # DVC's foreach expression (Snakemake: a wildcard)
     matrix: dict[str, str] | None = None  # DVC's matrix (Snakemake: one wildcard per key, same order)
-    metrics: tuple[str, ...] = ()  # metrics files outside `outs` (cached outputs too)
 
 
 def files(*modules: str) -> tuple[str, ...]:
@@ -106,7 +105,7 @@ STAGES: dict[str, Stage] = {
                       cmd=f"python -m stages.evaluate --params params.yaml --arm ${{item}} {DIRS} "
                           "--train data/final/${item}/train --out data/final/${item}/metrics.json",
                       deps=("data/prepare", "data/quantize", "data/profile", "data/final/${item}/train"),
-                      outs=("data/final/${item}/records.json",), metrics=("data/final/${item}/metrics.json",),
+                      outs=("data/final/${item}/records.json", "data/final/${item}/metrics.json"),
                       foreach="${finetune.arms}"),
     "report": Stage(params=("finetune.arms", "finetune.seeds", "budget", "search.metric", "search.granularity",
                             "quant.bits", "quant.targets", "lora.ranks", "model.source"),
@@ -144,8 +143,9 @@ STAGES["sweep_summary"] = Stage(
     cmd="python -m stages.sweep summary --params params.yaml --cells data/sweep/cells --out data/sweep/${item}",
     deps=("data/sweep/cells",), outs=("data/sweep/${item}",), foreach="${sweep.name}")
 
-# what `dvc metrics show` / `dvc plots show` list: one file per stage that is not a foreach (the report
-# gathers the per-bit-width and per-arm numbers, which DVC cannot list from the params)
+# what `dvc metrics show` / `dvc plots show` list: one file per stage that is not a foreach, the same paths for
+# every experiment (the report gathers the per-bit-width and per-arm numbers; a foreach's files depend on the
+# params, and after a Snakemake run of another experiment params.yaml still names the default's arms)
 METRICS = ("data/prepare/metrics.json", "data/profile/metrics.json", "data/search/evolve/metrics.json",
            "data/search/refine/metrics.json", "data/report/metrics.json")
 PLOTS = ("data/profile/priors.png", "data/search/evolve/trace.png", "data/search/refine/refine.png",
@@ -164,8 +164,6 @@ def dvc_yaml() -> dict[str, Any]:
         body: dict[str, Any] = {"cmd": st.cmd, "deps": [*st.code, *st.deps], "params": list(st.params)}
         if st.outs:
             body["outs"] = list(st.outs)
-        if st.metrics:
-            body["metrics"] = list(st.metrics)  # cached like any output: `dvc push` shares them
         if st.foreach:
             stages[name] = {"foreach": st.foreach, "do": body}
         elif st.matrix:

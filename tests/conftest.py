@@ -176,3 +176,21 @@ def one_worker_evolve(searchable_project, tmp_path_factory):
     res = run_tool(["python", "-m", "stages.evolve", "--params", "one.yaml"], cwd=root, timeout=1200)
     assert res.returncode == 0, res.stderr[-3000:]
     return root
+
+
+def budget_three_ways(p, prepare: Path, records: Path) -> list[tuple[float, float, int | None]]:
+    """(limit, smallest configuration's cost, answer tokens priced) as `autoqra check` reports them before
+    prepare (from the source and the task as they will be split) and after (from the prepared folder), and as
+    the search stages bind on (`pipeline.setup`: the prepared model's shapes, the prepare stage's count)."""
+    from autoqra import preflight
+    from autoqra.memory import ModelSpec, from_params
+    from autoqra.pipeline.setup import prepared_labelled
+
+    before = preflight.check(p, None, records)
+    after = preflight.check(p, prepare, records)
+    labelled = prepared_labelled(prepare)
+    space, _, budget = from_params(p, ModelSpec.from_pretrained(prepare / "model", p.quant.targets), labelled)
+    return [(before["limit"], before["smallest"], before["labelled"]),
+            (after["limit"], after["smallest"], after["labelled"]),
+            (budget.limit, budget.cost(space.minimum()), labelled)]
+

@@ -59,6 +59,22 @@ def test_every_arm_is_trained_and_scored_under_every_seed(finished):
             assert sum(row["exact_match_per_example"]) / p.task.test == pytest.approx(row["exact_match"])
 
 
+def test_dvc_metrics_show_reads_every_file_it_lists_after_a_snakemake_run_of_another_experiment(finished):
+    """params.yaml (what dvc.yaml's foreach stages read) still names the default's arms and bit-widths after
+    a Snakemake run of the smoke experiment: DVC's metrics view must not depend on them."""
+    from conftest import smoke_params
+
+    from stages.registry import METRICS
+
+    shown = run_tool(["dvc", "metrics", "show", "--json"], cwd=finished)
+    assert shown.returncode == 0 and "failed" not in shown.stdout + shown.stderr, shown.stdout + shown.stderr
+    listed = json.loads(shown.stdout)[""]["data"]
+    assert set(listed) == set(METRICS) and all("error" not in m for m in listed.values()), listed.keys()
+    report = listed["data/report/metrics.json"]["data"]
+    assert set(report["arms"]) == set(smoke_params().finetune.arms)
+    assert set(report["quantize"]) == {f"b{b}" for b in smoke_params().quant.bits if b != 16}
+
+
 def test_the_report_puts_every_arm_side_by_side_with_paired_differences(finished):
     table = pd.read_csv(finished / "data/report/summary.csv")
     from conftest import smoke_params

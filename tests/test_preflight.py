@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_tool
+from conftest import ROOT, budget_three_ways, run_tool
 
 SMOKE = ["experiment=smoke"]
 
@@ -46,6 +46,8 @@ def _user_data(tmp_path, rows):
     ("unknown split value", "split column has values ['holdout']"),
     ("malformed line", "line 7 is not JSON"),
     ("json object", "a .json file must hold a list of examples, not dict"),
+    ("empty answers jsonl", "task.answer_column='answer': 2 of 120 rows of"),
+    ("empty answers csv", "task.answer_column='answer': 2 of 120 rows of"),
 ])
 def test_prepare_rejects_bad_task_data_before_building_the_model(tmp_path, case, message):
     rows = [{"prompt": f"q{i}", "answer": f"a{i}", "split": "train" if i < 100 else "val"} for i in range(120)]
@@ -66,6 +68,15 @@ def test_prepare_rejects_bad_task_data_before_building_the_model(tmp_path, case,
     if case == "json object":
         source = str(tmp_path / "data.json")
         Path(source).write_text(json.dumps({"rows": rows}))
+    if case.startswith("empty answers"):  # rows 8 and 31 (from 1): one empty, one of white space or null
+        rows[7]["answer"], rows[30]["answer"] = "", None if case.endswith("jsonl") else "  "
+        source = _user_data(tmp_path, rows)
+        if case.endswith("csv"):
+            import pandas as pd
+
+            source = str(tmp_path / "data.csv")
+            pd.DataFrame(rows).to_csv(source, index=False)
+        message += f" {source} have an empty answer (nothing to train or score on) (rows 8, 31)"
     params = tmp_path / "p.yaml"
     from stages.params import compose, to_yaml
 
@@ -109,3 +120,18 @@ def test_a_model_folder_the_pipeline_cannot_use_is_one_line_before_any_work(tmp_
     assert res.returncode != 0 and last.startswith("error:") and message in last, res.stderr[-2000:]
     assert "Traceback" not in res.stderr and not (tmp_path / "p" / "model").exists()
     print(f"{case}: rejected in {time.monotonic() - start:.1f} s")
+
+
+def test_the_budget_checked_before_prepare_is_the_one_the_search_binds_on(tmp_path):
+    from autoqra.params import load_params
+    from autoqra.pipeline.prepare import prepare
+    from stages.params import compose
+
+    (tmp_path / "p").mkdir()
+    metrics = prepare(load_params(compose(SMOKE)), tmp_path / "p")
+    (tmp_path / "p" / "metrics.json").write_text(json.dumps(metrics))
+    for extra in ([], ["budget=bytes", "budget.value=9000000"]):
+        p = load_params(compose([*SMOKE, *extra]))
+        ways = budget_three_ways(p, tmp_path / "p", tmp_path / "records")
+        assert ways[0] == ways[1] == ways[2], (extra, ways)  # to the byte
+        assert ways[0][2] == metrics["train_labelled_max"] < p.task.max_length - 1  # a count, not the bound

@@ -4,6 +4,8 @@ A mistake found after GPTQ or halfway through a search costs tens of minutes; th
 seconds. Each failure is one `ParamError` line naming the key, the value and what is allowed.
 `check(params, prepare)` reads the model's transformers config from the prepared folder, or from the
 source itself before it is prepared (`models.source_config`); `check_splits` checks the task splits.
+Before prepare it counts the train split's answer tokens with the source's tokenizer as the prepare stage
+will, so the budget it reports is, to the byte, the one the search binds on.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ def check_shapes(p: Params, config: Any, labelled: int | None = None) -> dict[st
         except ParamError as exc:
             raise ParamError(f"sweep.budgets={p.sweep.budgets}: {exc}") from None
     low, high = memory.value_range(p.budget.kind, p.budget.reference, model, space)
-    return {"budget": budget.description, "value_range": [low, high]}
+    return {"budget": budget.description, "value_range": [low, high], "limit": budget.limit,
+            "smallest": budget.cost(space.minimum())}
 
 
 def check_splits(p: Params, task_dir: str | Path) -> None:
@@ -90,16 +93,44 @@ def check_splits(p: Params, task_dir: str | Path) -> None:
     check_split_sizes(p, sizes)
 
 
-def check_task(p: Params) -> None:
+def check_task(p: Params) -> dict[str, list[dict[str, Any]]] | None:
     """A local or synthetic task as the prepare stage will split it (read, parsed and split in memory: 0.03 s
-    for the default task, no model, no torch), so a defect in the data is one line before any heavy import."""
+    for the default task, no model, no torch), so a defect in the data is one line before any heavy import.
+    Returns the splits (None for a Hugging Face dataset, whose loading is left to the prepare stage)."""
     from autoqra import data
 
     if p.task.source.startswith("hf:"):
-        return  # loading a dataset costs what the prepare stage will pay once; its splits are checked there
+        return None  # loading a dataset costs what the prepare stage will pay once; its splits are checked there
     splits = data.task_splits(p.task.source, p.task.families, {s: getattr(p.task, s) for s in data.SPLITS}, p.task.seed,
                         p.task.prompt_column, p.task.answer_column, p.task.system_prompt)
     check_split_sizes(p, {s: len(rows) for s, rows in splits.items()})
+    return splits
+
+
+def chat_tokenizer(source: str) -> Any:
+    """`model.source`'s tokenizer, which must have a chat template (prompts and answers are formatted with it)."""
+    from autoqra import models
+
+    tok = models.source_tokenizer(source)
+    if not getattr(tok, "chat_template", None):
+        raise ParamError(f"model.source={source!r}: its tokenizer has no chat template (prompts and answers "
+                         "are formatted with it); allowed: a chat/instruct model, or a folder whose "
+                         "tokenizer_config.json sets chat_template")
+    return tok
+
+
+def labelled_before_prepare(p: Params, splits: dict[str, list[dict[str, Any]]] | None) -> tuple[int | None, str]:
+    """The most answer tokens of one training sequence, counted as the prepare stage will count them (the
+    source's tokenizer on the train split), and where the figure comes from. The memory model's head term
+    reads it, so the budget checked before prepare is the one the search binds on; for a Hugging Face
+    dataset (not loaded before prepare) it is None: every position, an upper bound."""
+    if splits is None:
+        return None, ("every position of a sequence (an upper bound: a Hugging Face task's answers are counted "
+                      "by the prepare stage, and the budget it binds on is lower)")
+    from autoqra import data
+
+    tok = chat_tokenizer(p.model.source)  # an answer over task.max_length is one line here (`data.TooLong`)
+    return data.labelled_max(tok, splits["train"], p.task.max_length), "the train split, counted here"
 
 
 def check_split_sizes(p: Params, sizes: dict[str, int]) -> None:
@@ -178,14 +209,16 @@ def check(p: Params, prepare: str | Path | None, records: str | Path = "data/rec
     (from the prepared model's config, or the source's when nothing is prepared yet), and the splits
     when they exist."""
     check_storage(p.search.storage, records)
-    if not (prepare and (Path(prepare) / "task").exists()):
-        check_task(p)  # nothing prepared yet: the data as they will be split, before the model's config
+    prepared = bool(prepare and (Path(prepare) / "task").exists())
+    splits = None if prepared else check_task(p)  # nothing prepared yet: the data as they will be split
     warn_slow_backend(p.search.backend)
     config = shapes_config(p, prepare)
-    labelled = None
-    if prepare and (Path(prepare) / "metrics.json").exists():  # the head term's bound, once the data exist
-        labelled = json.loads((Path(prepare) / "metrics.json").read_text()).get("train_labelled_max")
+    metrics = Path(prepare) / "metrics.json" if prepare else None
+    if metrics is not None and metrics.exists():  # the head term's bound, as the prepare stage counted it
+        labelled, origin = json.loads(metrics.read_text()).get("train_labelled_max"), f"{metrics}"
+    else:
+        labelled, origin = labelled_before_prepare(p, splits)
     info = check_shapes(p, config, labelled)
-    if prepare and (Path(prepare) / "task").exists():
+    if prepared:
         check_splits(p, Path(prepare) / "task")
-    return info
+    return {**info, "labelled": labelled, "labelled_from": origin}

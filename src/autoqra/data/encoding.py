@@ -33,6 +33,13 @@ def truncated(tokenizer: Any, examples: list[dict[str, Any]], max_length: int) -
     return sum(len(prompt_ids(tokenizer, ex)) > encode(tokenizer, ex, max_length)[1].count(-100) for ex in examples)
 
 
+def labelled_max(tokenizer: Any, examples: list[dict[str, Any]], max_length: int) -> int:
+    """The most labelled (answer) tokens of one encoded example: what the memory model's head term prices
+    (`scoring.labelled_nll` runs the head on labelled positions only). The prepare stage stores it; the
+    check computes it the same way before anything is prepared, so both price the same budget."""
+    return max(sum(y != -100 for y in encode(tokenizer, ex, max_length)[1]) for ex in examples)
+
+
 def prompt_ids(tokenizer: Any, example: dict[str, Any]) -> list[int]:
     """The generation prompt of an example (for greedy decoding)."""
     system = [{"role": "system", "content": example["system"]}] if example.get("system") is not None else []

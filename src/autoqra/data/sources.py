@@ -7,6 +7,7 @@ Calibration examples come from train.
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,21 @@ def _splits(source: str, rows: list[dict[str, Any]]) -> list[str | None]:
     return out
 
 
+def _empty(value: Any) -> bool:
+    """A missing cell: None, NaN (a parquet or pandas null) or text of nothing but white space."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
+
+
+def _no_empty(source: str, rows: list[dict[str, Any]], column: str, key: str, what: str) -> None:
+    """Every row has a value in `column`: one line naming the column and the first offending rows (numbered
+    from 1, as a reader counts data rows; a CSV's header line is not a row)."""
+    bad = [i for i, r in enumerate(rows, 1) if _empty(r.get(column))]
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ParamError(f"{key}={column!r}: {len(bad)} of {len(rows)} rows of {source} have an empty {what} "
+                         f"(rows {shown}); allowed: a non-empty {column} in every row")
+
+
 def load_user(source: str, prompt_column: str, answer_column: str, sizes: dict[str, int],
               seed: int) -> dict[str, list[dict[str, Any]]]:
     """Splits from a user table. A `split` column (train/val/test) is respected; otherwise rows are
@@ -89,6 +105,7 @@ def load_user(source: str, prompt_column: str, answer_column: str, sizes: dict[s
     for column, key in ((prompt_column, "task.prompt_column"), (answer_column, "task.answer_column")):
         if column not in rows[0]:
             raise ParamError(f"{key}={column!r}: no such column in {source} (columns: {', '.join(rows[0])})")
+    _no_empty(source, rows, answer_column, "task.answer_column", "answer (nothing to train or score on)")
     pairs = [(str(r[prompt_column]), str(r[answer_column]), split) for r, split in zip(rows, _splits(source, rows))]
     if any(s is not None for _, _, s in pairs):
         parts = {s: [(p, a) for p, a, t in pairs if t == s] for s in ("train", "val", "test")}

@@ -12,15 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from autoqra import data, preflight
-from autoqra.params import ParamError, Params
+from autoqra.params import Params
 from autoqra.store import fingerprint
 
 log = logging.getLogger("autoqra")
 
 
 def prepare(p: Params, out: Path) -> dict[str, Any]:
-    from autoqra import models  # torch and transformers: after the task data are read and checked
-
     sizes = {s: getattr(p.task, s) for s in data.SPLITS}
     splits = data.task_splits(p.task.source, p.task.families, sizes, p.task.seed, p.task.prompt_column,
                         p.task.answer_column, p.task.system_prompt)
@@ -28,18 +26,15 @@ def prepare(p: Params, out: Path) -> dict[str, Any]:
     preflight.check_splits(p, out / "task")
     log.info("task: %s", {s: len(r) for s, r in splits.items()})
     # the token limit is checked with the source's tokenizer, before the model is converted
-    tok = models.source_tokenizer(p.model.source)
-    if not getattr(tok, "chat_template", None):
-        raise ParamError(f"model.source={p.model.source!r}: its tokenizer has no chat template (prompts and answers "
-                         "are formatted with it); allowed: a chat/instruct model, or a folder whose "
-                         "tokenizer_config.json sets chat_template")
+    tok = preflight.chat_tokenizer(p.model.source)
     cut = {s: data.truncated(tok, rows, p.task.max_length) for s, rows in splits.items() if s != "calib"}
+    from autoqra import models  # torch: after the task data are read and checked
+
     info = models.prepare_model(p.model.source, out / "model", p.model.tiny, splits["train"], p.model.tiny.seed)
     log.info("model: %s", info["origin"])
     if any(cut.values()):
         log.warning("examples over task.max_length=%d lose the start of their prompt: %s", p.task.max_length, cut)
-    # what the memory model's head term reads: the most labelled (answer) tokens of one training sequence
-    labelled = max(sum(y != -100 for y in data.encode(tok, ex, p.task.max_length)[1]) for ex in splits["train"])
+    labelled = data.labelled_max(tok, splits["train"], p.task.max_length)  # the memory model's head term
     return {**info, "examples": {s: len(r) for s, r in splits.items()}, "truncated_prompts": cut,
             "train_labelled_max": labelled,
             "families": sorted({r["family"] for r in splits["train"]}),
