@@ -22,7 +22,6 @@ def attach_lora(model: Any, ranks: dict[str, int], alpha_ratio: float, dropout: 
     drawn from its own generator, seeded by (seed, module name, rank): two configurations that give
     a module the same rank start it from the same A, whatever else they differ in (paired runs)."""
     from peft import LoraConfig, get_peft_model
-    from peft.tuners.lora import LoraLayer
 
     targeted = {m: r for m, r in ranks.items() if r > 0}
     if not targeted:
@@ -32,8 +31,7 @@ def attach_lora(model: Any, ranks: dict[str, int], alpha_ratio: float, dropout: 
                      target_modules=sorted(targeted), task_type="CAUSAL_LM",
                      rank_pattern=dict(targeted), alpha_pattern={m: alpha_ratio * r for m, r in targeted.items()})
     peft_model = get_peft_model(model, cfg)
-    layers = {n.removeprefix("base_model.model."): mod for n, mod in peft_model.named_modules()
-              if isinstance(mod, LoraLayer)}
+    layers = lora_layers(peft_model)
     for name, rank in ranks.items():
         layer = layers.get(name)
         if rank == 0:
@@ -52,6 +50,14 @@ def attach_lora(model: Any, ranks: dict[str, int], alpha_ratio: float, dropout: 
     if seed is not None:
         init_lora(layers, seed)
     return peft_model
+
+
+def lora_layers(peft_model: Any) -> dict[str, Any]:
+    """The PEFT LoRA layers of a model, by the base model's module names."""
+    from peft.tuners.lora import LoraLayer
+
+    return {n.removeprefix("base_model.model."): mod for n, mod in peft_model.named_modules()
+            if isinstance(mod, LoraLayer)}
 
 
 @torch.no_grad()

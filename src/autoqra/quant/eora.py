@@ -1,0 +1,98 @@
+"""EoRA: adapters that start by undoing the quantization error (Liu et al. 2024, arXiv 2410.21271).
+
+A linear with weight W, quantized to Q(W), is off by ΔW = W − Q(W): on inputs X its output moves by X ΔWᵀ.
+EoRA projects ΔW into the eigenspace of the input covariance C = XᵀX / n (C = V Λ Vᵀ, S = V Λ^½), takes the
+truncated SVD of ΔW S there and maps it back with S⁻¹: the rank-r factors B A minimise the error the layer's
+output sees, ‖X (ΔW − B A)ᵀ‖_F, rather than ‖ΔW − B A‖_F. One SVD at the largest rank gives every smaller
+rank by truncation (the factors are nested), and C is shared by every bit-width, so its eigendecomposition is
+computed once per module; GPTQModel's `gptqmodel.eora.eora.eora_compute_lora` does the same per (module, bits,
+rank) with the eigensolve repeated each time (a test checks the two agree).
+
+LoRA computes Q(W) x + s · B A x with s = lora_alpha / r; `lora_init` scales both factors by 1/√s so that the
+adapter starts at exactly the compensation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def input_covariances(model: nn.Module, modules: Iterable[str],
+                      sequences: Iterable[list[int]]) -> dict[str, torch.Tensor]:
+    """C = XᵀX / n (fp32, on the CPU) of the inputs each named linear sees on `sequences` (token ids, one
+    sequence per forward, so no padding enters), from forward pre-hooks on `model` as it is."""
+    named = dict(model.named_modules())
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def hook(name: str):
+        def pre(_module: nn.Module, args: tuple) -> None:
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float().cpu()
+            sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
+            counts[name] = counts.get(name, 0) + x.shape[0]
+        return pre
+
+    handles = [named[m].register_forward_pre_hook(hook(m)) for m in modules]
+    try:
+        device = next(model.parameters()).device
+        for ids in sequences:
+            model(input_ids=torch.tensor([ids], device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    return {m: s / counts[m] for m, s in sums.items()}
+
+
+@dataclass(frozen=True)
+class Eigenspace:
+    """S = V Λ^½ and its (pseudo-)inverse for one module's input covariance; eigenvalues at or below the
+    numerical-rank cutoff (GPTQModel's: n · eps(fp32) of the largest) are dropped from both."""
+
+    scale: torch.Tensor    # (in, in): ΔW S is what the SVD truncates
+    inverse: torch.Tensor  # (in, in): S⁻¹ maps the right factor back
+
+    @classmethod
+    def of(cls, covariance: torch.Tensor) -> Eigenspace:
+        values, vectors = torch.linalg.eigh(covariance.double())
+        cutoff = values[-1].clamp_min(0) * min(1.0, values.numel() * torch.finfo(torch.float32).eps)
+        keep = values > cutoff
+        root = torch.where(keep, values.clamp_min(0).sqrt(), torch.zeros_like(values))
+        inv = torch.where(keep, 1 / root.where(keep, torch.ones_like(root)), torch.zeros_like(values))
+        return cls(scale=(vectors * root).float(), inverse=(inv[:, None] * vectors.T).float())
+
+
+def factors(delta: torch.Tensor, space: Eigenspace, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, A), (out × rank) and (rank × in), with B A the rank-`rank` compensation of `delta` = W − Q(W) that
+    minimises the error on inputs of the eigenspace's covariance; the singular values split as √σ on each."""
+    u, s, vh = torch.linalg.svd(delta.float() @ space.scale, full_matrices=False)
+    root = s[:rank].sqrt()
+    return u[:, :rank] * root, (root[:, None] * vh[:rank]) @ space.inverse
+
+
+def output_error(delta: torch.Tensor, covariance: torch.Tensor, b: torch.Tensor | None = None,
+                 a: torch.Tensor | None = None) -> float:
+    """‖X (ΔW − B A)ᵀ‖_F / √n = √tr(E C Eᵀ), E = ΔW − B A: the output error per input the layer sees
+    (without B, A: the quantization's own)."""
+    e = delta.double() - (b.double() @ a.double() if b is not None else 0)
+    return math.sqrt(max(float(torch.einsum("oi,ij,oj->", e, covariance.double(), e)), 0.0))
+
+
+@torch.no_grad()
+def lora_init(layers: dict[str, Any], compensation: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Start each named PEFT LoRA layer at its compensation: lora_B = B/√s, lora_A = A/√s (s = lora_alpha/r),
+    so that s · lora_B lora_A = B A; the factors of a larger rank are truncated to the layer's rank."""
+    for name, (b, a) in compensation.items():
+        layer = layers[name]
+        r, s = layer.r["default"], layer.scaling["default"]
+        if b.shape[1] < r:
+            raise ValueError(f"{name}: compensation of rank {b.shape[1]} for an adapter of rank {r}")
+        lora_a, lora_b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        lora_b.copy_((b[:, :r] / math.sqrt(s)).to(lora_b))
+        lora_a.copy_((a[:r] / math.sqrt(s)).to(lora_a))
