@@ -267,3 +267,31 @@ def test_a_promoted_rung_continues_the_lower_run_and_equals_the_uncut_run(tmp_pa
     # without the lower state (another seed) the same call trains from the start
     again = cut(config, 12, 1, horizon=12, lower=(4,))
     assert "continued_from" not in again and again["train_steps"] == 12
+
+
+def test_eora_init_starts_quantized_adapters_at_the_compensation_computed_once(tmp_path, tiny_dir, task_dir,
+                                                                               tiny_caches, space):
+    from autoqra.train.lora import lora_layers
+
+    space = Space.from_modules([m for ms in space.members.values() for m in ms], "block", [2, 8, 16], [4, 8])
+    zero = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space)
+    lora = LoraParams(ranks=[4, 8], init="eora")
+    ev = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space, lora=lora, calibration=(16, 64))
+    config = space.config([2, 2, 16, 8], [8, 4, 8, 4])
+    assert ev.key(config, 4, 0) != zero.key(config, 4, 0)  # a run's key says how its adapters started
+    batch = [collate(ev.train_data[:32], ev.tokenizer.pad_token_id)]
+    plain, started = zero.assemble(config, tmp_path, seed=0), ev.assemble(config, tmp_path, seed=0)
+    assert mean_nll(started, batch) < mean_nll(plain, batch)  # 2-bit blocks: the compensation pays at step 0
+    bits, ranks = space.per_module(config)
+    layers = lora_layers(started)
+    for name, layer in layers.items():
+        b = layer.lora_B["default"].weight
+        assert (b.abs().sum() > 0) == (bits[name] != 16), name  # quantized modules only
+    files = sorted((tmp_path / "records" / "eora").glob("*.safetensors"))
+    assert len(files) == len({b for b in bits.values() if b != 16})  # one file per bit-width used
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space, lora=lora, calibration=(16, 64))
+    again.assemble(config, tmp_path, seed=0)
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # read, never computed twice
+    record = ev(config, 4, 0)
+    assert record["status"] == "ok" and record["train_steps"] == 4

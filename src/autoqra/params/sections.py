@@ -77,6 +77,11 @@ class LoraParams:
     alpha_ratio: float = spec(2.0, help="lora_alpha = alpha_ratio * rank", min=0.0, exclusive_min=True)
     dropout: float = spec(0.0, help="LoRA dropout (0: measured no better, a quarter slower; see README)",
                           min=0.0, max=0.9)
+    init: str = spec("zero", help="how each adapter starts: 'zero' (PEFT's: B = 0, the adapter adds nothing at "
+                     "step 0) or 'eora' (a quantized module's adapter starts at EoRA's compensation of its "
+                     "quantization error, from the GPTQ calibration set; computed once per bit-width and kept "
+                     "in the record cache). The profile's priors are still measured without it",
+                     choices=["zero", "eora"])
 
 
 @dataclass

@@ -26,15 +26,16 @@ import torch
 from autoqra import devices, models, quant
 from autoqra.data import encode, read_split
 from autoqra.params import FinetuneParams, LoraParams
-from autoqra.quant import backends
+from autoqra.quant import backends, eora
 from autoqra.space import Config, Space
 from autoqra.store import fingerprint
+from autoqra.store.files import place
 from autoqra.store.fingerprint import VALUE_CODE
 from autoqra.store.process import scratch
 from autoqra.store.records import RecordStore
 from autoqra.train import scoring
 from autoqra.train.loop import train
-from autoqra.train.lora import adapter_ok, attach_lora, save_adapter
+from autoqra.train.lora import adapter_ok, attach_lora, lora_layers, save_adapter
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -48,7 +49,10 @@ class FidelityRun:
                  space: Space, lora: LoraParams, finetune: FinetuneParams, records: str | Path, max_length: int,
                  metric: str = "answer_loss", backend: str = "auto", device: str | None = None,
                  oom_attempts: int = 3, fingerprints: dict[str, str] | None = None, progress: bool = False,
-                 legacy_records: str | Path | None = None):
+                 legacy_records: str | Path | None = None, calibration: tuple[int, int] = (32, 256)):
+        """`lora.init=eora` starts each quantized module's adapter at EoRA's compensation of its quantization
+        error, computed on the first `calibration[0]` calibration examples at `calibration[1]` tokens (the
+        GPTQ pass's: `quant.calib_samples`, `quant.max_length`)."""
         self.model_dir, self.space, self.lora, self.ft = Path(model_dir), space, lora, finetune
         self.caches, self.metric, self.progress, self.max_length = caches, metric, progress, max_length
         self.store = RecordStore(records, max_attempts=oom_attempts, legacy=legacy_records)
@@ -67,7 +71,10 @@ class FidelityRun:
         self.val = val[: finetune.val_samples] if finetune.val_samples else val
         fps = fingerprints or {"model": fingerprint.of_dir(self.model_dir), "task": fingerprint.of_dir(task_dir)}
         self._inputs = {"model": fps["model"], "task": fps["task"], "max_length": max_length,
-                        "lora": {"alpha_ratio": lora.alpha_ratio, "dropout": lora.dropout},
+                        "lora": {"alpha_ratio": lora.alpha_ratio, "dropout": lora.dropout,
+                                 # the default adds nothing: the keys of zero-initialised runs never change
+                                 **({"init": lora.init, "calibration": list(calibration)}
+                                    if lora.init != "zero" else {})},
                         # what a run's value depends on: not the arms' list, their seeds or rank (adding
                         # an arm must not invalidate the search's records), nor the steps (in the key)
                         "finetune": {k: v for k, v in asdict(finetune).items()
@@ -76,6 +83,7 @@ class FidelityRun:
                         "targets": sorted(m for ms in space.members.values() for m in ms),
                         "code": fingerprint.of_code(*VALUE_CODE), "platform": devices.platform(self.device)}
         self.steps_trained = 0  # optimizer steps actually run by this fidelity run (cached records add none)
+        self.calibration = calibration
 
     @cached_property
     def tokenizer(self) -> Any:
@@ -145,7 +153,51 @@ class FidelityRun:
         """The configuration's quantized model with its adapters attached (checked)."""
         bits, ranks = self.space.per_module(config)
         model = self.backend.assemble(bits, workdir)
-        return attach_lora(model, ranks, self.lora.alpha_ratio, self.lora.dropout, seed=seed)
+        model = attach_lora(model, ranks, self.lora.alpha_ratio, self.lora.dropout, seed=seed)
+        if self.lora.init == "eora":
+            used = {b for m, b in bits.items() if b != quant.UNQUANTIZED and ranks.get(m, 0) > 0}
+            factors = self.compensation(used)
+            eora.lora_init(lora_layers(model), {m: factors[b][m] for m, b in bits.items() if b in used
+                                                and ranks.get(m, 0) > 0})
+        return model
+
+    def compensation_path(self, bits: int) -> Path:
+        """Where the EoRA factors of every target linear at `bits` are kept (at the ladder's largest rank:
+        smaller ranks are their truncations), keyed by all they depend on."""
+        key = fingerprint.of_data({"model": self._inputs["model"], "task": self._inputs["task"],
+                                   "cache": self.caches[bits].fingerprint, "calibration": list(self.calibration),
+                                   "rank": max(self.space.ranks), "targets": self._inputs["targets"],
+                                   "code": fingerprint.of_code("autoqra.quant.eora", "autoqra.quant.cache")})
+        return self.store.root / "eora" / f"{key}.safetensors"
+
+    def compensation(self, bits: set[int]) -> dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """The EoRA factors at each of `bits`, computed once for every bit-width that lacks them (one
+        calibration pass and one eigendecomposition per module serve them all) under the store's lock, so
+        workers sharing the store never compute them twice; kept in memory for this run's next models."""
+        from safetensors.torch import load_file, save
+
+        have = self.__dict__.setdefault("_compensation", {})
+        paths = {b: self.compensation_path(b) for b in bits if b not in have}
+        missing = [b for b, path in paths.items() if not path.exists()]
+        if missing:
+            lock = paths[missing[0]].stem
+            with self.store.lock(lock, ready=lambda: all(paths[b].exists() for b in missing)) as held:
+                todo = [b for b in missing if not paths[b].exists()] if held else []
+                if todo:
+                    targets = self._inputs["targets"]
+                    calib = [encode(self.tokenizer, ex, self.calibration[1])[0]
+                             for ex in read_split(self.task_dir, "calib")[: self.calibration[0]]]
+                    base = models.load_model(self.model_dir)
+                    made = eora.compensations(base, {b: self.caches[b] for b in todo}, targets, calib,
+                                              max(self.space.ranks), progress=self.progress)
+                    del base
+                    for b in todo:
+                        tensors = {f"{m}.{part}": t for m, ba in made[b].items() for part, t in zip("BA", ba)}
+                        place(paths[b], lambda fh, t=tensors: fh.write(save(t)), binary=True)
+        for b, path in paths.items():
+            tensors = load_file(path)
+            have[b] = {m: (tensors[f"{m}.B"], tensors[f"{m}.A"]) for m in {k.rsplit(".", 1)[0] for k in tensors}}
+        return {b: have[b] for b in bits}
 
     def state_path(self, config: Config, fidelity: int, seed: int, horizon: int) -> Path:
         """Where the training state of a cut run is kept: adapters, optimizer, random state, losses."""

@@ -123,7 +123,8 @@ class Setup:
                                    records=records_root(dirs),
                                    legacy_records=Path(dirs["search"]) / "records", metric=p.search.metric,
                                    backend=p.search.backend, oom_attempts=p.search.oom_attempts,
-                                   fingerprints=prepared_fingerprints(prepare), progress=progress)
+                                   fingerprints=prepared_fingerprints(prepare), progress=progress,
+                                   calibration=(p.quant.calib_samples, p.quant.max_length))
         self.rehydrated = manifest.rehydrate(self.fidelity_run.store, data_root(dirs))  # after a pull: records back
 
     def identity(self, settings: EvolveSettings) -> dict[str, Any]:

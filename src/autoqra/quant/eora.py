@@ -96,3 +96,42 @@ def lora_init(layers: dict[str, Any], compensation: dict[str, tuple[torch.Tensor
         lora_a, lora_b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
         lora_b.copy_((b[:, :r] / math.sqrt(s)).to(lora_b))
         lora_a.copy_((a[:r] / math.sqrt(s)).to(lora_a))
+
+
+COVARIANCE_BYTES = 2 * 2**30  # covariances held at once: more target linears than fit take several passes
+
+
+def compensations(model: nn.Module, caches: dict[int, Any], modules: list[str], sequences: list[list[int]],
+                  rank: int, progress: bool = False) -> dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """For every bit-width of `caches` (`quant.QuantCache`), each module's rank-`rank` factors (B, A) of
+    W − Q(W), W from the unquantized `model`, Q(W) from the cache, on the covariance of the inputs the module
+    sees in `model` on `sequences` (the GPTQ calibration set). Modules are taken in passes whose covariances
+    fit `COVARIANCE_BYTES` (an 8B model's do not fit at once); each covariance is decomposed once for every
+    bit-width."""
+    from tqdm.auto import tqdm
+
+    linears = dict(model.named_modules())
+    passes: list[list[str]] = [[]]
+    held = 0
+    for m in modules:
+        size = 4 * linears[m].in_features ** 2
+        if passes[-1] and held + size > COVARIANCE_BYTES:
+            passes.append([])
+            held = 0
+        passes[-1].append(m)
+        held += size
+    out: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {b: {} for b in caches}
+    bar = tqdm(total=len(modules), desc="EoRA", disable=not progress)
+    for group in passes:
+        covariances = input_covariances(model, group, sequences)
+        for m in group:
+            lin = linears[m]
+            w = lin.weight.detach().float().cpu()
+            space = Eigenspace.of(covariances.pop(m))
+            for b, cache in caches.items():
+                delta = w - cache.dequantized(m, lin.in_features, lin.out_features)
+                b_, a_ = factors(delta, space, rank)
+                out[b][m] = (b_.contiguous(), a_.contiguous())
+            bar.update()
+    bar.close()
+    return out

@@ -38,7 +38,7 @@ def of_dir(path: str | Path, skip: tuple[str, ...] = ("metrics.json", ".snakemak
 VALUE_CODE = ("autoqra.pipeline.fidelity", "autoqra.train.lora", "autoqra.train.loop", "autoqra.train.scoring",
               "autoqra.data.generator", "autoqra.data.sources", "autoqra.data.encoding", "autoqra.quant.cache",
               "autoqra.quant.packed", "autoqra.quant.backends", "autoqra.quant.matmul", "autoqra.models",
-              "autoqra.devices", "autoqra.space")
+              "autoqra.devices", "autoqra.space", "autoqra.quant.eora")
 TEST_CODE = ("autoqra.train.evaluation",)  # what a test-split evaluation adds
 
 
