@@ -1,0 +1,155 @@
+"""Does starting the adapters at EoRA's compensation pay? `lora.init=eora` against `zero` at uniform bits.
+
+    python bench/eora.py [--bits 2 3 4] [--rank 16] [--steps 48] [--seeds 100 101 102] [--test 1000]
+                         [--params params.yaml] [--prepare data/prepare] [--quantize data/quantize] [--json F]
+
+For each bit-width, the uniform configuration at `--rank` is built twice from the pipeline's GPTQ caches,
+once with PEFT's zero-started adapters and once with EoRA's, and scored on `--test` test examples: at step 0
+(before any training: zero-started adapters add nothing, so this is the quantized model against its
+compensation; no seed enters, the interval is the test set's sampling error alone) and after `--steps`
+training steps under each of the fresh `--seeds` (the pipeline's fidelity runs and record cache: an
+evaluation made once is read, never repeated). Differences eora − zero are paired by seed and test example,
+95 % intervals from `autoqra.stats` (t quantiles at the seed and example counts used).
+
+The test examples: the prepared test split, extended to `--test` by the task's generator under another seed
+with every prompt of the prepared splits left out (synthetic tasks only), so they are as the split's and
+disjoint from what is trained, validated and calibrated on. Nothing is chosen on them. The compensation's
+one-off cost (a calibration pass and one eigendecomposition per module, an SVD per module and bit-width) is
+printed from the first run that computes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import common  # noqa: F401  (offline environment, the stages' helpers on the path)
+import numpy as np
+
+
+def test_examples(p, task_dir: Path, n: int) -> list[dict]:
+    from autoqra import data
+
+    test = data.read_split(task_dir, "test")
+    if n <= len(test):
+        return test[:n]
+    if p.task.source != "synthetic":
+        raise SystemExit(f"error: --test {n}: the prepared test split holds {len(test)} and task.source="
+                         f"{p.task.source!r} cannot make more (synthetic only)")
+    seen = {ex["prompt"] for s in data.SPLITS for ex in data.read_split(task_dir, s)}
+    extra = data.generate(p.task.families, {"train": 0, "val": 0, "test": 4 * n, "calib": 0}, p.task.seed + 1000)
+    more = [ex for ex in extra["test"] if ex["prompt"] not in seen][: n - len(test)]
+    for i, ex in enumerate(more):
+        ex["id"] = f"test-extra-{i:05d}"
+        if p.task.system_prompt is not None:
+            ex["system"] = p.task.system_prompt
+            ex["messages"] = [{"role": "system", "content": p.task.system_prompt}, *ex["messages"]]
+    return test + more
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--prepare", default="data/prepare")
+    ap.add_argument("--quantize", default="data/quantize")
+    ap.add_argument("--profile", default="data/profile")
+    ap.add_argument("--records", default="data/records")
+    ap.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4])
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=48)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102])
+    ap.add_argument("--test", type=int, default=1000)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    from autoqra import stats
+    from autoqra.pipeline.setup import Setup, check_inputs
+    from autoqra.store import fingerprint
+    from stages import params as P
+
+    base = P.read(args.params)
+    dirs = {"prepare": args.prepare, "quantize": args.quantize, "profile": args.profile,
+            "search": str(Path(args.records).parent / "search"), "records": args.records}
+    setups = {}
+    for init in ("zero", "eora"):
+        p = P.validated({**base, "lora": {**base["lora"], "init": init}})
+        check_inputs(p, dirs)
+        setups[init] = Setup(p, dirs, progress=False, arm_ladders=True)
+    p = setups["zero"].p
+    bad = [b for b in args.bits if b not in p.quant.bits or b == 16]
+    if bad or args.rank not in setups["zero"].arm_space.ranks:
+        raise SystemExit(f"error: --bits {args.bits} --rank {args.rank}: allowed bits {p.quant.bits} (quantized), "
+                         f"ranks {list(setups['zero'].arm_space.ranks)}")
+    test = test_examples(p, Path(args.prepare) / "task", args.test)
+    test_fp = fingerprint.of_data([ex["prompt"] + "\0" + ex["answer"] for ex in test])
+    print(f"{len(test)} test examples ({test_fp[:8]}), bits {args.bits}, rank {args.rank}, "
+          f"{args.steps} steps, seeds {args.seeds}", flush=True)
+
+    rows, scores = [], {}
+    for bits in args.bits:
+        config = setups["zero"].arm_space.uniform(bits, args.rank)
+        for init, setup in setups.items():
+            scores[(bits, init, 0)], scores[(bits, init, args.steps)] = measure(
+                setup.fidelity_run, config, f"b{bits} r{args.rank} {init:4s}", args, test, test_fp, p)
+        for steps in (0, args.steps):
+            c = stats.compare(scores[(bits, "eora", steps)], scores[(bits, "zero", steps)])
+            zero = np.mean([np.mean(v) for v in scores[(bits, "zero", steps)].values()])
+            eora = np.mean([np.mean(v) for v in scores[(bits, "eora", steps)].values()])
+            verdict = c["verdict"]
+            if steps == 0:  # deterministic: no seed noise to measure, the test set's error is all there is
+                lo, hi = c["ci"]
+                verdict = "eora better" if hi < 0 else "eora worse" if lo > 0 else "inconclusive"
+            rows.append({"bits": bits, "rank": args.rank, "steps": steps, "zero": zero, "eora": eora,
+                         "eora_minus_zero": c["diff"], "ci": c["ci"], "verdict": verdict,
+                         "seeds": len(c["seeds"]), "test_examples": len(test)})
+
+    print("\n| bits | rank | steps | zero | eora | eora − zero [95 % CI] | verdict | seeds |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        lo, hi = r["ci"]
+        print(f"| {r['bits']} | {r['rank']} | {r['steps']} | {r['zero']:.4f} | {r['eora']:.4f} | "
+              f"{r['eora_minus_zero']:+.4f} [{lo:+.4f}, {hi:+.4f}] | {r['verdict']} | {r['seeds']} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+
+
+def measure(ev, config, label: str, args, test: list[dict], test_fp: str, p) -> tuple[dict, dict]:
+    """The per-example test contributions of `config` under `ev` at step 0 ({0: ...}) and after `args.steps`
+    steps under each seed ({seed: ...}), every evaluation a record of `ev`'s store."""
+    from autoqra import stats
+    from autoqra.store import fingerprint
+    from autoqra.train import evaluation
+
+    with ev.workdir() as tmp:
+        key = fingerprint.of_data(["step0", ev.key(config, 0, 0), test_fp])
+        start = time.perf_counter()
+        record, computed = ev.store.get(key, lambda: _step0(ev, config, Path(tmp), test, p))
+        print(f"{label} step 0: test loss {record['scores']['answer_loss']:.4f}"
+              f"{'' if not computed else f' ({time.perf_counter() - start:.0f} s)'}", flush=True)
+        per_seed, built = {}, []
+        for seed in args.seeds:
+            run = ev(config, args.steps, seed, keep_adapter=True)
+            adapter = ev.adapter_path(run["key"])
+            tkey = fingerprint.of_data([evaluation.evaluation_key(run["key"], p.task.max_length, p.evaluate,
+                                                                  adapter), test_fp])
+            rec, _ = ev.store.get(tkey, lambda a=adapter: evaluation.score_seed(
+                ev, config, a, test, p.task.max_length, p.evaluate, Path(tmp), built))
+            per_seed[seed] = stats.contributions(rec["scores"]["answer_nll"])
+            print(f"{label} seed {seed}: val {run['score']:.4f} test {rec['scores']['answer_loss']:.4f} "
+                  f"(train {run.get('train_s', 0):.0f} s)", flush=True)
+    return {0: stats.contributions(record["scores"]["answer_nll"])}, per_seed
+
+
+def _step0(ev, config, tmp: Path, test: list[dict], p) -> dict:
+    """The test scores of the configuration as assembled, before any training step."""
+    from autoqra.train import evaluation
+
+    model = ev.assemble(config, tmp, seed=0)
+    scores = evaluation.test_scores(model, ev.tokenizer, test, p.task.max_length, p.evaluate.batch_size)
+    return {"status": "ok", "score": scores["answer_loss"], "reason": None, "scores": scores}
+
+
+if __name__ == "__main__":
+    main()
