@@ -14,6 +14,7 @@ dropout masks, so two configurations trained under one seed are compared pairwis
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import asdict
@@ -187,10 +188,13 @@ class FidelityRun:
                     targets = self._inputs["targets"]
                     calib = [encode(self.tokenizer, ex, self.calibration[1])[0]
                              for ex in read_split(self.task_dir, "calib")[: self.calibration[0]]]
+                    begin = time.perf_counter()
                     base = models.load_model(self.model_dir)
                     made = eora.compensations(base, {b: self.caches[b] for b in todo}, targets, calib,
                                               max(self.space.ranks), progress=self.progress)
                     del base
+                    logging.getLogger("autoqra").info("EoRA factors at %s bits, rank %d: %.1f s", todo,
+                                                      max(self.space.ranks), time.perf_counter() - begin)
                     for b in todo:
                         tensors = {f"{m}.{part}": t for m, ba in made[b].items() for part, t in zip("BA", ba)}
                         place(paths[b], lambda fh, t=tensors: fh.write(save(t)), binary=True)
