@@ -172,15 +172,16 @@ class FidelityRun:
         return self.store.root / "eora" / f"{key}.safetensors"
 
     def compensation(self, bits: set[int]) -> dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-        """The EoRA factors at each of `bits`, computed once for every bit-width that lacks them (one
-        calibration pass and one eigendecomposition per module serve them all) under the store's lock, so
-        workers sharing the store never compute them twice; kept in memory for this run's next models."""
+        """The EoRA factors at each of `bits`. When one is missing they are computed for every cached bit-width
+        that lacks them (one calibration pass and one eigendecomposition per module serve them all), under the
+        store's lock, so workers sharing the store never compute them twice; kept in memory for this run's
+        next models."""
         from safetensors.torch import load_file, save
 
         have = self.__dict__.setdefault("_compensation", {})
-        paths = {b: self.compensation_path(b) for b in bits if b not in have}
+        paths = {b: self.compensation_path(b) for b in self.caches if b not in have}
         missing = [b for b, path in paths.items() if not path.exists()]
-        if missing:
+        if any(b in missing for b in bits):  # every bit-width that lacks them: the eigensolves are the cost
             lock = paths[missing[0]].stem
             with self.store.lock(lock, ready=lambda: all(paths[b].exists() for b in missing)) as held:
                 todo = [b for b in missing if not paths[b].exists()] if held else []
@@ -198,8 +199,8 @@ class FidelityRun:
                     for b in todo:
                         tensors = {f"{m}.{part}": t for m, ba in made[b].items() for part, t in zip("BA", ba)}
                         place(paths[b], lambda fh, t=tensors: fh.write(save(t)), binary=True)
-        for b, path in paths.items():
-            tensors = load_file(path)
+        for b in bits - set(have):
+            tensors = load_file(paths[b])
             have[b] = {m: (tensors[f"{m}.B"], tensors[f"{m}.A"]) for m in {k.rsplit(".", 1)[0] for k in tensors}}
         return {b: have[b] for b in bits}
 
