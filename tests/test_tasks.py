@@ -97,9 +97,9 @@ def test_user_tables_with_custom_columns(tmp_path, suffix):
 
 
 def test_a_csv_answer_is_kept_as_written_and_validation_means_val(tmp_path):
-    """pandas would read `007` as 7 and, with one empty answer in the column, `4` as 4.0 and the empty
-    one as nan: answers are text, kept exactly."""
-    answers = ["007", "4", "", "3.50"] * 6
+    """pandas would read `007` as 7 and, with `NA` in the column, `4` as 4.0 and `NA` as nan: answers are
+    text, kept exactly (an empty answer is an error: tests/test_preflight.py)."""
+    answers = ["007", "4", "NA", "3.50"] * 6
     splits_col = ["train"] * 16 + ["validation"] * 4 + ["test"] * 4
     path = tmp_path / "d.csv"
     pd.DataFrame({"prompt": [f"p{i}" for i in range(24)], "answer": answers, "split": splits_col}).to_csv(
