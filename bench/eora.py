@@ -43,10 +43,7 @@ def test_examples(p, task_dir: Path, n: int) -> list[dict]:
     more = [ex for ex in extra["test"] if ex["prompt"] not in seen][: n - len(test)]
     for i, ex in enumerate(more):
         ex["id"] = f"test-extra-{i:05d}"
-        if p.task.system_prompt is not None:
-            ex["system"] = p.task.system_prompt
-            ex["messages"] = [{"role": "system", "content": p.task.system_prompt}, *ex["messages"]]
-    return test + more
+    return test + data.with_system(more, p.task.system_prompt)
 
 
 def main() -> None:

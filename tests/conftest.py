@@ -82,8 +82,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 def calibration(model_dir, task_dir, n=32, max_length=256):
     from autoqra import data, models
 
-    tok = models.load_tokenizer(model_dir)
-    return [data.encode(tok, ex, max_length)[0] for ex in data.read_split(task_dir, "calib")[:n]]
+    return data.calibration_ids(models.load_tokenizer(model_dir), task_dir, n, max_length)
 
 
 def quantize_one(model_dir, task_dir, out, bits, group_size=64):

@@ -40,6 +40,14 @@ def labelled_max(tokenizer: Any, examples: list[dict[str, Any]], max_length: int
     return max(sum(y != -100 for y in encode(tokenizer, ex, max_length)[1]) for ex in examples)
 
 
+def calibration_ids(tokenizer: Any, task_dir: Any, samples: int, max_length: int) -> list[list[int]]:
+    """The token ids of the first `samples` calibration examples at `max_length`: what the GPTQ pass (and
+    EoRA's covariance, which must see the same inputs) calibrates on."""
+    from autoqra.data.sources import read_split
+
+    return [encode(tokenizer, ex, max_length)[0] for ex in read_split(task_dir, "calib")[:samples]]
+
+
 def prompt_ids(tokenizer: Any, example: dict[str, Any]) -> list[int]:
     """The generation prompt of an example (for greedy decoding)."""
     system = [{"role": "system", "content": example["system"]}] if example.get("system") is not None else []

@@ -133,12 +133,18 @@ def task_splits(source: str, families: list[str], sizes: dict[str, int], seed: i
         splits = generate(families, sizes, seed)
     else:
         splits = load_user(source, prompt_column, answer_column, sizes, seed)
-    if system_prompt is not None:
-        for rows in splits.values():
-            for ex in rows:
-                ex["system"] = system_prompt
-                ex["messages"] = [{"role": "system", "content": system_prompt}, *ex["messages"]]
+    for rows in splits.values():
+        with_system(rows, system_prompt)
     return splits
+
+
+def with_system(rows: list[dict[str, Any]], system_prompt: str | None) -> list[dict[str, Any]]:
+    """Give every example `system_prompt` as its system message (None: leave them to the chat template)."""
+    if system_prompt is not None:
+        for ex in rows:
+            ex["system"] = system_prompt
+            ex["messages"] = [{"role": "system", "content": system_prompt}, *ex["messages"]]
+    return rows
 
 
 def write_splits(splits: dict[str, list[dict[str, Any]]], out_dir: str | Path) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from autoqra import devices, models, quant
-from autoqra.data import encode, read_split
+from autoqra.data import calibration_ids, encode, read_split
 from autoqra.params import FinetuneParams, LoraParams
 from autoqra.quant import backends, eora
 from autoqra.space import Config, Space
@@ -50,10 +50,12 @@ class FidelityRun:
                  space: Space, lora: LoraParams, finetune: FinetuneParams, records: str | Path, max_length: int,
                  metric: str = "answer_loss", backend: str = "auto", device: str | None = None,
                  oom_attempts: int = 3, fingerprints: dict[str, str] | None = None, progress: bool = False,
-                 legacy_records: str | Path | None = None, calibration: tuple[int, int] = (32, 256)):
+                 legacy_records: str | Path | None = None, calibration: tuple[int, int] | None = None):
         """`lora.init=eora` starts each quantized module's adapter at EoRA's compensation of its quantization
         error, computed on the first `calibration[0]` calibration examples at `calibration[1]` tokens (the
-        GPTQ pass's: `quant.calib_samples`, `quant.max_length`)."""
+        GPTQ pass's: `quant.calib_samples`, `quant.max_length`; required with eora)."""
+        if lora.init != "zero" and calibration is None:
+            raise ValueError(f"lora.init={lora.init!r} needs the GPTQ pass's calibration (samples, max_length)")
         self.model_dir, self.space, self.lora, self.ft = Path(model_dir), space, lora, finetune
         self.caches, self.metric, self.progress, self.max_length = caches, metric, progress, max_length
         self.store = RecordStore(records, max_attempts=oom_attempts, legacy=legacy_records)
@@ -85,6 +87,7 @@ class FidelityRun:
                         "code": fingerprint.of_code(*VALUE_CODE), "platform": devices.platform(self.device)}
         self.steps_trained = 0  # optimizer steps actually run by this fidelity run (cached records add none)
         self.calibration = calibration
+        self._compensation: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}  # by bits, loaded
 
     @cached_property
     def tokenizer(self) -> Any:
@@ -156,10 +159,9 @@ class FidelityRun:
         model = self.backend.assemble(bits, workdir)
         model = attach_lora(model, ranks, self.lora.alpha_ratio, self.lora.dropout, seed=seed)
         if self.lora.init == "eora":
-            used = {b for m, b in bits.items() if b != quant.UNQUANTIZED and ranks.get(m, 0) > 0}
-            factors = self.compensation(used)
-            eora.lora_init(lora_layers(model), {m: factors[b][m] for m, b in bits.items() if b in used
-                                                and ranks.get(m, 0) > 0})
+            adapted = {m: b for m, b in bits.items() if b != quant.UNQUANTIZED and ranks.get(m, 0) > 0}
+            factors = self.compensation(set(adapted.values()))
+            eora.lora_init(lora_layers(model), {m: factors[b][m] for m, b in adapted.items()})
         return model
 
     def compensation_path(self, bits: int) -> Path:
@@ -176,33 +178,38 @@ class FidelityRun:
         that lacks them (one calibration pass and one eigendecomposition per module serve them all), under the
         store's lock, so workers sharing the store never compute them twice; kept in memory for this run's
         next models."""
-        from safetensors.torch import load_file, save
+        from safetensors.torch import load_file
 
-        have = self.__dict__.setdefault("_compensation", {})
-        paths = {b: self.compensation_path(b) for b in self.caches if b not in have}
+        if bits <= set(self._compensation):  # every model after the first: nothing to look up
+            return {b: self._compensation[b] for b in bits}
+        paths = {b: self.compensation_path(b) for b in self.caches}
         missing = [b for b, path in paths.items() if not path.exists()]
-        if any(b in missing for b in bits):  # every bit-width that lacks them: the eigensolves are the cost
-            lock = paths[missing[0]].stem
-            with self.store.lock(lock, ready=lambda: all(paths[b].exists() for b in missing)) as held:
-                todo = [b for b in missing if not paths[b].exists()] if held else []
-                if todo:
-                    targets = self._inputs["targets"]
-                    calib = [encode(self.tokenizer, ex, self.calibration[1])[0]
-                             for ex in read_split(self.task_dir, "calib")[: self.calibration[0]]]
-                    begin = time.perf_counter()
-                    base = models.load_model(self.model_dir)
-                    made = eora.compensations(base, {b: self.caches[b] for b in todo}, targets, calib,
-                                              max(self.space.ranks), progress=self.progress)
-                    del base
-                    logging.getLogger("autoqra").info("EoRA factors at %s bits, rank %d: %.1f s", todo,
-                                                      max(self.space.ranks), time.perf_counter() - begin)
-                    for b in todo:
-                        tensors = {f"{m}.{part}": t for m, ba in made[b].items() for part, t in zip("BA", ba)}
-                        place(paths[b], lambda fh, t=tensors: fh.write(save(t)), binary=True)
-        for b in bits - set(have):
+        if set(missing) & bits:
+            with self.store.lock(paths[missing[0]].stem, ready=lambda: all(paths[b].exists() for b in missing)) \
+                    as held:
+                if held:
+                    self._compute_compensation({b: paths[b] for b in missing if not paths[b].exists()})
+        for b in bits - set(self._compensation):
             tensors = load_file(paths[b])
-            have[b] = {m: (tensors[f"{m}.B"], tensors[f"{m}.A"]) for m in {k.rsplit(".", 1)[0] for k in tensors}}
-        return {b: have[b] for b in bits}
+            self._compensation[b] = {m: (tensors[f"{m}.B"], tensors[f"{m}.A"])
+                                     for m in {k.rsplit(".", 1)[0] for k in tensors}}
+        return {b: self._compensation[b] for b in bits}
+
+    def _compute_compensation(self, paths: dict[int, Path]) -> None:
+        """The factors at each bit-width of `paths`, written there whole (`store.files.place`)."""
+        from safetensors.torch import save
+
+        if not paths:
+            return
+        begin = time.perf_counter()
+        calib = calibration_ids(self.tokenizer, self.task_dir, *self.calibration)
+        made = eora.compensations(models.load_model(self.model_dir), {b: self.caches[b] for b in paths},
+                                  self._inputs["targets"], calib, max(self.space.ranks), progress=self.progress)
+        logging.getLogger("autoqra").info("EoRA factors at %s bits, rank %d: %.1f s", sorted(paths),
+                                          max(self.space.ranks), time.perf_counter() - begin)
+        for b, path in paths.items():
+            tensors = {f"{m}.{part}": t for m, ba in made[b].items() for part, t in zip("BA", ba)}
+            place(path, lambda fh, t=tensors: fh.write(save(t)), binary=True)
 
     def state_path(self, config: Config, fidelity: int, seed: int, horizon: int) -> Path:
         """Where the training state of a cut run is kept: adapters, optimizer, random state, losses."""

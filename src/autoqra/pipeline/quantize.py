@@ -26,8 +26,7 @@ def quantize(p: Any, bits: int, prepare: Path, out: Path) -> dict[str, Any]:
     model_dir, task_dir = prepare / "model", prepare / "task"
     device, _ = devices.device_and_dtype()
     tok = models.load_tokenizer(model_dir)
-    calib = [data.encode(tok, ex, p.quant.max_length)[0]
-             for ex in data.read_split(task_dir, "calib")[: p.quant.calib_samples]]
+    calib = data.calibration_ids(tok, task_dir, p.quant.calib_samples, p.quant.max_length)
     metrics: dict[str, Any] = {"bits": bits, "group_size": p.quant.group_size, "calib_samples": len(calib),
                                "base_fingerprint": fingerprint.of_dir(model_dir), "device": device}
     out.mkdir(parents=True, exist_ok=True)

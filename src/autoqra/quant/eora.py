@@ -63,8 +63,8 @@ class Eigenspace:
         values, vectors = torch.linalg.eigh(covariance.double())
         cutoff = values[-1].clamp_min(0) * min(1.0, values.numel() * torch.finfo(torch.float32).eps)
         keep = values > cutoff
-        root = torch.where(keep, values.clamp_min(0).sqrt(), torch.zeros_like(values))
-        inv = torch.where(keep, 1 / root.where(keep, torch.ones_like(root)), torch.zeros_like(values))
+        root, inv = torch.zeros_like(values), torch.zeros_like(values)
+        root[keep], inv[keep] = values[keep].sqrt(), values[keep].rsqrt()
         return cls(scale=(vectors * root).float(), inverse=(inv[:, None] * vectors.T).float())
 
 
