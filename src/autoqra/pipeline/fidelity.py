@@ -14,7 +14,6 @@ dropout masks, so two configurations trained under one seed are compared pairwis
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from dataclasses import asdict
@@ -25,12 +24,11 @@ from typing import Any
 import torch
 
 from autoqra import devices, models, quant
-from autoqra.data import calibration_ids, encode, read_split
+from autoqra.data import encode, read_split
 from autoqra.params import FinetuneParams, LoraParams
 from autoqra.quant import backends, eora
 from autoqra.space import Config, Space
 from autoqra.store import fingerprint
-from autoqra.store.files import place
 from autoqra.store.fingerprint import VALUE_CODE
 from autoqra.store.process import scratch
 from autoqra.store.records import RecordStore
@@ -86,8 +84,9 @@ class FidelityRun:
                         "targets": sorted(m for ms in space.members.values() for m in ms),
                         "code": fingerprint.of_code(*VALUE_CODE), "platform": devices.platform(self.device)}
         self.steps_trained = 0  # optimizer steps actually run by this fidelity run (cached records add none)
-        self.calibration = calibration
-        self._compensation: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}  # by bits, loaded
+        self.compensation = eora.Compensations(
+            self.store, self.model_dir, self.task_dir, caches, calibration, max(space.ranks), self._inputs["targets"],
+            {"model": fps["model"], "task": fps["task"]}, progress) if lora.init == "eora" else None
 
     @cached_property
     def tokenizer(self) -> Any:
@@ -158,58 +157,11 @@ class FidelityRun:
         bits, ranks = self.space.per_module(config)
         model = self.backend.assemble(bits, workdir)
         model = attach_lora(model, ranks, self.lora.alpha_ratio, self.lora.dropout, seed=seed)
-        if self.lora.init == "eora":
+        if self.compensation is not None:
             adapted = {m: b for m, b in bits.items() if b != quant.UNQUANTIZED and ranks.get(m, 0) > 0}
             factors = self.compensation(set(adapted.values()))
             eora.lora_init(lora_layers(model), {m: factors[b][m] for m, b in adapted.items()})
         return model
-
-    def compensation_path(self, bits: int) -> Path:
-        """Where the EoRA factors of every target linear at `bits` are kept (at the ladder's largest rank:
-        smaller ranks are their truncations), keyed by all they depend on."""
-        key = fingerprint.of_data({"model": self._inputs["model"], "task": self._inputs["task"],
-                                   "cache": self.caches[bits].fingerprint, "calibration": list(self.calibration),
-                                   "rank": max(self.space.ranks), "targets": self._inputs["targets"],
-                                   "code": fingerprint.of_code("autoqra.quant.eora", "autoqra.quant.cache")})
-        return self.store.root / "eora" / f"{key}.safetensors"
-
-    def compensation(self, bits: set[int]) -> dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-        """The EoRA factors at each of `bits`. When one is missing they are computed for every cached bit-width
-        that lacks them (one calibration pass and one eigendecomposition per module serve them all), under the
-        store's lock, so workers sharing the store never compute them twice; kept in memory for this run's
-        next models."""
-        from safetensors.torch import load_file
-
-        if bits <= set(self._compensation):  # every model after the first: nothing to look up
-            return {b: self._compensation[b] for b in bits}
-        paths = {b: self.compensation_path(b) for b in self.caches}
-        missing = [b for b, path in paths.items() if not path.exists()]
-        if set(missing) & bits:
-            with self.store.lock(paths[missing[0]].stem, ready=lambda: all(paths[b].exists() for b in missing)) \
-                    as held:
-                if held:
-                    self._compute_compensation({b: paths[b] for b in missing if not paths[b].exists()})
-        for b in bits - set(self._compensation):
-            tensors = load_file(paths[b])
-            self._compensation[b] = {m: (tensors[f"{m}.B"], tensors[f"{m}.A"])
-                                     for m in {k.rsplit(".", 1)[0] for k in tensors}}
-        return {b: self._compensation[b] for b in bits}
-
-    def _compute_compensation(self, paths: dict[int, Path]) -> None:
-        """The factors at each bit-width of `paths`, written there whole (`store.files.place`)."""
-        from safetensors.torch import save
-
-        if not paths:
-            return
-        begin = time.perf_counter()
-        calib = calibration_ids(self.tokenizer, self.task_dir, *self.calibration)
-        made = eora.compensations(models.load_model(self.model_dir), {b: self.caches[b] for b in paths},
-                                  self._inputs["targets"], calib, max(self.space.ranks), progress=self.progress)
-        logging.getLogger("autoqra").info("EoRA factors at %s bits, rank %d: %.1f s", sorted(paths),
-                                          max(self.space.ranks), time.perf_counter() - begin)
-        for b, path in paths.items():
-            tensors = {f"{m}.{part}": t for m, ba in made[b].items() for part, t in zip("BA", ba)}
-            place(path, lambda fh, t=tensors: fh.write(save(t)), binary=True)
 
     def state_path(self, config: Config, fidelity: int, seed: int, horizon: int) -> Path:
         """Where the training state of a cut run is kept: adapters, optimizer, random state, losses."""

@@ -14,9 +14,12 @@ adapter starts at exactly the compensation.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -135,3 +138,65 @@ def compensations(model: nn.Module, caches: dict[int, Any], modules: list[str], 
             bar.update()
     bar.close()
     return out
+
+
+class Compensations:
+    """The factors (at the ladder's largest rank) of every target linear at each bit-width of `caches`, kept as
+    `<store>/eora/<key>.safetensors`, keyed by `identity` (model and task fingerprints), the cache's fingerprint,
+    the calibration, rank, targets and this code. When one asked for is missing, every cached bit-width that
+    lacks them is computed in one pass (the calibration pass and the eigensolves are the cost), under the
+    store's lock, so workers sharing it never compute them twice; each is loaded once per process."""
+
+    def __init__(self, store: Any, model_dir: Path, task_dir: Path, caches: dict[int, Any],
+                 calibration: tuple[int, int], rank: int, targets: list[str], identity: dict[str, str],
+                 progress: bool = False):
+        self.store, self.model_dir, self.task_dir, self.caches = store, model_dir, task_dir, caches
+        self.calibration, self.rank, self.targets, self.progress = calibration, rank, targets, progress
+        self.identity = identity
+        self.loaded: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def path(self, bits: int) -> Path:
+        from autoqra.store import fingerprint
+
+        key = fingerprint.of_data({**self.identity, "cache": self.caches[bits].fingerprint,
+                                   "calibration": list(self.calibration), "rank": self.rank, "targets": self.targets,
+                                   "code": fingerprint.of_code("autoqra.quant.eora", "autoqra.quant.cache")})
+        return self.store.root / "eora" / f"{key}.safetensors"
+
+    def __call__(self, bits: set[int]) -> dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """The factors at each of `bits`, by module."""
+        from safetensors.torch import load_file
+
+        if not bits <= set(self.loaded):
+            paths = {b: self.path(b) for b in self.caches}
+            missing = [b for b, path in paths.items() if not path.exists()]
+            if set(missing) & bits:
+                with self.store.lock(paths[missing[0]].stem, ready=lambda: all(paths[b].exists() for b in missing)) \
+                        as held:
+                    if held:
+                        self._compute({b: paths[b] for b in missing if not paths[b].exists()})
+            for b in bits - set(self.loaded):
+                tensors = load_file(paths[b])
+                names = {k.rsplit(".", 1)[0] for k in tensors}
+                self.loaded[b] = {m: (tensors[f"{m}.B"], tensors[f"{m}.A"]) for m in names}
+        return {b: self.loaded[b] for b in bits}
+
+    def _compute(self, paths: dict[int, Path]) -> None:
+        """The factors at each bit-width of `paths`, each file written whole (`store.files.place`)."""
+        from safetensors.torch import save
+
+        from autoqra import models
+        from autoqra.data import calibration_ids
+        from autoqra.store.files import place
+
+        if not paths:
+            return
+        begin = time.perf_counter()
+        calib = calibration_ids(models.load_tokenizer(self.model_dir), self.task_dir, *self.calibration)
+        made = compensations(models.load_model(self.model_dir), {b: self.caches[b] for b in paths}, self.targets,
+                             calib, self.rank, progress=self.progress)
+        logging.getLogger("autoqra").info("EoRA factors at %s bits, rank %d: %.1f s", sorted(paths), self.rank,
+                                          time.perf_counter() - begin)
+        for b, path in paths.items():
+            tensors = {f"{m}.{part}": t for m, ba in made[b].items() for part, t in zip("BA", ba)}
+            place(path, lambda fh, t=tensors: fh.write(save(t)), binary=True)
