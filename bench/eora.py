@@ -1,14 +1,18 @@
 """Does starting the adapters at EoRA's compensation pay? `lora.init=eora` against `zero` at uniform bits.
 
     python bench/eora.py [--bits 2 3 4] [--rank 16] [--steps 48] [--seeds 100 101 102] [--test 1000]
-                         [--params params.yaml] [--prepare data/prepare] [--quantize data/quantize] [--json F]
+                         [--inits eora random] [--params params.yaml] [--prepare data/prepare]
+                         [--quantize data/quantize] [--json F]
 
-For each bit-width, the uniform configuration at `--rank` is built twice from the pipeline's GPTQ caches,
-once with PEFT's zero-started adapters and once with EoRA's, and scored on `--test` test examples: at step 0
+For each bit-width, the uniform configuration at `--rank` is built from the pipeline's GPTQ caches with
+PEFT's zero-started adapters and with each of `--inits`: `eora` (EoRA's compensation) and `random`, its
+control (the same factors' norms in random directions: is the gain the compensation or a nonzero start?),
+each scored on `--test` test examples: at step 0
 (before any training: zero-started adapters add nothing, so this is the quantized model against its
 compensation; no seed enters, the interval is the test set's sampling error alone) and after `--steps`
 training steps under each of the fresh `--seeds` (the pipeline's fidelity runs and record cache: an
-evaluation made once is read, never repeated). Differences eora − zero are paired by seed and test example,
+evaluation made once is read, never repeated). Differences init − zero (and eora − random when both run) are
+paired by seed and test example,
 95 % intervals from `autoqra.stats` (t quantiles at the seed and example counts used).
 
 The test examples: the prepared test split, extended to `--test` by the task's generator under another seed
@@ -58,6 +62,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=48)
     ap.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102])
     ap.add_argument("--test", type=int, default=1000)
+    ap.add_argument("--inits", nargs="+", default=["eora"], choices=["eora", "random"])
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -70,7 +75,7 @@ def main() -> None:
     dirs = {"prepare": args.prepare, "quantize": args.quantize, "profile": args.profile,
             "search": str(Path(args.records).parent / "search"), "records": args.records}
     setups = {}
-    for init in ("zero", "eora"):
+    for init in ["zero", *dict.fromkeys(args.inits)]:
         p = P.validated({**base, "lora": {**base["lora"], "init": init}})
         check_inputs(p, dirs)
         setups[init] = Setup(p, dirs, progress=False, arm_ladders=True)
@@ -90,24 +95,26 @@ def main() -> None:
         for init, setup in setups.items():
             scores[(bits, init, 0)], scores[(bits, init, args.steps)] = measure(
                 setup.fidelity_run, config, f"b{bits} r{args.rank} {init:4s}", args, test, test_fp, p)
+        pairs = [(init, "zero") for init in setups if init != "zero"]
+        pairs += [("eora", "random")] if {"eora", "random"} <= set(setups) else []
         for steps in (0, args.steps):
-            c = stats.compare(scores[(bits, "eora", steps)], scores[(bits, "zero", steps)])
-            zero = np.mean([np.mean(v) for v in scores[(bits, "zero", steps)].values()])
-            eora = np.mean([np.mean(v) for v in scores[(bits, "eora", steps)].values()])
-            verdict = c["verdict"]
-            if steps == 0:  # deterministic: no seed noise to measure, the test set's error is all there is
-                lo, hi = c["ci"]
-                verdict = "eora better" if hi < 0 else "eora worse" if lo > 0 else "inconclusive"
-            rows.append({"bits": bits, "rank": args.rank, "steps": steps, "zero": zero, "eora": eora,
-                         "eora_minus_zero": c["diff"], "ci": c["ci"], "verdict": verdict,
-                         "seeds": len(c["seeds"]), "test_examples": len(test)})
+            for a, b in pairs:
+                c = stats.compare(scores[(bits, a, steps)], scores[(bits, b, steps)])
+                mean = {i: np.mean([np.mean(v) for v in scores[(bits, i, steps)].values()]) for i in (a, b)}
+                verdict = c["verdict"]
+                if steps == 0:  # deterministic: no seed noise to measure, the test set's error is all there is
+                    lo, hi = c["ci"]
+                    verdict = "better" if hi < 0 else "worse" if lo > 0 else "inconclusive"
+                rows.append({"bits": bits, "rank": args.rank, "steps": steps, "a": a, "b": b, "loss_a": mean[a],
+                             "loss_b": mean[b], "difference": c["diff"], "ci": c["ci"], "verdict": verdict,
+                             "seeds": len(c["seeds"]), "test_examples": len(test)})
 
-    print("\n| bits | rank | steps | zero | eora | eora − zero [95 % CI] | verdict | seeds |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| bits | rank | steps | a − b | a | b | a − b [95 % CI] | verdict (a) | seeds |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         lo, hi = r["ci"]
-        print(f"| {r['bits']} | {r['rank']} | {r['steps']} | {r['zero']:.4f} | {r['eora']:.4f} | "
-              f"{r['eora_minus_zero']:+.4f} [{lo:+.4f}, {hi:+.4f}] | {r['verdict']} | {r['seeds']} |")
+        print(f"| {r['bits']} | {r['rank']} | {r['steps']} | {r['a']} − {r['b']} | {r['loss_a']:.4f} | "
+              f"{r['loss_b']:.4f} | {r['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}] | {r['verdict']} | {r['seeds']} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
 

@@ -90,3 +90,29 @@ def test_a_peft_adapter_started_at_the_compensation_brings_the_model_back_toward
     b, a = compensation[next(iter(linears))]
     product = layer.scaling["default"] * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
     torch.testing.assert_close(product, b[:, :8] @ a[:8], rtol=1e-5, atol=1e-6)  # the rank-8 truncation, unscaled
+
+
+def test_the_random_control_keeps_the_compensations_norms_and_not_its_direction(tiny_fp):
+    from autoqra.quant import eora
+    from autoqra.quant.cache import rtn
+
+    _, linears, covariances, _ = tiny_fp
+    names = list(linears)[:4]
+    comp, deltas = {}, {}
+    for name in names:
+        w = linears[name].weight.detach().float()
+        deltas[name] = w - rtn(w, 2, GROUP)
+        comp[name] = eora.factors(deltas[name], eora.Eigenspace.of(covariances[name]), 16)
+    ranks = dict(zip(names, (4, 8, 16, 8)))
+    control = eora.norm_matched(comp, ranks, seed=3)
+    again, other = eora.norm_matched(comp, ranks, seed=3), eora.norm_matched(comp, ranks, seed=4)
+    for name in names:
+        r, (b, a), (rb, ra) = ranks[name], comp[name], control[name]
+        assert rb.shape == b[:, :r].shape and ra.shape == a[:r].shape
+        torch.testing.assert_close(rb.norm(), b[:, :r].norm())
+        torch.testing.assert_close(ra.norm(), a[:r].norm())
+        assert torch.equal(rb, again[name][0]) and not torch.equal(rb, other[name][0])  # seeded, per seed
+        cov, delta = covariances[name], deltas[name]
+        # the compensation cuts the error; the same norms in random directions do not
+        assert eora.output_error(delta, cov, b[:, :r], a[:r]) < eora.output_error(delta, cov)
+        assert eora.output_error(delta, cov, rb, ra) > eora.output_error(delta, cov, b[:, :r], a[:r])

@@ -295,3 +295,13 @@ def test_eora_init_starts_quantized_adapters_at_the_compensation_computed_once(t
     assert [f.stat().st_mtime_ns for f in files] == stamps  # read, never computed twice
     record = ev(config, 4, 0)
     assert record["status"] == "ok" and record["train_steps"] == 4
+    # the control: the same factors' norms in random directions, from the same files, keyed apart
+    control = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space,
+                            lora=LoraParams(ranks=[4, 8], init="random"), calibration=(16, 64))
+    assert control.key(config, 4, 0) not in (ev.key(config, 4, 0), zero.key(config, 4, 0))
+    randomised = lora_layers(control.assemble(config, tmp_path, seed=0))
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    for name, layer in randomised.items():
+        b, b_eora = layer.lora_B["default"].weight, layers[name].lora_B["default"].weight
+        torch.testing.assert_close(b.norm(), b_eora.norm())
+        assert (bits[name] == 16) == torch.equal(b, b_eora), name

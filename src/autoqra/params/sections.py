@@ -80,8 +80,10 @@ class LoraParams:
     init: str = spec("zero", help="how each adapter starts: 'zero' (PEFT's: B = 0, the adapter adds nothing at "
                      "step 0) or 'eora' (a quantized module's adapter starts at EoRA's compensation of its "
                      "quantization error, from the GPTQ calibration set; computed once per bit-width and kept "
-                     "in the record cache). The profile's priors are still measured without it",
-                     choices=["zero", "eora"])
+                     "in the record cache), or 'random', eora's control: the same factors' norms in random "
+                     "directions (what eora gains over it is the compensation, not a nonzero start). The profile's "
+                     "priors are still measured without it",
+                     choices=["zero", "eora", "random"])
 
 
 @dataclass

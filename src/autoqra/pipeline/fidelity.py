@@ -86,7 +86,7 @@ class FidelityRun:
         self.steps_trained = 0  # optimizer steps actually run by this fidelity run (cached records add none)
         self.compensation = eora.Compensations(
             self.store, self.model_dir, self.task_dir, caches, calibration, max(space.ranks), self._inputs["targets"],
-            {"model": fps["model"], "task": fps["task"]}, progress) if lora.init == "eora" else None
+            {"model": fps["model"], "task": fps["task"]}, progress) if lora.init != "zero" else None
 
     @cached_property
     def tokenizer(self) -> Any:
@@ -160,7 +160,10 @@ class FidelityRun:
         if self.compensation is not None:
             adapted = {m: b for m, b in bits.items() if b != quant.UNQUANTIZED and ranks.get(m, 0) > 0}
             factors = self.compensation(set(adapted.values()))
-            eora.lora_init(lora_layers(model), {m: factors[b][m] for m, b in adapted.items()})
+            start = {m: factors[b][m] for m, b in adapted.items()}
+            if self.lora.init == "random":  # the control: EoRA's norms, random directions
+                start = eora.norm_matched(start, ranks, seed or 0)
+            eora.lora_init(lora_layers(model), start)
         return model
 
     def state_path(self, config: Config, fidelity: int, seed: int, horizon: int) -> Path:

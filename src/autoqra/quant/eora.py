@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,20 @@ def lora_init(layers: dict[str, Any], compensation: dict[str, tuple[torch.Tensor
         lora_a, lora_b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
         lora_b.copy_((b[:, :r] / math.sqrt(s)).to(lora_b))
         lora_a.copy_((a[:r] / math.sqrt(s)).to(lora_a))
+
+
+def norm_matched(compensation: dict[str, tuple[torch.Tensor, torch.Tensor]], ranks: dict[str, int],
+                 seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The control for the compensation (`lora.init=random`): each module's factors, truncated to its rank,
+    replaced by Gaussian matrices of the same Frobenius norms (seeded by `seed` and the module's name). It starts
+    the adapter as far from zero as EoRA does, in no useful direction: what EoRA gains over it is the direction."""
+    out = {}
+    for name, (b, a) in compensation.items():
+        b, a = b[:, : ranks[name]], a[: ranks[name]]
+        gen = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
+        rb, ra = torch.randn(b.shape, generator=gen), torch.randn(a.shape, generator=gen)
+        out[name] = (rb * (b.norm() / rb.norm()), ra * (a.norm() / ra.norm()))
+    return out
 
 
 COVARIANCE_BYTES = 2 * 2**30  # covariances held at once: more target linears than fit take several passes
