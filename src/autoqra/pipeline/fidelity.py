@@ -152,12 +152,14 @@ class FidelityRun:
         leaves no clean-up behind)."""
         return scratch(self.store.root / "tmp")
 
-    def assemble(self, config: Config, workdir: Path | None = None, seed: int | None = None) -> Any:
-        """The configuration's quantized model with its adapters attached (checked)."""
+    def assemble(self, config: Config, workdir: Path | None = None, seed: int | None = None,
+                 start: bool = True) -> Any:
+        """The configuration's quantized model with its adapters attached (checked), started as `lora.init`
+        says; `start=False` leaves them at PEFT's start, for a caller that loads trained adapters over them."""
         bits, ranks = self.space.per_module(config)
         model = self.backend.assemble(bits, workdir)
         model = attach_lora(model, ranks, self.lora.alpha_ratio, self.lora.dropout, seed=seed)
-        if self.compensation is not None:
+        if self.compensation is not None and start:
             adapted = {m: b for m, b in bits.items() if b != quant.UNQUANTIZED and ranks.get(m, 0) > 0}
             factors = self.compensation(set(adapted.values()))
             start = {m: factors[b][m] for m, b in adapted.items()}

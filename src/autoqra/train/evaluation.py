@@ -126,7 +126,7 @@ def score_seed(ev: Any, config: Any, adapters: Path, test: list[dict[str, Any]],
     from autoqra.train.lora import load_adapter
 
     if not built:
-        built.append(ev.assemble(config, workdir))
+        built.append(ev.assemble(config, workdir, start=False))  # the adapters are loaded over
     model = load_adapter(built[0], adapters)
     scores = test_scores(model, ev.tokenizer, test, max_length, params.batch_size)
     if params.exact_match or params.lm_eval_tasks:
