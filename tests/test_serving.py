@@ -1,0 +1,47 @@
+"""Serving targets: what vLLM and SGLang load, checked before any work, and an adapter they can read."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import TARGETS
+
+
+def test_padding_an_adapter_to_one_rank_leaves_every_logit_as_it_was(tmp_path, tiny_dir, task_dir):
+    from peft import PeftModel
+
+    from autoqra import models
+    from autoqra.train.lora import attach_lora, lora_layers, pad_adapter
+
+    base = models.load_model(tiny_dir)
+    linears = list(models.target_modules(base, TARGETS))
+    ranks = {m: (4, 8, 0, 2)[i % 4] for i, m in enumerate(linears)}  # mixed ranks, some modules without
+    model = attach_lora(base, ranks, alpha_ratio=2.0, dropout=0.0, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in lora_layers(model).values():  # trained-looking adapters: B nonzero
+            b = layer.lora_B["default"].weight
+            b.copy_(torch.randn(b.shape, generator=gen) * 0.05)
+    model.peft_config["default"].alpha_pattern[linears[1]] = 3.0  # one module off the common ratio
+    lora_layers(model)[linears[1]].scaling["default"] = 3.0 / ranks[linears[1]]
+    model.save_pretrained(str(tmp_path / "mixed"))
+    assert pad_adapter(tmp_path / "mixed", tmp_path / "padded") == 8
+    cfg = json.loads((tmp_path / "padded" / "adapter_config.json").read_text())
+    assert (cfg["r"], cfg["lora_alpha"], cfg["rank_pattern"], cfg["alpha_pattern"]) == (8, 16.0, {}, {})
+
+    ids = torch.tensor([list(range(3, 40))])
+    logits = {}
+    for name in ("mixed", "padded"):
+        loaded = PeftModel.from_pretrained(models.load_model(tiny_dir), str(tmp_path / name)).eval()
+        assert {layer.r["default"] for layer in lora_layers(loaded).values()} == (
+            {8} if name == "padded" else {2, 4, 8})
+        with torch.no_grad():
+            logits[name] = loaded(input_ids=ids).logits
+    with torch.no_grad():
+        plain = models.load_model(tiny_dir)(input_ids=ids).logits
+    assert (logits["mixed"] - plain).abs().max() > 1e-3  # the adapter does something
+    torch.testing.assert_close(logits["padded"], logits["mixed"], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="rank=4: below the adapter's largest rank 8"):
+        pad_adapter(tmp_path / "mixed", tmp_path / "x", rank=4)
