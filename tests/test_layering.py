@@ -5,7 +5,8 @@ never run, are left out) no module imports a higher layer and no import circle e
 Layers, lowest first (a module may import its own layer or any lower one):
 
 0. leaves: the input error, the record store, the statistics, the sweep's cell names;
-1. vocabulary: the search space and the arm names (one parser of the `uniform{b}_r{r}` grammar);
+1. vocabulary: the search space, the arm names (one parser of the `uniform{b}_r{r}` grammar) and the
+   serving targets' constraints;
 2. parameters: typed, validated sections;
 3. data, devices;
 4. model sources and shapes, the memory model and budgets;
@@ -27,7 +28,7 @@ from conftest import ROOT
 
 LAYERS = (
     ("autoqra.errors", "autoqra.store", "autoqra.stats", "autoqra.sweep"),
-    ("autoqra.space", "autoqra.arms"),
+    ("autoqra.space", "autoqra.arms", "autoqra.serving"),
     ("autoqra.params",),
     ("autoqra.data", "autoqra.devices"),
     ("autoqra.models", "autoqra.memory"),

@@ -22,6 +22,17 @@ SMOKE = ["experiment=smoke"]
     ("quant.group_size=128", "quant.group_size=128: does not divide the input width 64 of model.layers.0"),
     ("budget=bytes budget.value=1000", "budget.value=1000: infeasible"),
     ("quant.targets=[foo_proj]", "quant.targets=['foo_proj']: no such linear"),
+    ("export.target=vllm", "quant.bits=[2, 4, 8]: export.target=vllm loads 4, 8, 16 bits only (vLLM's GPTQ (Marlin) "
+     "kernels: 4- and 8-bit symmetric, 16 = unquantized), not 2"),
+    ("export.target=sglang quant.bits=[3,4]", "quant.bits=[3, 4]: export.target=sglang loads 4, 8, 16 bits only"),
+    ("export.target=vllm quant.bits=[4,8] quant.desc_act=true", "quant.desc_act=true: export.target=vllm refuses"),
+    ("export.target=sglang quant.bits=[4,8] quant.sym=false", "quant.sym=false: export.target=sglang loads symmetric"),
+    ("export.target=vllm quant.bits=[4,8] quant.group_size=16", "quant.group_size=16: export.target=vllm loads "
+     "group sizes 32, 64, 128"),
+    ("export.target=sglang quant.bits=[4,8] search.granularity=module", "search.granularity=module: "
+     "export.target=sglang fuses q/k/v and gate/up into one layer with one quantization"),
+    ("export.target=vllm quant.bits=[4,8] lora.ranks=[8,1024]", "lora.ranks=[8, 1024]: export.target=vllm serves "
+     "ranks up to 512"),
 ])
 def test_check_rejects_in_one_line_naming_the_key(override, message):
     start = time.monotonic()

@@ -45,3 +45,21 @@ def test_padding_an_adapter_to_one_rank_leaves_every_logit_as_it_was(tmp_path, t
     torch.testing.assert_close(logits["padded"], logits["mixed"], rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="rank=4: below the adapter's largest rank 8"):
         pad_adapter(tmp_path / "mixed", tmp_path / "x", rank=4)
+
+
+def test_the_fused_granularity_gives_q_k_v_and_gate_up_one_choice_each():
+    from autoqra.space import Space
+
+    modules = [f"model.layers.{i}.{p}" for i in range(2) for p in (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+    space = Space.from_modules(modules, "fused", [4, 8], [8, 16])
+    assert dict(space.members)["model.layers.1.self_attn.qkv_proj"] == tuple(
+        f"model.layers.1.self_attn.{p}_proj" for p in "qkv")
+    assert dict(space.members)["model.layers.0.mlp.gate_up_proj"] == ("model.layers.0.mlp.gate_proj",
+                                                                    "model.layers.0.mlp.up_proj")
+    assert len(space) == 8 and sorted(m for ms in space.members.values() for m in ms) == sorted(modules)
+    bits, _ = space.per_module(space.config([4, 8] * 4, [8] * 8))
+    for i in range(2):
+        assert len({bits[f"model.layers.{i}.self_attn.{p}_proj"] for p in "qkv"}) == 1
+        assert bits[f"model.layers.{i}.mlp.gate_proj"] == bits[f"model.layers.{i}.mlp.up_proj"]

@@ -1,9 +1,11 @@
 """The search space: units, configurations, their hash and ordinal encoding.
 
-A *unit* is a transformer block (`model.layers.3`: all its target linears share one choice) or a
-single linear (`model.layers.3.self_attn.q_proj`). A *configuration* assigns (bits, rank) to every
-unit; bits 16 means "left unquantized", rank 0 "no adapter". It is serialised as readable JSON with
-full module names and identified by a stable content hash.
+A *unit* is a transformer block (`model.layers.3`: all its target linears share one choice), a
+single linear (`model.layers.3.self_attn.q_proj`), or (granularity `fused`) the linears a serving engine
+fuses into one layer with one quantization: `model.layers.3.self_attn.qkv_proj` (q, k and v) and
+`model.layers.3.mlp.gate_up_proj` (gate and up), every other linear alone (vLLM's and SGLang's names).
+A *configuration* assigns (bits, rank) to every unit; bits 16 means "left unquantized", rank 0 "no
+adapter". It is serialised as readable JSON with full module names and identified by a stable content hash.
 """
 
 from __future__ import annotations
@@ -23,6 +25,19 @@ from autoqra.store import fingerprint
 UNQUANTIZED = 16  # a bit-width that means "left in the base model's dtype"
 BIT_CHOICES = (2, 3, 4, 8, UNQUANTIZED)  # what GPTQModel packs (the quantize stage can make), and unquantized
 _BLOCK = re.compile(r"^(.*\.layers\.\d+)\.")
+GRANULARITIES = ("block", "fused", "module")
+FUSED = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",  # what vLLM and SGLang stack
+         "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
+
+
+def unit_of(module: str, granularity: str) -> str:
+    """The unit `module` belongs to at `granularity`."""
+    if granularity == "block":
+        return block_of(module)
+    if granularity == "fused":
+        head, _, leaf = module.rpartition(".")
+        return f"{head}.{FUSED[leaf]}" if leaf in FUSED else module
+    return module
 
 
 def block_of(module: str) -> str:
@@ -86,11 +101,11 @@ class Space:
 
     @classmethod
     def from_modules(cls, modules: Iterable[str], granularity: str, bits: Sequence[int], ranks: Sequence[int]) -> Space:
-        if granularity not in ("block", "module"):
-            raise ValueError(f"search.granularity={granularity!r}: must be block or module")
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"search.granularity={granularity!r}: must be one of {', '.join(GRANULARITIES)}")
         members: dict[str, list[str]] = {}
         for m in modules:
-            members.setdefault(block_of(m) if granularity == "block" else m, []).append(m)
+            members.setdefault(unit_of(m, granularity), []).append(m)
         if not members:
             raise ValueError("the search space has no units (no target module found)")
         return cls(MappingProxyType({u: tuple(ms) for u, ms in members.items()}), tuple(sorted(bits)),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from autoqra import arms
+from autoqra import arms, serving
 from autoqra.params.fields import ParamError
 
 if TYPE_CHECKING:
@@ -28,6 +28,8 @@ def check(p: Params) -> None:
         raise ParamError(f"search.seeds_per_rung={p.search.seeds_per_rung}: needs one entry per rung of "
                          f"search.fidelities={p.search.fidelities}")
     arms.check_arms(p.finetune.arms, p.quant.bits)
+    serving.check(p.export.target, p.quant.bits, p.quant.sym, p.quant.desc_act, p.quant.group_size,
+                  p.search.granularity, p.lora.ranks)
     extra = [a for a in p.sweep.arms if a not in p.finetune.arms]
     if extra:
         raise ParamError(f"sweep.arms={p.sweep.arms}: {extra[0]!r} is not one of finetune.arms="

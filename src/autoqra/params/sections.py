@@ -13,11 +13,11 @@ from typing import Any
 from autoqra.arms import uniform_pattern
 from autoqra.params import rules
 from autoqra.params.fields import ParamError, from_dict, spec
+from autoqra.params.final import ABLATIONS, EvaluateParams, ExportParams, SweepParams
 from autoqra.params.sources import ModelParams, check_task_source
-from autoqra.space import BIT_CHOICES
+from autoqra.space import BIT_CHOICES, GRANULARITIES
 
 GROUP_SIZES = (16, 32, 64, 128, 256)  # the GPTQ group sizes offered
-ABLATIONS = ("none", "no_priors", "no_surrogate", "single_fidelity", "no_refine", "random", "tpe")
 
 
 @dataclass
@@ -127,8 +127,8 @@ class RefineParams:
 class SearchParams:
     """Both search stages."""
 
-    granularity: str = spec("block", help="unit of choice: one (bits, rank) per block or per linear",
-                            choices=["block", "module"])
+    granularity: str = spec("block", help="unit of choice: one (bits, rank) per block, per group of linears a "
+                            "serving engine fuses (q/k/v, gate/up), or per linear", choices=list(GRANULARITIES))
     population: int = spec(20, help="configurations in generation 0", min=2)
     generations: int = spec(8, help="generations of stage 1", min=1)
     offspring: int = spec(8, help="children evaluated per generation (Thompson draws, then the performance "
@@ -210,17 +210,6 @@ class FinetuneParams:
 
 
 @dataclass
-class EvaluateParams:
-    """The final evaluation of every arm on the test split."""
-
-    exact_match: bool = spec(True, help="greedy exact match through lm-evaluation-harness (a local task written "
-                             "from the test split), next to the answer loss")
-    lm_eval_tasks: list[str] = spec([], help="extra lm-evaluation-harness task names (their datasets must be in "
-                                    "the local cache: the hub is offline)")
-    batch_size: int = spec(32, help="sequences per evaluation batch", min=1)
-
-
-@dataclass
 class BudgetParams:
     """The memory budget every configuration must meet."""
 
@@ -231,42 +220,6 @@ class BudgetParams:
     reference: str = spec("uniform3_r16", help="reference arm of a relative budget, 'uniform{bits}_r{rank}' "
                           "with bits and rank on the ladders",
                           pattern=uniform_pattern(BIT_CHOICES))
-
-
-@dataclass
-class SweepParams:
-    """A grid of pipeline runs (cells): search ablations x search seeds x budgets, one table over them.
-
-    Each cell is the composed params with `search.ablation`, `seed` and `budget.value` set; it runs
-    evolve, refine and the final arms of `sweep.arms` into `data/sweep/cells/<ablation>-s<seed>-b<budget>/`
-    through the shared GPTQ caches, priors and record store (the keys of single runs: nothing two runs
-    share is computed twice). The summary goes to `data/sweep/<name>/`."""
-
-    name: list[str] = spec([], help="the sweep's name as a one-element list, [] for no sweep (DVC expands its "
-                           "summary stage over this list, so the stage exists only while a sweep is set)",
-                           items={"pattern": r"^[A-Za-z0-9_]+$"})
-    ablations: list[str] = spec([], help=f"values of search.ablation ({', '.join(ABLATIONS)})",
-                                items={"choices": list(ABLATIONS)}, unique=True)
-    seeds: list[int] = spec([], help="values of the top-level seed (the search's seed)", items={"min": 0},
-                            unique=True)
-    budgets: list[float] = spec([], help="values of budget.value (in budget.kind's unit)",
-                                items={"min": 0.0, "exclusive_min": True}, unique=True)
-    arms: list[str] = spec(["autoqra"], help="final arms trained (finetune.seeds) and tested in every cell "
-                           "(each one of finetune.arms)",
-                           min_items=1, unique=True)
-
-    def __post_init__(self) -> None:
-        axes = {"ablations": self.ablations, "seeds": self.seeds, "budgets": self.budgets}
-        if len(self.name) > 1 or self.name == ["cells"]:
-            raise ParamError(f"sweep.name={self.name}: one name or none, not 'cells' (the cells' folder)")
-        if self.name:
-            empty = [k for k, v in axes.items() if not v]
-            if empty:
-                raise ParamError(f"sweep.{empty[0]}=[]: a sweep needs at least one value on every axis "
-                                 f"(ablations, seeds, budgets)")
-        elif any(axes.values()):
-            axis = next(k for k, v in axes.items() if v)
-            raise ParamError(f"sweep.name=[]: sweep.{axis} is set but the sweep has no name (e.g. sweep.name=[mine])")
 
 
 @dataclass
@@ -284,6 +237,7 @@ class Params:
     budget: BudgetParams = field(default_factory=BudgetParams, metadata={"help": "memory budget"})
     evaluate: EvaluateParams = field(default_factory=EvaluateParams, metadata={"help": "final evaluation"})
     sweep: SweepParams = field(default_factory=SweepParams, metadata={"help": "grid of runs (data/sweep/)"})
+    export: ExportParams = field(default_factory=ExportParams, metadata={"help": "the export and where it is served"})
 
     def __post_init__(self) -> None:
         rules.check(self)
