@@ -116,9 +116,10 @@ STAGES: dict[str, Stage] = {
                     cmd=f"python -m stages.report --params params.yaml {DIRS} --final data/final --out data/report",
                     deps=("data/prepare", "data/profile", "data/search/evolve", "data/search/refine", "data/final"),
                     outs=("data/report",)),
-    "export": Stage(params=("finetune.seeds", "lora", "task.max_length", "evaluate.batch_size", "quant.targets"),
+    "export": Stage(params=("finetune.seeds", "lora", "task.max_length", "evaluate.batch_size", "quant.targets",
+                            "export"),
                     code=_code("export", *files("autoqra.pipeline.export", "autoqra.quant.packed",
-                                                "autoqra.train.lora", *TEST_CODE)),
+                                                "autoqra.train.lora", "autoqra.serving", *TEST_CODE)),
                     cmd=f"python -m stages.export --params params.yaml {DIRS} --train data/final/autoqra/train "
                         "--arm-metrics data/final/autoqra/metrics.json --out data/final/autoqra/export",
                     deps=("data/prepare", "data/quantize", "data/profile", "data/final/autoqra/train",

@@ -107,22 +107,19 @@ def test_the_exported_model_reloads_in_a_fresh_process_and_reproduces_the_test_l
     assert cfg["dynamic"]  # per-module bits
     adapter = json.loads((export / "adapter/adapter_config.json").read_text())
     assert adapter["rank_pattern"]
-    script = textwrap.dedent(f"""
-        import torch
-        from gptqmodel import BACKEND, GPTQModel
-        from peft import PeftModel
-        from transformers import AutoTokenizer
+    from test_readme import README, example
+
+    # the README's lines, as written, in the project's folder; then the test split scored as the pipeline does
+    script = example(README.read_text(), "## Serving the result") + textwrap.dedent(f"""
         from autoqra import data
         from autoqra.train import evaluation
-        base = GPTQModel.load({str(export / 'model')!r}, backend=BACKEND.TORCH, dtype=torch.bfloat16, device="cpu")
-        base.model.set_attn_implementation("eager")
-        model = PeftModel.from_pretrained(base.model, {str(export / 'adapter')!r}).eval()
-        tok = AutoTokenizer.from_pretrained({str(export / 'model')!r})
-        test = data.read_split({str(finished / 'data/prepare/task')!r}, "test")
-        scores = evaluation.test_scores(model, tok, test, {p.task.max_length}, {p.evaluate.batch_size})
+        model.base_model.model.set_attn_implementation("eager")
+        test = data.read_split("data/prepare/task", "test")
+        scores = evaluation.test_scores(model, tokenizer, test, {p.task.max_length}, {p.evaluate.batch_size})
         print("LOSS", scores["answer_loss"])
     """)
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=finished)
+    assert res.returncode == 0, res.stderr[-3000:]
     loss = float(next(line for line in res.stdout.splitlines() if line.startswith("LOSS")).split()[1])
     exported = json.loads((export / "metrics.json").read_text())
     assert abs(loss - exported["reloaded_test_answer_loss"]) < 1e-6  # the export stage's own reload, same numbers
@@ -162,3 +159,30 @@ def test_the_value_code_reruns_the_stages_whose_results_it_computes_and_the_repo
     scoring = _planned(finished, "src/autoqra/train/scoring.py")
     assert {"evolve", "refine", "finetune", "evaluate"} <= scoring and not {"prepare", "quantize"} & scoring
     assert _planned(finished, "src/autoqra/report/arms.py") == {"report"}
+
+
+def test_an_export_for_vllm_searches_its_bits_and_reloads_with_one_padded_rank(finished, tmp_path):
+    """export.target=vllm with quant.bits [4, 8]: the search runs on the ladder the engine loads, the checkpoint
+    names every fused layer, the adapter has one rank, and GPTQModel + PEFT reproduce the arm's test loss."""
+    import re
+    import shutil
+
+    root = tmp_path / "vllm"
+    shutil.copytree(finished, root, symlinks=True)
+    overrides = ["experiment=smoke", "export.target=vllm", "quant.bits=[4,8]", "search.population=4",
+                 "search.generations=2", "search.offspring=2"]
+    res = run_tool(["snakemake", "--cores", "2", "data/final/autoqra/export", "--config", *overrides], cwd=root,
+                   timeout=1800)
+    assert res.returncode == 0, res.stderr[-3000:]
+    planned = set(re.findall(r"^(?:local)?rule (\w+):", res.stdout + res.stderr, re.M))
+    assert "quantize" not in planned and {"profile", "evolve", "export"} <= planned  # the 4, 8-bit caches reused
+    export = root / "data/final/autoqra/export"
+    metrics = json.loads((export / "metrics.json").read_text())
+    assert metrics["target"] == "vllm" and set(metrics["bits"]) <= {"4", "8", "16"}
+    assert abs(metrics["difference"]) < 1e-4, metrics  # padded to one rank: the same outputs
+    adapter = json.loads((export / "adapter/adapter_config.json").read_text())
+    assert adapter["r"] == metrics["adapter_rank"] and not adapter["rank_pattern"] and not adapter["alpha_pattern"]
+    dynamic = json.loads((export / "model/quantize_config.json").read_text())["dynamic"]
+    assert any("qkv_proj" in k for k in dynamic) and any("gate_up_proj" in k for k in dynamic)
+    text = (export / "README.md").read_text()
+    assert f"vllm serve {export / 'model'} --enable-lora --lora-modules autoqra={export / 'adapter'}" in text

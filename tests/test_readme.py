@@ -37,10 +37,14 @@ def code_blocks(text: str) -> list[tuple[str, str, int]]:
     return blocks
 
 
+def example(text: str, heading: str = "## Use it as a library") -> str:
+    """The first ```python block after `heading`."""
+    line = text.splitlines().index(heading)
+    return next(body for lang, body, start in code_blocks(text) if lang == "python" and start > line)
+
+
 def library_example(text: str) -> str:
-    """The first ```python block after the heading "## Use it as a library"."""
-    heading = text.splitlines().index("## Use it as a library")
-    return next(body for lang, body, start in code_blocks(text) if lang == "python" and start > heading)
+    return example(text)
 
 
 def tables_without_provenance(text: str) -> list[int]:

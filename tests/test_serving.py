@@ -63,3 +63,47 @@ def test_the_fused_granularity_gives_q_k_v_and_gate_up_one_choice_each():
     for i in range(2):
         assert len({bits[f"model.layers.{i}.self_attn.{p}_proj"] for p in "qkv"}) == 1
         assert bits[f"model.layers.{i}.mlp.gate_proj"] == bits[f"model.layers.{i}.mlp.up_proj"]
+
+
+def vllm_bits(dynamic: dict, default: int, layer: str) -> int:
+    """The bit-width vLLM gives `layer` (a vLLM layer name: `...qkv_proj`, `...gate_up_proj`, `...o_proj`):
+    `get_dynamic_override` in vllm/model_executor/layers/quantization/utils/gptq_utils.py (0.34.0), first match
+    wins, a `-:` match leaves the layer unquantized (16), a rule with `+:` or no prefix overrides the bits."""
+    import re
+
+    for pattern, override in dynamic.items():
+        if pattern.startswith("-:"):
+            if re.match(pattern.removeprefix("-:"), layer):
+                return 16
+        elif re.match(pattern.removeprefix("+:"), layer):
+            return override.get("bits", default)
+    return default
+
+
+def test_a_checkpoint_for_an_engine_names_every_fused_layer_with_its_linears_bits(tmp_path, tiny_dir, tiny_caches):
+    from autoqra import models, quant
+    from autoqra.space import Space, fused_layers
+
+    modules = list(models.target_modules(models.load_model(tiny_dir), TARGETS))
+    space = Space.from_modules(modules, "fused", [4, 8, 16], [8])
+    config = space.config([(4, 8, 16)[i % 3] for i in range(len(space))], [8] * len(space))
+    bits, _ = space.per_module(config)
+    quant.write_packed(bits, tiny_dir, tiny_caches, tmp_path / "m", fused=True)
+    cfg = json.loads((tmp_path / "m" / "quantize_config.json").read_text())
+    fused = fused_layers(modules)
+    assert fused and {m for ms in fused.values() for m in ms} < set(modules)
+    layers = {**{u: bits[ms[0]] for u, ms in fused.items()},
+              **{m: b for m, b in bits.items() if not any(m in ms for ms in fused.values())}}
+    assert {u: vllm_bits(cfg["dynamic"], cfg["bits"], u) for u in layers} == layers
+    # without the fused rules an engine gives q/k/v and gate/up the checkpoint's default bits
+    plain = quant.write_packed(bits, tiny_dir, tiny_caches, tmp_path / "p")
+    cfg = json.loads((plain / "quantize_config.json").read_text())
+    assert any(vllm_bits(cfg["dynamic"], cfg["bits"], u) != layers[u] for u in fused)
+    block = Space.from_modules(modules, "module", [4, 8], [8])
+    mixed, _ = block.per_module(block.config([(4, 8)[i % 2] for i in range(len(block))], [8] * len(block)))
+    with pytest.raises(ValueError, match="fused by the serving engine but its linears differ in bits"):
+        quant.write_packed(mixed, tiny_dir, tiny_caches, tmp_path / "x", fused=True)
+    # and GPTQModel, which matches the linears' own names, loads the checkpoint with the fused rules in it
+    model = quant.load_packed(tmp_path / "m")
+    got = {n: m.bits for n, m in model.named_modules() if hasattr(m, "qweight")}
+    assert got == {m: b for m, b in bits.items() if b != 16}

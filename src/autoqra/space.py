@@ -48,6 +48,14 @@ def block_of(module: str) -> str:
     return m[1]
 
 
+def fused_layers(modules: Iterable[str]) -> dict[str, list[str]]:
+    """The layers a serving engine fuses (`...qkv_proj`, `...gate_up_proj`) and the linears of each."""
+    groups: dict[str, list[str]] = {}
+    for m in modules:
+        groups.setdefault(unit_of(m, "fused"), []).append(m)
+    return {u: ms for u, ms in groups.items() if u not in ms}
+
+
 @dataclass(frozen=True)
 class Config:
     """(bits, rank) per unit, aligned with `units`."""

@@ -15,9 +15,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from autoqra import data, models, quant
+from autoqra import data, models, quant, serving
 from autoqra.train import evaluation
-from autoqra.train.lora import attach_lora, load_adapter
+from autoqra.train.lora import attach_lora, load_adapter, pad_adapter
 
 LOAD = '''```python
 import torch
@@ -30,6 +30,19 @@ model = PeftModel.from_pretrained(base.model, "{adapter}")
 tokenizer = AutoTokenizer.from_pretrained("{model}")
 ```
 '''
+
+
+def readme(summary: str, p: Any, model: Path, adapter: Path, rank: int | None) -> str:
+    """The export's README: what it holds and the lines that load it (and serve it, for an engine's target)."""
+    text = (f"# {summary}\n\nSearched by AutoQRA for {p.model.source}: per-module bits in "
+            f"`model/quantize_config.json` (`dynamic`), ")
+    if rank is None:
+        text += "per-module LoRA ranks in `adapter/adapter_config.json` (`rank_pattern`)."
+    else:
+        text += (f"one LoRA rank ({rank}: smaller ranks zero-padded, outputs unchanged) in "
+                 f"`adapter/adapter_config.json`, for export.target={p.export.target}. Serve it with:\n\n"
+                 f"```sh\n{serving.command(p.export.target, str(model), str(adapter), rank)}\n```\n\nOr")
+    return text + " Load it with GPTQModel and PEFT:\n\n" + LOAD.format(model=model, adapter=adapter)
 
 
 def load(model_dir: Path, adapter_dir: Path, device: str = "cpu") -> Any:
@@ -50,19 +63,26 @@ def export(setup: Any, train: Path, arm_metrics: Path, out: Path) -> dict[str, A
     if out.exists():
         shutil.rmtree(out)
     model_dir, adapter_dir = out / "model", out / "adapter"
-    quant.write_packed(bits, Path(setup.dirs["prepare"]) / "model", setup.fidelity_run.caches, model_dir)
+    target = serving.TARGETS[p.export.target]
+    quant.write_packed(bits, Path(setup.dirs["prepare"]) / "model", setup.fidelity_run.caches, model_dir,
+                       fused=target.one_rank)
     peft_model = attach_lora(quant.load_packed(model_dir, "cpu"), ranks, p.lora.alpha_ratio, p.lora.dropout)
-    load_adapter(peft_model, train / f"seed{seed}.safetensors").save_pretrained(str(adapter_dir))
-    (out / "README.md").write_text(f"# {spec['summary']}\n\nSearched by AutoQRA for {p.model.source}: per-module bits "
-                                   f"in `model/quantize_config.json` (`dynamic`), per-module LoRA ranks in "
-                                   f"`adapter/adapter_config.json` (`rank_pattern`). Load it with:\n\n"
-                                   + LOAD.format(model=model_dir.resolve(), adapter=adapter_dir.resolve()))
+    trained = load_adapter(peft_model, train / f"seed{seed}.safetensors")
+    rank = None
+    if target.one_rank:  # one r per adapter: every module zero-padded to the largest (exact)
+        trained.save_pretrained(str(out / "adapter_mixed"))
+        rank = pad_adapter(out / "adapter_mixed", adapter_dir)
+        shutil.rmtree(out / "adapter_mixed")
+    else:
+        trained.save_pretrained(str(adapter_dir))
+    (out / "README.md").write_text(readme(spec["summary"], p, model_dir.resolve(), adapter_dir.resolve(), rank))
     test = data.read_split(Path(setup.dirs["prepare"]) / "task", "test")
     reloaded = evaluation.test_scores(load(model_dir, adapter_dir), models.load_tokenizer(model_dir), test,
                                       p.task.max_length, p.evaluate.batch_size)
     arm = json.loads(arm_metrics.read_text()) if arm_metrics.exists() else None
     own = next((r.get("answer_loss") for r in arm["seeds"] if r["seed"] == seed), None) if arm else None
-    return {"summary": spec["summary"], "seed": seed, "reloaded_test_answer_loss": reloaded["answer_loss"],
+    return {"summary": spec["summary"], "seed": seed, "target": p.export.target, "adapter_rank": rank,
+            "reloaded_test_answer_loss": reloaded["answer_loss"],
             "arm_test_answer_loss": own, "difference": None if own is None else reloaded["answer_loss"] - own,
             "bits": {str(b): sum(v == b for v in bits.values()) for b in sorted(set(bits.values()))},
             "files": sorted(str(f.relative_to(out)) for f in out.rglob("*") if f.is_file())}

@@ -11,17 +11,18 @@ import torch
 from torch import nn
 
 from autoqra.quant.cache import QuantCache, exact_name
-from autoqra.space import UNQUANTIZED
+from autoqra.space import UNQUANTIZED, fused_layers
 
 _BASE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json", "chat_template.jinja", "tokenizer.model")
 
 
 def write_packed(bits_by_module: dict[str, int], base_dir: str | Path, caches: dict[int, QuantCache],
-                 out_dir: str | Path) -> Path:
+                 out_dir: str | Path, fused: bool = False) -> Path:
     """A mixed-precision GPTQ checkpoint: each module's tensors copied from its bit-width's cache (its
     bias, which GPTQ leaves alone, from the base), per-module bits in GPTQModel's `dynamic` config;
-    bits 16 keeps the base weight unquantized."""
+    bits 16 keeps the base weight unquantized. With `fused`, a rule for each fused layer too (vLLM and SGLang
+    match `dynamic` against `...qkv_proj` and `...gate_up_proj`, never `q_proj`): its members must agree."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -43,8 +44,15 @@ def write_packed(bits_by_module: dict[str, int], base_dir: str | Path, caches: d
         if (Path(base_dir) / name).exists():
             shutil.copy2(Path(base_dir) / name, out / name)
     ref = next(iter(caches.values())).config if caches else {}
+    named = dict(sorted(bits_by_module.items()))
+    if fused:
+        for unit, members in fused_layers(bits_by_module).items():
+            agreed = {bits_by_module[m] for m in members}
+            if len(agreed) > 1:
+                raise ValueError(f"{unit}: fused by the serving engine but its linears differ in bits {sorted(agreed)}")
+            named[unit] = agreed.pop()
     dynamic = {("-:" if b == UNQUANTIZED else "+:") + exact_name(m): ({} if b == UNQUANTIZED else {"bits": b})
-               for m, b in sorted(bits_by_module.items())}
+               for m, b in named.items()}
     cfg = {**ref, "bits": max((b for b in bits_by_module.values() if b != UNQUANTIZED), default=4),
            "dynamic": dynamic}
     (out / "quantize_config.json").write_text(json.dumps(cfg, indent=2))
