@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 # GPTQModel refuses to start on a 2-core machine unless told it may use both workers.
 export GPTQMODEL_CPU_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 2 ? 2 : n )))
 
-.PHONY: setup run test test-fast lint params clean
+.PHONY: setup run test test-fast lint params clean gpu-wheels
 
 $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	test -d $(VENV) || python3 -m venv $(VENV)
@@ -43,6 +43,23 @@ params: setup
 	$(PY) -m stages.cli params --write params.yaml
 	$(PY) -m stages.cli schema --write workflow/schemas/params.schema.json
 	$(PY) -m stages.cli dvc --write dvc.yaml
+
+# What the GPU machine lacks (requirements-gpu.txt), as a folder of wheels to carry there, with no network:
+#   python3 -m pip install --no-index --no-deps --no-build-isolation dist/gpu-wheels/*
+GPU_WHEELS := dist/gpu-wheels
+GPU_PY := 3.12
+gpu-wheels: setup
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(PY) -m pip wheel -q --no-deps -c constraints.txt -w $(GPU_WHEELS) $$(grep -v '^#' requirements-gpu.txt)
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --implementation cp --python-version $(GPU_PY) \
+	    --platform manylinux_2_17_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_28_x86_64 \
+	    -c constraints.txt -d $(GPU_WHEELS) \
+	    $$(sed -n 's/^#binary //p' requirements-gpu.txt)
+	$(PY) -m pip download -q --no-deps --no-binary $$(sed -n 's/^#source //p' requirements-gpu.txt | tr " " ,) \
+	    -c constraints.txt -d $(GPU_WHEELS) \
+	    $$(sed -n 's/^#source //p' requirements-gpu.txt)
+	@size=$$(du -sm $(GPU_WHEELS) | cut -f1); ls $(GPU_WHEELS) | wc -l | xargs echo "wheels:"; \
+	    echo "$(GPU_WHEELS): $$size MiB"; test $$size -lt 60 || { echo "error: over 60 MiB"; exit 1; }
 
 clean:
 	rm -rf data .snakemake .dvc/tmp

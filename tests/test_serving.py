@@ -107,3 +107,26 @@ def test_a_checkpoint_for_an_engine_names_every_fused_layer_with_its_linears_bit
     model = quant.load_packed(tmp_path / "m")
     got = {n: m.bits for n, m in model.named_modules() if hasattr(m, "qweight")}
     assert got == {m: b for m, b in bits.items() if b != 16}
+
+
+@pytest.mark.slow
+def test_the_gpu_script_rehearses_the_whole_pipeline_on_the_cpu_with_the_packed_backend(smoke_project, tmp_path):
+    """bench/gpu_pipeline.py, as a GPU session would run it, with `--device cpu`: every stage command after
+    the GPTQ caches (reused from the smoke project) runs through GPTQModel's packed layers, and the export
+    reloads with the arm's loss."""
+    import re
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    res = subprocess.run([sys.executable, str(ROOT / "bench/gpu_pipeline.py"), "--device", "cpu", "--out",
+                          str(tmp_path / "run"), "--reuse", str(smoke_project)], capture_output=True, text=True,
+                         timeout=1800)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    timed = dict(re.findall(r"^(\w+)\s+([\d.]+) s  rc 0$", res.stdout, re.M))
+    assert set(timed) == {"profile", "evolve", "refine", "finetune", "evaluate", "export"}, res.stdout
+    assert "no peak on this device" in res.stdout and "difference" in res.stdout
+    arm = json.loads((tmp_path / "run/data/final/autoqra/train/runs.json").read_text())["runs"]
+    record = json.loads(next((tmp_path / "run/data/records").rglob(f"{arm[0]['key']}.json")).read_text())
+    assert record["backend"] == "packed" and record["device"] == "cpu"
