@@ -124,6 +124,7 @@ def test_the_gpu_script_rehearses_the_whole_pipeline_on_the_cpu_with_the_packed_
                           str(tmp_path / "run"), "--reuse", str(smoke_project)], capture_output=True, text=True,
                          timeout=1800)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    print(res.stdout)
     timed = dict(re.findall(r"^(\w+)\s+([\d.]+) s  rc 0$", res.stdout, re.M))
     assert set(timed) == {"profile", "evolve", "refine", "finetune", "evaluate", "export"}, res.stdout
     assert "no peak on this device" in res.stdout and "difference" in res.stdout

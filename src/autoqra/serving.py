@@ -30,14 +30,15 @@ class Target:
     granularities: tuple[str, ...] | None  # the unit choices that give every fused layer one quantization
     max_rank: int | None
     one_rank: bool  # reads one r per adapter: the export pads every module to it
+    fuses: bool  # matches `dynamic` against fused layers: the checkpoint names them
     kernel: str  # what the constraint comes from, for the error message
 
 
 TARGETS = {
-    "gptqmodel": Target("gptqmodel", None, None, False, True, None, None, False, "GPTQModel + PEFT"),
+    "gptqmodel": Target("gptqmodel", None, None, False, True, None, None, False, False, "GPTQModel + PEFT"),
     "vllm": Target("vllm", (4, 8, 16), (32, 64, 128), True, False, ("block", "fused"), MAX_LORA_RANKS[-1], True,
-                   "vLLM's GPTQ (Marlin) kernels"),
-    "sglang": Target("sglang", (4, 8, 16), (32, 64, 128), True, True, ("block", "fused"), None, True,
+                   True, "vLLM's GPTQ (Marlin) kernels"),
+    "sglang": Target("sglang", (4, 8, 16), (32, 64, 128), True, True, ("block", "fused"), None, True, True,
                      "SGLang's GPTQ (Marlin) kernels"),
 }
 

@@ -65,7 +65,7 @@ def export(setup: Any, train: Path, arm_metrics: Path, out: Path) -> dict[str, A
     model_dir, adapter_dir = out / "model", out / "adapter"
     target = serving.TARGETS[p.export.target]
     quant.write_packed(bits, Path(setup.dirs["prepare"]) / "model", setup.fidelity_run.caches, model_dir,
-                       fused=target.one_rank)
+                       fused=target.fuses)
     peft_model = attach_lora(quant.load_packed(model_dir, "cpu"), ranks, p.lora.alpha_ratio, p.lora.dropout)
     trained = load_adapter(peft_model, train / f"seed{seed}.safetensors")
     rank = None
