@@ -169,9 +169,9 @@ def test_an_export_for_vllm_searches_its_bits_and_reloads_with_one_padded_rank(f
 
     root = tmp_path / "vllm"
     shutil.copytree(finished, root, symlinks=True)
-    overrides = ["experiment=smoke", "export.target=vllm", "quant.bits=[4,8]", "search.population=4",
-                 "search.generations=2", "search.offspring=2"]
-    res = run_tool(["snakemake", "--cores", "2", "data/final/autoqra/export", "--config", *overrides], cwd=root,
+    config = ["experiment=smoke", "export={target: vllm}", "quant={bits: [4, 8]}",
+              "search={population: 4, generations: 2, offspring: 2}"]  # Snakemake's nested form
+    res = run_tool(["snakemake", "--cores", "2", "data/final/autoqra/export", "--config", *config], cwd=root,
                    timeout=1800)
     assert res.returncode == 0, res.stderr[-3000:]
     planned = set(re.findall(r"^(?:local)?rule (\w+):", res.stdout + res.stderr, re.M))
