@@ -84,7 +84,11 @@ def main() -> None:
             print(f"{label:12s} reused from {args.reuse}", flush=True)
             continue
         start = time.perf_counter()
-        res = subprocess.run(cmd, shell=True, cwd=out, env=env, capture_output=True, text=True, timeout=args.timeout)
+        try:
+            res = subprocess.run(cmd, shell=True, cwd=out, env=env, capture_output=True, text=True,
+                                 timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            raise SystemExit(f"error: stage {label!r} ran past --timeout {args.timeout:.0f} s: {cmd}") from None
         times[label] = time.perf_counter() - start
         print(f"{label:12s} {times[label]:7.1f} s  rc {res.returncode}", flush=True)
         if res.returncode != 0:
@@ -104,8 +108,14 @@ def report(final: Path) -> int:
         peak = r.get("peak_memory_bytes")
         shown = (f"peak {peak / 2**20:.1f} MiB, model {estimate / 2**20:.1f} MiB, ratio {peak / estimate:.3f}"
                  if peak else f"no peak on this device (model {estimate / 2**20:.1f} MiB)")
+        if r["status"] != "ok":
+            print(f"seed {r['seed']}: {r['status']} ({r.get('reason')})")
+            return 1
         print(f"seed {r['seed']}: {r['status']}, val {r['score']:.4f}, train {r['train_s']:.1f} s, {shown}")
     own, reloaded = exported["arm_test_answer_loss"], exported["reloaded_test_answer_loss"]
+    if own is None:
+        print(f"test answer loss: exported and reloaded {reloaded:.6f}, the arm's own missing (evaluate's metrics)")
+        return 1
     print(f"test answer loss: arm {own:.6f}, exported and reloaded {reloaded:.6f}, "
           f"difference {exported['difference']:+.2e} ({arm['summary']})")
     return 0 if abs(exported["difference"]) <= 1e-3 * abs(own) else 1

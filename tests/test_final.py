@@ -183,6 +183,8 @@ def test_an_export_for_vllm_searches_its_bits_and_reloads_with_one_padded_rank(f
     adapter = json.loads((export / "adapter/adapter_config.json").read_text())
     assert adapter["r"] == metrics["adapter_rank"] and not adapter["rank_pattern"] and not adapter["alpha_pattern"]
     dynamic = json.loads((export / "model/quantize_config.json").read_text())["dynamic"]
+    hf = json.loads((export / "model/config.json").read_text())  # where the engines detect GPTQ
+    assert hf["quantization_config"]["quant_method"] == "gptq" and hf["quantization_config"]["dynamic"] == dynamic
     assert any("qkv_proj" in k for k in dynamic) and any("gate_up_proj" in k for k in dynamic)
     text = (export / "README.md").read_text()
     assert f"vllm serve {export / 'model'} --enable-lora --lora-modules autoqra={export / 'adapter'}" in text

@@ -31,6 +31,8 @@ SMOKE = ["experiment=smoke"]
      "group sizes 32, 64, 128"),
     ("export.target=sglang quant.bits=[4,8] search.granularity=module", "search.granularity=module: "
      "export.target=sglang fuses q/k/v and gate/up into one layer with one quantization"),
+    ("export.target=vllm quant.bits=[4,8] quant.targets=[q_proj,v_proj,o_proj]", "quant.targets=['q_proj', "
+     "'v_proj', 'o_proj']: export.target=vllm fuses q_proj, k_proj, v_proj into one quantized layer"),
     ("export.target=vllm quant.bits=[4,8] lora.ranks=[8,1024]", "lora.ranks=[8, 1024]: export.target=vllm serves "
      "ranks up to 512"),
 ])

@@ -13,7 +13,8 @@ def test_padding_an_adapter_to_one_rank_leaves_every_logit_as_it_was(tmp_path, t
     from peft import PeftModel
 
     from autoqra import models
-    from autoqra.train.lora import attach_lora, lora_layers, pad_adapter
+    from autoqra.pipeline.export import pad_adapter
+    from autoqra.train.lora import attach_lora, lora_layers
 
     base = models.load_model(tiny_dir)
     linears = list(models.target_modules(base, TARGETS))

@@ -6,8 +6,9 @@ and 128; both read GPTQModel's per-module `dynamic` (a `-:` rule leaves a module
 against the *fused* layer's name (`qkv_proj`, `gate_up_proj`), so q/k/v and gate/up must share one
 quantization (neither checks it: a checkpoint that differs within a fused layer loads wrong, silently).
 vLLM refuses act-order (`desc_act`) and caps LoRA ranks at `--max-lora-rank` (one of `MAX_LORA_RANKS`);
-SGLang reads one `r` and `lora_alpha` per adapter and ignores `rank_pattern`, so the export pads every
-module to one rank (`train.lora.pad_adapter`: exact). GPTQModel + PEFT, the default, loads anything the
+SGLang reads one `r` and `lora_alpha` per adapter and ignores `rank_pattern` (vLLM 0.34 reads it), so the
+export pads every module to one rank (`pipeline.export.pad_adapter`: exact). Marlin's shape and compute
+capability minimums are not checked (docs/serving.md). GPTQModel + PEFT, the default, loads anything the
 pipeline makes.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from autoqra.errors import ParamError
+from autoqra.space import FUSED
 
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py: MaxLoRARanks
 
@@ -44,10 +46,15 @@ TARGETS = {
 
 
 def check(target: str, bits: list[int], sym: bool, desc_act: bool, group_size: int, granularity: str,
-          ranks: list[int]) -> None:
+          ranks: list[int], targets: list[str]) -> None:
     """One `ParamError` line naming the first parameter the target cannot serve, the value and what it loads."""
     t = TARGETS[target]
     where = f"export.target={target}"
+    fused = {leaf: [k for k, v in FUSED.items() if v == group] for leaf, group in FUSED.items()}
+    partial = next((fused[x] for x in targets if x in fused and not set(fused[x]) <= set(targets)), None)
+    if t.fuses and partial:
+        raise ParamError(f"quant.targets={targets}: {where} fuses {', '.join(partial)} into one quantized layer: "
+                         f"target all of them or none")
     bad = [b for b in bits if t.bits is not None and b not in t.bits]
     if bad:
         raise ParamError(f"quant.bits={bits}: {where} loads {', '.join(map(str, t.bits))} bits only ({t.kernel}: "
@@ -72,7 +79,8 @@ def max_lora_rank(target: str, rank: int) -> int:
 
 
 def command(target: str, model: str, adapter: str, rank: int, name: str = "autoqra") -> str:
-    """The shell line that serves the export on the target (the engine's OpenAI-compatible server)."""
+    """The shell line that serves the export on the target (the engine's OpenAI-compatible server); the
+    checkpoint's `config.json` carries its `quantization_config`, so the engine detects GPTQ itself."""
     flag = f"--max-lora-rank {max_lora_rank(target, rank)}"
     if target == "vllm":
         return f"vllm serve {model} --enable-lora --lora-modules {name}={adapter} {flag}"

@@ -29,7 +29,7 @@ def check(p: Params) -> None:
                          f"search.fidelities={p.search.fidelities}")
     arms.check_arms(p.finetune.arms, p.quant.bits)
     serving.check(p.export.target, p.quant.bits, p.quant.sym, p.quant.desc_act, p.quant.group_size,
-                  p.search.granularity, p.lora.ranks)
+                  p.search.granularity, p.lora.ranks, p.quant.targets)
     extra = [a for a in p.sweep.arms if a not in p.finetune.arms]
     if extra:
         raise ParamError(f"sweep.arms={p.sweep.arms}: {extra[0]!r} is not one of finetune.arms="

@@ -15,9 +15,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from autoqra import data, models, quant, serving
 from autoqra.train import evaluation
-from autoqra.train.lora import attach_lora, load_adapter, pad_adapter
+from autoqra.train.lora import attach_lora, load_adapter
 
 LOAD = '''```python
 import torch
@@ -42,7 +44,7 @@ def readme(summary: str, p: Any, model: Path, adapter: Path, rank: int | None) -
         text += (f"one LoRA rank ({rank}: smaller ranks zero-padded, outputs unchanged) in "
                  f"`adapter/adapter_config.json`, for export.target={p.export.target}. Serve it with:\n\n"
                  f"```sh\n{serving.command(p.export.target, str(model), str(adapter), rank)}\n```\n\nOr")
-    return text + " Load it with GPTQModel and PEFT:\n\n" + LOAD.format(model=model, adapter=adapter)
+    return text + " load it with GPTQModel and PEFT:\n\n" + LOAD.format(model=model, adapter=adapter)
 
 
 def load(model_dir: Path, adapter_dir: Path, device: str = "cpu") -> Any:
@@ -86,3 +88,48 @@ def export(setup: Any, train: Path, arm_metrics: Path, out: Path) -> dict[str, A
             "arm_test_answer_loss": own, "difference": None if own is None else reloaded["answer_loss"] - own,
             "bits": {str(b): sum(v == b for v in bits.values()) for b in sorted(set(bits.values()))},
             "files": sorted(str(f.relative_to(out)) for f in out.rglob("*") if f.is_file())}
+
+
+def pad_adapter(src: Path, dst: Path, rank: int | None = None) -> int:
+    """Rewrite the PEFT adapter folder `src` (per-module `rank_pattern`/`alpha_pattern`) into `dst` with one
+    rank R for every module, for loaders that read one `r` and `lora_alpha` per adapter (vLLM's, SGLang's):
+    R = `rank` or the largest, lora_A padded with zero rows and lora_B with zero columns, lora_B multiplied by
+    s_m / s (s_m = alpha_m / r_m the module's own scale, s = lora_alpha / R), so every B A · scale, hence every
+    output, is the same. `lora_alpha` = R × the ratio of the most common module's alpha to its rank. Returns R."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = json.loads((src / "adapter_config.json").read_text())
+    tensors = load_file(src / "adapter_model.safetensors")
+    odd = [k for k in ("use_dora", "use_rslora", "modules_to_save", "lora_bias") if cfg.get(k)]
+    odd += [k for k in tensors if ".lora_A." not in k and ".lora_B." not in k][:1]
+    if odd:
+        raise ValueError(f"{src}: {odd[0]} cannot be padded to one rank (plain LoRA A/B weights only)")
+    own = {k.rsplit(".lora_A.", 1)[0]: t.shape[0] for k, t in tensors.items() if ".lora_A." in k}
+
+    def pattern(name: str, key: str, default: float) -> float:  # PEFT's lookup: the key is a suffix of the name
+        found = [v for k, v in cfg.get(key, {}).items() if name == k or name.endswith("." + k)]
+        return found[0] if found else default
+
+    big = max(own.values())
+    if rank is not None and rank < big:
+        raise ValueError(f"rank={rank}: below the adapter's largest rank {big}")
+    rank = rank or big
+    scale = cfg["lora_alpha"] / cfg["r"]  # the padded adapter's: lora_alpha / R, lora_alpha = scale R
+    out = {}
+    for key, t in tensors.items():
+        name = key.rsplit(".lora_", 1)[0]
+        r = own[name]
+        if ".lora_A." in key:
+            out[key] = torch.cat([t, t.new_zeros(rank - r, t.shape[1])])
+        else:
+            s_m = pattern(name, "alpha_pattern", cfg["lora_alpha"]) / r
+            out[key] = torch.cat([t * (s_m / scale), t.new_zeros(t.shape[0], rank - r)], dim=1)
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.name not in ("adapter_config.json", "adapter_model.safetensors") and f.is_file():
+            shutil.copy2(f, dst / f.name)
+    save_file({k: v.contiguous() for k, v in out.items()}, dst / "adapter_model.safetensors",
+              metadata={"format": "pt"})
+    padded = {**cfg, "r": rank, "lora_alpha": scale * rank, "rank_pattern": {}, "alpha_pattern": {}}
+    (dst / "adapter_config.json").write_text(json.dumps(padded, indent=2, sort_keys=True))
+    return rank

@@ -162,10 +162,10 @@ class FidelityRun:
         if self.compensation is not None and start:
             adapted = {m: b for m, b in bits.items() if b != quant.UNQUANTIZED and ranks.get(m, 0) > 0}
             factors = self.compensation(set(adapted.values()))
-            start = {m: factors[b][m] for m, b in adapted.items()}
+            by_module = {m: factors[b][m] for m, b in adapted.items()}
             if self.lora.init == "random":  # the control: EoRA's norms, random directions
-                start = eora.norm_matched(start, ranks, seed or 0)
-            eora.lora_init(lora_layers(model), start)
+                by_module = eora.norm_matched(by_module, ranks, seed or 0)
+            eora.lora_init(lora_layers(model), by_module)
         return model
 
     def state_path(self, config: Config, fidelity: int, seed: int, horizon: int) -> Path:

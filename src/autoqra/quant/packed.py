@@ -21,8 +21,9 @@ def write_packed(bits_by_module: dict[str, int], base_dir: str | Path, caches: d
                  out_dir: str | Path, fused: bool = False) -> Path:
     """A mixed-precision GPTQ checkpoint: each module's tensors copied from its bit-width's cache (its
     bias, which GPTQ leaves alone, from the base), per-module bits in GPTQModel's `dynamic` config;
-    bits 16 keeps the base weight unquantized. With `fused`, a rule for each fused layer too (vLLM and SGLang
-    match `dynamic` against `...qkv_proj` and `...gate_up_proj`, never `q_proj`): its members must agree."""
+    bits 16 keeps the base weight unquantized. With `fused` (for vLLM and SGLang), a rule for each fused layer
+    too (they match `dynamic` against `...qkv_proj` and `...gate_up_proj`, never `q_proj`: its members must
+    agree), and the config in `config.json`'s `quantization_config`, where they look for it."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -56,6 +57,9 @@ def write_packed(bits_by_module: dict[str, int], base_dir: str | Path, caches: d
     cfg = {**ref, "bits": max((b for b in bits_by_module.values() if b != UNQUANTIZED), default=4),
            "dynamic": dynamic}
     (out / "quantize_config.json").write_text(json.dumps(cfg, indent=2))
+    if fused and (out / "config.json").exists():  # engines detect GPTQ from config.json's quantization_config
+        hf = json.loads((out / "config.json").read_text())
+        (out / "config.json").write_text(json.dumps({**hf, "quantization_config": cfg}, indent=2))
     return out
 
 
