@@ -111,4 +111,3 @@ def load_adapter(model: Any, path: Path) -> Any:
         for n, t in tensors.items():
             params[n].copy_(t.to(params[n].dtype))
     return model
-
