@@ -179,7 +179,14 @@ def test_an_export_for_vllm_searches_its_bits_and_reloads_with_one_padded_rank(f
     export = root / "data/final/autoqra/export"
     metrics = json.loads((export / "metrics.json").read_text())
     assert metrics["target"] == "vllm" and set(metrics["bits"]) <= {"4", "8", "16"}
-    assert abs(metrics["difference"]) < 1e-4, metrics  # padded to one rank: the same outputs
+    # padded to one rank: the same outputs; against the arm's own score the bf16/fp32 allowance of the test above
+    import torch
+
+    from autoqra import devices
+
+    native = devices.compute_dtype("auto", "cpu") == torch.bfloat16
+    own = metrics["arm_test_answer_loss"]
+    assert abs(metrics["difference"]) < (1e-4 if native else 0.01 * own), metrics
     adapter = json.loads((export / "adapter/adapter_config.json").read_text())
     assert adapter["r"] == metrics["adapter_rank"] and not adapter["rank_pattern"] and not adapter["alpha_pattern"]
     dynamic = json.loads((export / "model/quantize_config.json").read_text())["dynamic"]
