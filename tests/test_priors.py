@@ -104,6 +104,29 @@ def test_profile_is_deterministic_and_keeps_raw_losses_at_every_bit_width(tiny_d
         assert (np.diff(sv) <= 1e-9).all() and sv[0] > 0 and g2 == pytest.approx(float((sv**2).sum()))
 
 
+def test_the_kl_of_a_unit_skips_the_layers_before_it_and_equals_the_full_forward(tiny_dir, task_dir, tiny_caches,
+                                                                                 monkeypatch):
+    from contextlib import nullcontext
+
+    tok = models.load_tokenizer(tiny_dir)
+    model = models.load_model(tiny_dir)
+    modules = models.target_modules(model, TARGETS)
+    answers = scoring.batches(tok, data.read_split(task_dir, "calib")[:16], 128, 8)
+    units = {**{m: [m] for m in modules if ".layers.2." in m},
+             **{f"model.layers.{i}": [m for m in modules if m.startswith(f"model.layers.{i}.")] for i in range(4)}}
+    calls = [0]
+    model.model.layers[0].self_attn.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+    skipped = priors.quant_divergence(model, modules, tiny_caches[2], answers, units)
+    # layer 0 runs for the base pass and for block 0 only: the other 11 units start past it
+    assert calls[0] == 2 * len(answers)
+    assert all("forward" not in layer.__dict__ for layer in model.model.layers)  # every layer restored
+    monkeypatch.setattr(priors, "starting_at", lambda *a: nullcontext())  # every unit from the embeddings
+    full = priors.quant_divergence(model, modules, tiny_caches[2], answers, units)
+    assert calls[0] == 2 * len(answers) + len(answers) * (1 + len(units))
+    assert skipped == full  # bit for bit: the same inputs to the same kernels
+    assert min(v["kl"] for v in full.values()) > 0
+
+
 def test_unit_prices_measure_bits_and_price_rank_by_the_gradient_spectrum(tiny_dir, task_dir, tiny_caches):
     from autoqra.space import Space
 

@@ -39,3 +39,18 @@ def test_two_worker_jobs_make_the_evaluations_of_one_worker_once_each(searchable
     assert metrics["records_computed_this_run"] + metrics["comparison"]["records_computed"] == len(trained_records(two))
     again = run_tool(["snakemake", "-n", "data/search/evolve", *config], cwd=two)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_the_models_leave_one_out_ranks_the_frontier_beside_the_searchs_top_rung(one_worker_evolve):
+    root = one_worker_evolve / "data/search/evolve"
+    metrics = json.loads((root / "metrics.json").read_text())
+    frontier = json.loads((root / "frontier.json").read_text())
+    trials = pd.read_parquet(root / "trials.parquet")
+    top = frontier["steps"]
+    searched = set(trials[(trials["fidelity"] == top) & (trials["status"] == "ok")]["config_key"])
+    outside = {u["key"] for u in frontier["uniforms"]} | {a["key"] for a in metrics["comparison"]["arms"].values()}
+    alone = next(r for r in metrics["model"]["leave_one_out"] if r["fidelity"] == top)
+    both = metrics["model"]["leave_one_out_with_frontier"]
+    assert alone["configurations"] == len(searched) and outside - searched  # the frontier adds configurations
+    assert both["fidelity"] == top and both["configurations"] == len(searched | outside)
+    assert both["spearman"] is None or -1 <= both["spearman"] <= 1

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from autoqra.quant import QuantCache
 from autoqra.search.prices import Prices, monotone
 from autoqra.space import UNQUANTIZED, Space, block_of
+from autoqra.train.prefix import first_layer, recording, starting_at
 from autoqra.train.scoring import labelled_nll, mean_nll
 
 log = logging.getLogger("autoqra")
@@ -99,14 +100,20 @@ def quant_divergence(model: nn.Module, modules: Mapping[str, nn.Linear], cache: 
     model, 32 calibration answers: a block's 2-bit increase ranged from -0.16 to +1.6)."""
     was_training = model.training
     model.eval()
-    base = [_answer_log_probs(model, b) for b in data]
+    base, layers = [], []  # each batch's log-probabilities and decoder layers' outputs, unquantized
+    for b in data:
+        with recording(model) as outputs:
+            base.append(_answer_log_probs(model, b))
+        layers.append(list(outputs))
     tokens = max(sum(len(y) for _, y in base), 1)
     out = {}
     for unit, names in tqdm(units.items(), desc=f"KL at {cache.bits} bits", disable=not progress):
         kl = loss = 0.0
+        first = first_layer(names)  # the layers before the unit's first compute what they computed
         with quantized(modules, names, cache):
-            for batch, (lp, y) in zip(data, base):
-                lq, _ = _answer_log_probs(model, batch)
+            for batch, (lp, y), outputs in zip(data, base, layers):
+                with starting_at(model, first, outputs):
+                    lq, _ = _answer_log_probs(model, batch)
                 kl += float((lp.exp() * (lp - lq)).sum())
                 loss += float((lp - lq).gather(1, y[:, None]).sum())
         out[unit] = {"kl": kl / tokens, "loss_increase": loss / tokens}

@@ -25,6 +25,7 @@ from autoqra.search import diagnostics
 from autoqra.search.evolution import Evolution, spent_steps
 from autoqra.search.history import Evidence, ranking, seed_scores
 from autoqra.search.optuna import JOB, SearchFailed, describe_failures, drive, history
+from autoqra.search.performance import Observation
 from autoqra.search.repair import exchange_rates
 from autoqra.store import manifest
 from autoqra.store.files import write_json
@@ -105,13 +106,27 @@ def evolve_stage(p: Params, params_path: str, dirs: dict[str, str], out: Path, t
         "all_within_budget": bool(all(setup.budget.feasible(c) for c in setup.configs(trials))),
         "ablation": p.search.ablation,
         "screening": diagnostics.screening_quality(plan, hist) if evolution else [],
-        "model": diagnostics.model_report(plan, hist, best.config) if evolution else None,
+        "model": diagnostics.model_report(plan, hist, best.config, _outside(frontier, compared, best.config, chosen,
+                                                                           setup)) if evolution else None,
         "fidelity_agreement": fidelity_agreement(trials),
         "promotion": diagnostics.promotions(plan, hist) if evolution else None,
         "exchange_rates": exchange_rates(_means(hist, frontier, setup), setup.budget, setup.prices),
         "manifest": held,
         "search_s": round(search_s, 1),
     }
+
+
+def _outside(frontier: dict[str, Any], compared: dict[str, Any], pick: Any, chosen: Any,
+             setup: Setup) -> list[Observation]:
+    """The results scored beside the search (the frontier's uniforms, the comparison's arms), one
+    observation per seed."""
+    configs = {"pick": pick, "best_uniform": chosen}
+    if setup.p.budget.reference in compared["arms"]:
+        configs[setup.p.budget.reference] = setup.reference_config()
+    rows = [(setup.space.parse(u["config"]), frontier["steps"], u["scores"]) for u in frontier["uniforms"]]
+    rows += [(configs[n], compared["fidelity"], a["scores"]) for n, a in compared["arms"].items()]
+    return [Observation(c, f, int(sd), float(v)) for c, f, scores in rows for sd, v in scores.items()
+            if v is not None]
 
 
 def _means(hist: list, frontier: dict[str, Any], setup: Setup) -> dict:

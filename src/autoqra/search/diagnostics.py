@@ -5,6 +5,7 @@ next to the one the other rule would have made."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -12,21 +13,33 @@ import numpy as np
 from autoqra.search import promotion
 from autoqra.search.evolution import Evolution
 from autoqra.search.history import Result, seed_means, seed_scores
+from autoqra.search.performance import Observation, PerformanceModel
 from autoqra.space import Config
 from autoqra.stats import rank_correlation
 
 GIB = 2.0**30
 
 
-def model_report(evo: Evolution, history: list[Result], pick: Config | None) -> dict[str, Any]:
+def model_report(evo: Evolution, history: list[Result], pick: Config | None,
+                 beside: Sequence[Observation] = ()) -> dict[str, Any]:
     """The performance model fitted on the whole history: its leave-one-configuration-out rank correlation
     at every fidelity, its noise and prior scales, and at `pick` the exchange rate of a bit step against
     a rank step (score lost per GiB saved, the mean over units of one step down; the margin the budget
-    binds at, not the 2-bit collapse)."""
+    binds at, not the 2-bit collapse). With `beside` (results scored outside the search at the top
+    fidelity: the uniform frontier, the comparison), also the top fidelity's leave-one-out over the
+    search's configurations and those together (`leave_one_out_with_frontier`): the search's top rung
+    holds neighbours of one allocation whose differences are the size of the seed noise, the frontier
+    configurations the search's own model has to rank apart."""
     model = evo.model(history)
     n, table = len(evo.space), evo.budget.table
     out: dict[str, Any] = {"observations": len(model.obs), "tau_sigma": model.scale,
                            "leave_one_out": [model.leave_one_out(f) for f in evo.fidelities]}
+    if beside:
+        seen = {(o.config.key, o.fidelity, o.seed) for o in model.obs}
+        extra = {(o.config.key, o.fidelity, o.seed): o for o in beside}
+        both = [*model.obs, *(o for k, o in sorted(extra.items()) if k not in seen)]
+        out["leave_one_out_with_frontier"] = PerformanceModel(evo.space, evo.prices, both).leave_one_out(
+            evo.fidelities[-1])
     if pick is None or not model.obs:
         return out
     x, values = evo.space.encode(pick), model.values()
