@@ -1,19 +1,20 @@
 """Does starting the adapters at EoRA's compensation pay? `lora.init=eora` against `zero` at uniform bits.
 
-    python bench/eora.py [--bits 2 3 4] [--rank 16] [--steps 48] [--seeds 100 101 102] [--test 1000]
-                         [--inits eora random] [--params params.yaml] [--prepare data/prepare]
+    python bench/eora.py [--bits 2 3 4] [--rank 16] [--configs F ...] [--steps 48] [--seeds 100 101 102]
+                         [--test 1000] [--inits eora random] [--params params.yaml] [--prepare data/prepare]
                          [--quantize data/quantize] [--json F]
 
-For each bit-width, the uniform configuration at `--rank` is built from the pipeline's GPTQ caches with
-PEFT's zero-started adapters and with each of `--inits`: `eora` (EoRA's compensation) and `random`, its
-control (the same factors' norms in random directions: is the gain the compensation or a nonzero start?),
-each scored on `--test` test examples: at step 0
-(before any training: zero-started adapters add nothing, so this is the quantized model against its
-compensation; no seed enters, the interval is the test set's sampling error alone) and after `--steps`
-training steps under each of the fresh `--seeds` (the pipeline's fidelity runs and record cache: an
-evaluation made once is read, never repeated). Differences init − zero (and eora − random when both run) are
-paired by seed and test example,
-95 % intervals from `autoqra.stats` (t quantiles at the seed and example counts used).
+For each bit-width, the uniform configuration at `--rank` is built from the pipeline's GPTQ caches with PEFT's
+zero-started adapters and with each of `--inits`: `eora` (EoRA's compensation) and `random`, its control (the
+same factors' norms in random directions: is the gain the compensation or a nonzero start?), and so is each
+configuration of `--configs` (JSON files holding `{"units": ...}` or a stage's `best.json` / an arm's
+configuration under `"config"`: the searched pick, greedy), named after its folder; each scored on `--test`
+test examples: at step 0 (before any training: zero-started adapters add nothing, so this is the quantized
+model against its compensation; no seed enters, the interval is the test set's sampling error alone) and after
+`--steps` training steps under each of the fresh `--seeds` (the pipeline's fidelity runs and record cache: an
+evaluation made once is read, never repeated). Differences init − zero (and eora − random when both run; with
+several `--configs`, the first under every init against each other one at zero) are paired by seed and test
+example, 95 % intervals from `autoqra.stats` (t quantiles at the seed and example counts used).
 
 The test examples: the prepared test split, extended to `--test` by the task's generator under another seed
 with every prompt of the prepared splits left out (synthetic tasks only), so they are as the split's and
@@ -57,7 +58,8 @@ def main() -> None:
     ap.add_argument("--quantize", default="data/quantize")
     ap.add_argument("--profile", default="data/profile")
     ap.add_argument("--records", default="data/records")
-    ap.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4])
+    ap.add_argument("--bits", type=int, nargs="*", default=[2, 3, 4])
+    ap.add_argument("--configs", nargs="*", default=[], help="configurations to run beside the uniform ones")
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--steps", type=int, default=48)
     ap.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102])
@@ -84,37 +86,49 @@ def main() -> None:
     if bad or args.rank not in setups["zero"].arm_space.ranks:
         raise SystemExit(f"error: --bits {args.bits} --rank {args.rank}: allowed bits {p.quant.bits} (quantized), "
                          f"ranks {list(setups['zero'].arm_space.ranks)}")
+    configs = [(f"b{b} r{args.rank}", setups["zero"].arm_space.uniform(b, args.rank)) for b in args.bits]
+    for f in args.configs:
+        try:
+            units = json.loads(Path(f).read_text())
+            configs.append((Path(f).parent.name, setups["zero"].arm_space.parse(units.get("config", units))))
+        except (OSError, ValueError, KeyError) as exc:
+            raise SystemExit(f"error: --configs {f}: not a configuration of this space ({exc})") from exc
+    if not configs:
+        raise SystemExit("error: --bits and --configs are both empty: nothing to measure")
     test = test_examples(p, Path(args.prepare) / "task", args.test)
     test_fp = fingerprint.of_data([ex["prompt"] + "\0" + ex["answer"] for ex in test])
-    print(f"{len(test)} test examples ({test_fp[:8]}), bits {args.bits}, rank {args.rank}, "
+    print(f"{len(test)} test examples ({test_fp[:8]}), {[name for name, _ in configs]}, "
           f"{args.steps} steps, seeds {args.seeds}", flush=True)
 
     rows, scores = [], {}
-    for bits in args.bits:
-        config = setups["zero"].arm_space.uniform(bits, args.rank)
+    for name, config in configs:
         for init, setup in setups.items():
-            scores[(bits, init, 0)], scores[(bits, init, args.steps)] = measure(
-                setup.fidelity_run, config, f"b{bits} r{args.rank} {init:4s}", args, test, test_fp, p)
-        pairs = [(init, "zero") for init in setups if init != "zero"]
-        pairs += [("eora", "random")] if {"eora", "random"} <= set(setups) else []
-        for steps in (0, args.steps):
-            for a, b in pairs:
-                c = stats.compare(scores[(bits, a, steps)], scores[(bits, b, steps)])
-                mean = {i: np.mean([np.mean(v) for v in scores[(bits, i, steps)].values()]) for i in (a, b)}
-                verdict = c["verdict"]
-                if steps == 0:  # deterministic: no seed noise to measure, the test set's error is all there is
-                    lo, hi = c["ci"]
-                    verdict = "better" if hi < 0 else "worse" if lo > 0 else "inconclusive"
-                rows.append({"bits": bits, "rank": args.rank, "steps": steps, "a": a, "b": b, "loss_a": mean[a],
-                             "loss_b": mean[b], "difference": c["diff"], "ci": c["ci"], "verdict": verdict,
-                             "seeds": len(c["seeds"]), "test_examples": len(test)})
+            scores[(name, init, 0)], scores[(name, init, args.steps)] = measure(
+                setup.fidelity_run, config, f"{name} {init:4s}", args, test, test_fp, p)
+    pairs = []  # ((config, init), (config, init)): every init against zero, eora against random, per config
+    for name, _ in configs:
+        pairs += [((name, init), (name, "zero")) for init in setups if init != "zero"]
+        pairs += [((name, "eora"), (name, "random"))] if {"eora", "random"} <= set(setups) else []
+    given = [name for name, _ in configs[len(args.bits):]]  # the first of --configs, every init, against
+    pairs += [((given[0], init), (other, "zero")) for other in given[1:] for init in setups]  # the rest at zero
+    for steps in (0, args.steps):
+        for a, b in pairs:
+            c = stats.compare(scores[(*a, steps)], scores[(*b, steps)])
+            mean = {x: np.mean([np.mean(v) for v in scores[(*x, steps)].values()]) for x in (a, b)}
+            verdict = c["verdict"]
+            if steps == 0:  # deterministic: no seed noise to measure, the test set's error is all there is
+                lo, hi = c["ci"]
+                verdict = "better" if hi < 0 else "worse" if lo > 0 else "inconclusive"
+            rows.append({"a": " ".join(a), "b": " ".join(b), "rank": args.rank, "steps": steps, "loss_a": mean[a],
+                         "loss_b": mean[b], "difference": c["diff"], "ci": c["ci"], "verdict": verdict,
+                         "seeds": len(c["seeds"]), "test_examples": len(test)})
 
-    print("\n| bits | rank | steps | a − b | a | b | a − b [95 % CI] | verdict (a) | seeds |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| steps | a | b | loss a | loss b | a − b [95 % CI] | verdict (a) | seeds |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         lo, hi = r["ci"]
-        print(f"| {r['bits']} | {r['rank']} | {r['steps']} | {r['a']} − {r['b']} | {r['loss_a']:.4f} | "
-              f"{r['loss_b']:.4f} | {r['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}] | {r['verdict']} | {r['seeds']} |")
+        print(f"| {r['steps']} | {r['a']} | {r['b']} | {r['loss_a']:.4f} | {r['loss_b']:.4f} | "
+              f"{r['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}] | {r['verdict']} | {r['seeds']} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
 
