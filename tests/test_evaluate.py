@@ -293,6 +293,12 @@ def test_eora_init_starts_quantized_adapters_at_the_compensation_computed_once(t
     again = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space, lora=lora, calibration=(16, 64))
     again.assemble(config, tmp_path, seed=0)
     assert [f.stat().st_mtime_ns for f in files] == stamps  # read, never computed twice
+    # a model whose trained adapters are loaded over its start (the test evaluation) needs no factors
+    elsewhere = _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space, name="other", lora=lora,
+                              calibration=(16, 64))
+    bare = lora_layers(elsewhere.assemble(config, tmp_path, seed=0, start=False))
+    assert not list((tmp_path / "other").rglob("*.safetensors"))
+    assert all(not layer.lora_B["default"].weight.any() for layer in bare.values())
     record = ev(config, 4, 0)
     assert record["status"] == "ok" and record["train_steps"] == 4
     # the control: the same factors' norms in random directions, from the same files, keyed apart
