@@ -59,7 +59,8 @@ def main() -> None:
     ap.add_argument("--profile", default="data/profile")
     ap.add_argument("--records", default="data/records")
     ap.add_argument("--bits", type=int, nargs="*", default=[2, 3, 4])
-    ap.add_argument("--configs", nargs="*", default=[], help="configurations to run beside the uniform ones")
+    ap.add_argument("--configs", nargs="*", default=[], metavar="[NAME=]PATH",
+                    help="configurations to run beside the uniform ones")
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--steps", type=int, default=48)
     ap.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102])
@@ -87,10 +88,11 @@ def main() -> None:
         raise SystemExit(f"error: --bits {args.bits} --rank {args.rank}: allowed bits {p.quant.bits} (quantized), "
                          f"ranks {list(setups['zero'].arm_space.ranks)}")
     configs = [(f"b{b} r{args.rank}", setups["zero"].arm_space.uniform(b, args.rank)) for b in args.bits]
-    for f in args.configs:
+    for f in args.configs:  # NAME=PATH, or PATH named after its folder
+        name, _, path = f.rpartition("=")
         try:
-            units = json.loads(Path(f).read_text())
-            configs.append((Path(f).parent.name, setups["zero"].arm_space.parse(units.get("config", units))))
+            units = json.loads(Path(path).read_text())
+            configs.append((name or Path(path).parent.name, setups["zero"].arm_space.parse(units.get("config", units))))
         except (OSError, ValueError, KeyError) as exc:
             raise SystemExit(f"error: --configs {f}: not a configuration of this space ({exc})") from exc
     if not configs:
