@@ -76,12 +76,13 @@ STAGES: dict[str, Stage] = {
                       cmd="python -m stages.quantize --params params.yaml --bits ${item} --prepare data/prepare "
                           "--out data/quantize/b${item}",
                       deps=("data/prepare",), outs=("data/quantize/b${item}",), foreach="${quant.bits}"),
-    "profile": Stage(params=("profile", "quant.bits", "search.granularity"),
+    "profile": Stage(params=("profile", "quant.bits", "search.granularity", "lora.init", "lora.ranks",
+                             "quant.calib_samples", "quant.max_length"),
                      code=_code("profile", *files("autoqra.pipeline.profile", "autoqra.priors", "autoqra.train.scoring",
-                                                  "autoqra.quant.cache", "autoqra.data.encoding",
+                                                  "autoqra.quant.cache", "autoqra.quant.eora", "autoqra.data.encoding",
                                                   "autoqra.search.prices", "autoqra.space")),
                      cmd="python -m stages.profile --params params.yaml --prepare data/prepare "
-                         "--quantize data/quantize --out data/profile",
+                         "--quantize data/quantize --records data/records --out data/profile",
                      deps=("data/prepare", "data/quantize"), outs=("data/profile",)),
     "evolve": Stage(params=SEARCH_PARAMS,
                     code=_code("evolve", *SEARCH_CODE, *VALUE),

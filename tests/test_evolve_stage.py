@@ -70,6 +70,11 @@ def test_snakemake_runs_evolve_within_budget(smoke_project):
     assert 2 * agree["n"] == metrics["evaluations_per_fidelity"]["12"]  # two seeds per configuration
     assert (out / "trace.png").stat().st_size > 0 and len(pd.read_parquet(out / "front.parquet")) >= 1
     assert json.loads((out / "best.json").read_text())["key"] == metrics["best"]["key"]
+    # lora.init=eora (the default): the profile measured each unit through its compensation at the ladder's
+    # lowest rank and left the factors where the search reads them, so the search computed none of its own
+    profiled = json.loads((smoke_project / "data/profile/metrics.json").read_text())
+    assert profiled["compensation"]["init"] == "eora" and profiled["compensation"]["rank"] == 4
+    assert len(list((smoke_project / "data/records/eora").glob("*.safetensors"))) == 3  # 2, 4 and 8 bits
     again = run_tool(["snakemake", "--cores", "2", "data/search/evolve", "--config", "experiment=smoke"],
                      cwd=smoke_project)
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TARGETS, quantize_all
+from conftest import TARGETS, calibration, quantize_all
 
 from autoqra import data, models, priors
 from autoqra.train import scoring
@@ -125,6 +125,30 @@ def test_the_kl_of_a_unit_skips_the_layers_before_it_and_equals_the_full_forward
     assert calls[0] == 2 * len(answers) + len(answers) * (1 + len(units))
     assert skipped == full  # bit for bit: the same inputs to the same kernels
     assert min(v["kl"] for v in full.values()) > 0
+
+
+def test_a_compensated_unit_is_measured_with_its_start_and_costs_less_the_higher_the_rank(tiny_dir, task_dir,
+                                                                                          tiny_caches):
+    from autoqra.quant import eora
+
+    tok = models.load_tokenizer(tiny_dir)
+    model = models.load_model(tiny_dir)
+    modules = models.target_modules(model, TARGETS)
+    names = sorted(modules)
+    before = {n: modules[n].weight.detach().clone() for n in names}
+    factors = eora.compensations(model, {2: tiny_caches[2]}, names, calibration(tiny_dir, task_dir, 16, 64), 8)[2]
+    lin = modules[names[0]]
+    q = tiny_caches[2].dequantized(names[0], lin.in_features, lin.out_features)
+    b, a = factors[names[0]]
+    seen = eora.Compensated(tiny_caches[2], factors, 4).dequantized(names[0], lin.in_features, lin.out_features)
+    assert torch.allclose(seen, q + b[:, :4] @ a[:4]) and not torch.allclose(seen, q)
+    answers = scoring.batches(tok, data.read_split(task_dir, "calib")[:16], 128, 8)
+    units = {f"model.layers.{i}": [m for m in names if m.startswith(f"model.layers.{i}.")] for i in range(4)}
+    kl = {r: priors.quant_divergence(model, modules, eora.Compensated(tiny_caches[2], factors, r) if r else
+                                     tiny_caches[2], answers, units) for r in (0, 4, 8)}
+    total = {r: sum(v["kl"] for v in by_unit.values()) for r, by_unit in kl.items()}
+    assert total[8] < total[4] < total[0]  # 2-bit blocks: the more of the error an adapter starts at, the less
+    assert all(torch.equal(modules[n].weight, before[n]) for n in names)  # every weight restored
 
 
 def test_unit_prices_measure_bits_and_price_rank_by_the_gradient_spectrum(tiny_dir, task_dir, tiny_caches):

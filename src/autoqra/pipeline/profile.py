@@ -18,12 +18,16 @@ from autoqra.train import scoring
 log = logging.getLogger("autoqra")
 
 
-def profile(p: Any, prepare: Path, quantize: Path, out: Path) -> dict[str, Any]:
+def profile(p: Any, prepare: Path, quantize: Path, out: Path, records: Path | None = None) -> dict[str, Any]:
     """The profile stage's work: every search unit's price at every bit-width of `quant.bits`
     (`profile.iq_method`: measured, the KL on answer tokens with the raw loss increase beside it, or the
     gradient estimates of the loss increase summed over the unit's linears) into `<out>/losses.parquet`;
     every target linear's gradient spectrum, with the fast estimates at each bit-width, into
-    `<out>/priors.parquet`; the curves into `<out>/priors.png`. Returns the metrics."""
+    `<out>/priors.parquet`; the curves into `<out>/priors.png`. With `lora.init=eora` every bit-width is
+    measured through the compensation (`eora.Compensated`) at the ladder's lowest rank, the start every
+    configuration's adapters have at least: the priors see what the search trains. The factors are the
+    search's own (same key, in the record cache `records`, default `<prepare>/../records`): computed here
+    once, read there. Returns the metrics."""
     bits = [b for b in p.quant.bits if b != quant.UNQUANTIZED]
     if not bits:
         raise ParamError(f"quant.bits={p.quant.bits}: no bit-width to quantize, so nothing to profile")
@@ -42,6 +46,9 @@ def profile(p: Any, prepare: Path, quantize: Path, out: Path) -> dict[str, Any]:
     units = {u: list(ms) for u, ms in space.members.items()}
     examples = data.read_split(prepare / "task", "calib")[: p.profile.samples]
     answer = scoring.batches(tok, examples, p.profile.max_length, p.profile.batch_size)
+    begin = time.perf_counter()
+    caches, compensation = compensated(p, prepare, caches, sorted(modules), records or prepare.parent / "records")
+    compensation_s = time.perf_counter() - begin
     start = time.perf_counter()
     fast = {b: fisher_sensitivity(model, modules, caches[b], answer) for b in bits}
     t_fast = time.perf_counter() - start
@@ -66,6 +73,7 @@ def profile(p: Any, prepare: Path, quantize: Path, out: Path) -> dict[str, Any]:
     log.info("most quantization-sensitive at %d bits: %s", bits[0], at[bits[0]].nlargest(3).index.tolist())
     return {"units": len(units), "modules": len(frame), "granularity": space.granularity, "bits": bits,
             "samples": len(examples), "iq_method": p.profile.iq_method, "i_q_s": round(t_q, 2),
+            "compensation": compensation and {**compensation, "factors_s": round(compensation_s, 2)},
             "i_q_fast_s": round(t_fast, 2), "i_r_s": round(t_r, 2),
             "price": {f"b{b}": {"max": float(v.max()), "median": float(v.median()),
                                 "negative": int((v < 0).sum())} for b, v in at.items()},
@@ -75,3 +83,26 @@ def profile(p: Any, prepare: Path, quantize: Path, out: Path) -> dict[str, Any]:
             "top_r": sorted(nuclear, key=lambda u: -nuclear[u])[:3],
             "spectrum_top1_share": float(pd.Series([s[0] / s.sum() if s.sum() > 0 else 0.0
                                                     for s in spectra.values()]).median())}
+
+
+def compensated(p: Any, prepare: Path, caches: dict[int, Any], targets: list[str],
+                records: Path) -> tuple[dict[int, Any], dict[str, Any] | None]:
+    """The caches the profile measures through and what compensates them: with `lora.init=eora` each cache seen
+    through its EoRA factors at the ladder's lowest rank, the factors keyed as the search keys them
+    (`FidelityRun`: the prepared fingerprints, the calibration, the ladder's largest rank, the targets), so
+    the search reads these and computes none; otherwise the caches themselves (`random` is a control of
+    the training's start, and the priors stay uncompensated under it)."""
+    if p.lora.init != "eora":
+        return caches, None
+    from autoqra.pipeline.setup import prepared_fingerprints
+    from autoqra.quant import eora
+    from autoqra.store import fingerprint
+    from autoqra.store.records import RecordStore
+
+    fps = prepared_fingerprints(prepare) or {"model": fingerprint.of_dir(prepare / "model"),
+                                             "task": fingerprint.of_dir(prepare / "task")}
+    factors = eora.Compensations(RecordStore(records), prepare / "model", prepare / "task", caches,
+                                 (p.quant.calib_samples, p.quant.max_length), max(p.lora.ranks), targets,
+                                 fps, progress=True)(set(caches))
+    rank = min(p.lora.ranks)
+    return {b: eora.Compensated(c, factors[b], rank) for b, c in caches.items()}, {"init": "eora", "rank": rank}
