@@ -125,6 +125,11 @@ def test_the_kl_of_a_unit_skips_the_layers_before_it_and_equals_the_full_forward
     assert calls[0] == 2 * len(answers) + len(answers) * (1 + len(units))
     assert skipped == full  # bit for bit: the same inputs to the same kernels
     assert min(v["kl"] for v in full.values()) > 0
+    monkeypatch.undo()
+    shared = priors.base_pass(model, answers)  # one base pass for every bit-width (the profile's)
+    assert priors.quant_divergence(model, modules, tiny_caches[4], answers, units, base=shared) == \
+        priors.quant_divergence(model, modules, tiny_caches[4], answers, units)
+    assert priors.quant_divergence(model, modules, tiny_caches[2], answers, units, base=shared) == skipped
 
 
 def test_a_compensated_unit_is_measured_with_its_start_and_costs_less_the_higher_the_rank(tiny_dir, task_dir,

@@ -89,9 +89,22 @@ def _answer_log_probs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple
 
 
 @torch.no_grad()
+def base_pass(model: nn.Module, data: list[dict[str, torch.Tensor]]) -> tuple[list[Any], list[list[Any]]]:
+    """Per batch of `data`, the answer log-probabilities and labels and the decoder layers' outputs of `model`
+    (in eval mode): what `quant_divergence` compares against and starts from, the same at every bit-width."""
+    base, layers = [], []
+    for b in data:
+        with recording(model) as outputs:
+            base.append(_answer_log_probs(model, b))
+        layers.append(list(outputs))
+    return base, layers
+
+
+@torch.no_grad()
 def quant_divergence(model: nn.Module, modules: Mapping[str, nn.Linear], cache: QuantCache,
                      data: list[dict[str, torch.Tensor]], units: Mapping[str, Sequence[str]],
-                     progress: bool = False) -> dict[str, dict[str, float]]:
+                     progress: bool = False, base: tuple[list[Any], list[list[Any]]] | None = None
+                     ) -> dict[str, dict[str, float]]:
     """Per unit (`units`: unit -> module names), its linears at the cache's weights and everything else as
     it was: `kl`, the mean over `data`'s labelled tokens of KL(p || p_q) between the model's next-token
     distribution and the quantized one's, and `loss_increase`, the mean answer-loss increase. KL is the
@@ -100,11 +113,7 @@ def quant_divergence(model: nn.Module, modules: Mapping[str, nn.Linear], cache: 
     model, 32 calibration answers: a block's 2-bit increase ranged from -0.16 to +1.6)."""
     was_training = model.training
     model.eval()
-    base, layers = [], []  # each batch's log-probabilities and decoder layers' outputs, unquantized
-    for b in data:
-        with recording(model) as outputs:
-            base.append(_answer_log_probs(model, b))
-        layers.append(list(outputs))
+    base, layers = base or base_pass(model, data)  # each batch's log-probabilities and layers' outputs, unquantized
     tokens = max(sum(len(y) for _, y in base), 1)
     out = {}
     for unit, names in tqdm(units.items(), desc=f"KL at {cache.bits} bits", disable=not progress):

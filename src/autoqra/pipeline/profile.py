@@ -11,7 +11,7 @@ import pandas as pd
 
 from autoqra import data, devices, models, quant
 from autoqra.params import ParamError
-from autoqra.priors import fisher_sensitivity, grad_spectra, loss_table, plot, quant_divergence, table
+from autoqra.priors import base_pass, fisher_sensitivity, grad_spectra, loss_table, plot, quant_divergence, table
 from autoqra.space import Space
 from autoqra.train import scoring
 
@@ -53,7 +53,10 @@ def profile(p: Any, prepare: Path, quantize: Path, out: Path, records: Path | No
     fast = {b: fisher_sensitivity(model, modules, caches[b], answer) for b in bits}
     t_fast = time.perf_counter() - start
     if p.profile.iq_method == "measured":
-        losses = {b: quant_divergence(model, modules, caches[b], answer, units, progress=True) for b in bits}
+        base = base_pass(model, answer)  # the unquantized model's: the same at every bit-width
+        losses = {b: quant_divergence(model, modules, caches[b], answer, units, progress=True, base=base)
+                  for b in bits}
+        del base
     else:
         losses = {b: {u: sum(fast[b][n][p.profile.iq_method] for n in ms) for u, ms in units.items()} for b in bits}
     t_q = time.perf_counter() - start
