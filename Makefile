@@ -30,12 +30,9 @@ setup: $(VENV)/.installed
 # on the embedded model two one-thread training jobs make 1.76x the steps of one two-thread job (2 cores,
 # AMD EPYC kind, bench/threads.py; a second thread adds 6 %). RUN_THREADS= restores the rules' own threads.
 RUN_THREADS ?= --set-threads finetune=1 evaluate=1
-# The search as two workers on one study (one thread each on 2 cores): the same evaluations as one worker
-# (tests/test_worker_jobs.py), two at a time. RUN_WORKERS= runs params.yaml's `search.workers`.
-RUN_WORKERS ?= --config 'search={workers: 2}'
 
 run: setup
-	snakemake --cores all $(RUN_THREADS) $(RUN_WORKERS) $(ARGS)
+	snakemake --cores all $(RUN_THREADS) $(ARGS)
 
 test: setup
 	pytest -q $(ARGS)

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="data/profile", help="output folder")
     args = ap.parse_args(argv)
     p = common.start(args)
-    checked_s = common.preflight(p, args.prepare)
+    checked_s = common.preflight(p, args.prepare, args.records)
     out = Path(args.out)
     common.finish(out / "metrics.json", lambda: profile(p, Path(args.prepare), Path(args.quantize), out,
                                                                       Path(args.records)),

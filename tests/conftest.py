@@ -165,14 +165,15 @@ SMALL_SEARCH = ["experiment=smoke", "search.population=4", "search.generations=2
 
 @pytest.fixture(scope="session")
 def one_worker_evolve(searchable_project, tmp_path_factory):
-    """The small smoke search run by one worker (the evolve stage command): the reference of the tests
-    that run the same search as several worker jobs."""
+    """The small smoke search run by one worker (the evolve stage command, one thread): the reference of the
+    tests that run the same search as several worker jobs."""
     from stages.params import compose, to_yaml
 
     root = tmp_path_factory.mktemp("one_worker") / "project"
     shutil.copytree(searchable_project, root, symlinks=True)
     (root / "one.yaml").write_text(to_yaml(compose(SMALL_SEARCH)))
-    res = run_tool(["python", "-m", "stages.evolve", "--params", "one.yaml"], cwd=root, timeout=1200)
+    # one thread, as each of two workers on 2 cores has: a record's value depends on the threads it trained with
+    res = run_tool(["python", "-m", "stages.evolve", "--params", "one.yaml", "--threads", "1"], cwd=root, timeout=1200)
     assert res.returncode == 0, res.stderr[-3000:]
     return root
 

@@ -134,6 +134,7 @@ def test_the_kl_of_a_unit_skips_the_layers_before_it_and_equals_the_full_forward
 
 def test_a_compensated_unit_is_measured_with_its_start_and_costs_less_the_higher_the_rank(tiny_dir, task_dir,
                                                                                           tiny_caches):
+    from autoqra.pipeline.profile import Compensated
     from autoqra.quant import eora
 
     tok = models.load_tokenizer(tiny_dir)
@@ -145,11 +146,11 @@ def test_a_compensated_unit_is_measured_with_its_start_and_costs_less_the_higher
     lin = modules[names[0]]
     q = tiny_caches[2].dequantized(names[0], lin.in_features, lin.out_features)
     b, a = factors[names[0]]
-    seen = eora.Compensated(tiny_caches[2], factors, 4).dequantized(names[0], lin.in_features, lin.out_features)
+    seen = Compensated(tiny_caches[2], factors, 4).dequantized(names[0], lin.in_features, lin.out_features)
     assert torch.allclose(seen, q + b[:, :4] @ a[:4]) and not torch.allclose(seen, q)
     answers = scoring.batches(tok, data.read_split(task_dir, "calib")[:16], 128, 8)
     units = {f"model.layers.{i}": [m for m in names if m.startswith(f"model.layers.{i}.")] for i in range(4)}
-    kl = {r: priors.quant_divergence(model, modules, eora.Compensated(tiny_caches[2], factors, r) if r else
+    kl = {r: priors.quant_divergence(model, modules, Compensated(tiny_caches[2], factors, r) if r else
                                      tiny_caches[2], answers, units) for r in (0, 4, 8)}
     total = {r: sum(v["kl"] for v in by_unit.values()) for r, by_unit in kl.items()}
     assert total[8] < total[4] < total[0]  # 2-bit blocks: the more of the error an adapter starts at, the less

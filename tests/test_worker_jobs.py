@@ -32,6 +32,9 @@ def test_two_worker_jobs_make_the_evaluations_of_one_worker_once_each(searchable
 
     assert evaluations(two) == evaluations(one)
     assert trained_records(two) == trained_records(one)  # the same records, so the same steps
+    # one thread per evaluation in both: the same scores, so the same pick
+    assert [json.loads((r / "data/search/evolve/best.json").read_text())["key"] for r in (one, two)] == \
+        [json.loads((one / "data/search/evolve/best.json").read_text())["key"]] * 2
     metrics = json.loads((two / "data/search/evolve/metrics.json").read_text())
     # every record computed once: the workers' counts add up to the store's records, gather made none
     # beyond the stage's own comparison of its pick with the uniform arms
@@ -39,6 +42,26 @@ def test_two_worker_jobs_make_the_evaluations_of_one_worker_once_each(searchable
     assert metrics["records_computed_this_run"] + metrics["comparison"]["records_computed"] == len(trained_records(two))
     again = run_tool(["snakemake", "-n", "data/search/evolve", *config], cwd=two)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_two_worker_processes_of_one_stage_command_make_the_evaluations_of_one_worker(searchable_project,
+                                                                                      one_worker_evolve, tmp_path):
+    """The DVC way (`dvc repro` runs each stage as one command): `search.workers: 2` is a pool of two processes."""
+    from stages.params import compose, to_yaml
+
+    two = tmp_path / "two"
+    shutil.copytree(searchable_project, two, symlinks=True)
+    (two / "two.yaml").write_text(to_yaml(compose([*SMALL_SEARCH, "search.workers=2"])))
+    res = run_tool(["python", "-m", "stages.evolve", "--params", "two.yaml"], cwd=two, timeout=1200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((two / "data/search/evolve/metrics.json").read_text())
+    trials = [pd.read_parquet(root / "data/search/evolve/trials.parquet") for root in (one_worker_evolve, two)]
+    assert [sorted(zip(t["config_key"], t["fidelity"], t["seed"], strict=True)) for t in trials] == \
+        [sorted(zip(trials[0]["config_key"], trials[0]["fidelity"], trials[0]["seed"], strict=True))] * 2
+    assert trained_records(two) == trained_records(one_worker_evolve)
+    # one thread per evaluation in both (2 cores, 2 workers): the same scores, so the same pick
+    assert metrics["best"]["key"] == json.loads((one_worker_evolve / "data/search/evolve/metrics.json")
+                                                .read_text())["best"]["key"]
 
 
 def test_the_models_leave_one_out_ranks_the_frontier_beside_the_searchs_top_rung(one_worker_evolve):

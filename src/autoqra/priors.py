@@ -14,12 +14,10 @@ Measured on calibration sequences, on the answer tokens the metric scores:
   σ_k) (the steepest-descent step under the spectral norm, which is what normalised optimisers such as
   AdamW take more nearly than a plain gradient step), so rank k's shortfall from the top rank k_max is
   ρ·(σ_{k+1} + ... + σ_{k_max}): units whose gradient spreads over many directions gain from more rank,
-  those with one dominant direction do not. One backward pass gives every linear's G; the values do not
-  depend on `lora.*`, so changing the rank ladder never re-runs the profile. ρ is set to `lr`: the
-  first-order gain of one step of that spectral size, the scale at which a first-order argument holds
-  (`lr · steps`, every step adding alike, priced a uniform r4 -> r16 step on the embedded default at 4.7,
-  a hundred times the loss differences rank makes there, and reversed the measured order of uniform 3-bit
-  r16 and 4-bit r8); the performance model learns the true scale from the first evaluations.
+  those with one dominant direction do not. One backward pass gives every linear's G. ρ is set to `lr`: the
+  first-order gain of one step of that spectral size, where a first-order argument holds (`lr · steps`
+  priced a uniform r4 -> r16 step on the embedded default at 4.7, a hundred times the loss differences rank
+  makes there); the performance model learns the true scale from the first evaluations.
 
 Block values of `r` are sums over the block's linears; `q` is measured per unit (a block's linears
 quantized together), so interactions inside a block are in it.
@@ -91,12 +89,14 @@ def _answer_log_probs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple
 @torch.no_grad()
 def base_pass(model: nn.Module, data: list[dict[str, torch.Tensor]]) -> tuple[list[Any], list[list[Any]]]:
     """Per batch of `data`, the answer log-probabilities and labels and the decoder layers' outputs of `model`
-    (in eval mode): what `quant_divergence` compares against and starts from, the same at every bit-width."""
-    base, layers = [], []
+    in eval mode: what `quant_divergence` compares against and starts from, the same at every bit-width."""
+    was_training, base, layers = model.training, [], []
+    model.eval()
     for b in data:
         with recording(model) as outputs:
             base.append(_answer_log_probs(model, b))
         layers.append(list(outputs))
+    model.train(was_training)
     return base, layers
 
 

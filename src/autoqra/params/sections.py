@@ -81,8 +81,8 @@ class LoraParams:
                      "step 0) or 'eora' (a quantized module's adapter starts at EoRA's compensation of its "
                      "quantization error, from the GPTQ calibration set; computed once per bit-width and kept "
                      "in the record cache), or 'random', eora's control: the same factors' norms in random "
-                     "directions (what eora gains over it is the compensation, not a nonzero start). The profile's "
-                     "priors are still measured without it",
+                     "directions (what eora gains over it is the compensation, not a nonzero start). With eora "
+                     "the profile measures each unit through its compensation at the ladder's lowest rank",
                      choices=["zero", "eora", "random"])
 
 
@@ -148,7 +148,8 @@ class SearchParams:
     storage: str | None = spec(None, help="Optuna storage URL, or env:NAME to read it from an environment "
                                 "variable (a password stays out of params files); null = a journal file in the "
                                 "record cache (data/records/studies/<stage>.journal)")
-    workers: int = spec(1, help="search workers sharing one study", min=1)
+    workers: int = spec(1, help="search workers sharing one study (each a job under Snakemake, a process "
+                        "under DVC), the same evaluations as one", min=1)
     seeds_per_rung: list[int] = spec([1, 1, 2], help="training seeds per configuration at each rung (paired: "
                                      "every configuration sees the same seeds; the score is their mean)",
                                      items={"min": 1}, min_items=1)

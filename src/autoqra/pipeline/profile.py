@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from autoqra import data, devices, models, quant
 from autoqra.params import ParamError
@@ -24,7 +25,7 @@ def profile(p: Any, prepare: Path, quantize: Path, out: Path, records: Path | No
     gradient estimates of the loss increase summed over the unit's linears) into `<out>/losses.parquet`;
     every target linear's gradient spectrum, with the fast estimates at each bit-width, into
     `<out>/priors.parquet`; the curves into `<out>/priors.png`. With `lora.init=eora` every bit-width is
-    measured through the compensation (`eora.Compensated`) at the ladder's lowest rank, the start every
+    measured through the compensation (`Compensated`) at the ladder's lowest rank, the start every
     configuration's adapters have at least: the priors see what the search trains. The factors are the
     search's own (same key, in the record cache `records`, default `<prepare>/../records`): computed here
     once, read there. Returns the metrics."""
@@ -108,4 +109,19 @@ def compensated(p: Any, prepare: Path, caches: dict[int, Any], targets: list[str
                                  (p.quant.calib_samples, p.quant.max_length), max(p.lora.ranks), targets,
                                  fps, progress=True)(set(caches))
     rank = min(p.lora.ranks)
-    return {b: eora.Compensated(c, factors[b], rank) for b, c in caches.items()}, {"init": "eora", "rank": rank}
+    return {b: Compensated(c, factors[b], rank) for b, c in caches.items()}, {"init": "eora", "rank": rank}
+
+
+class Compensated:
+    """A GPTQ cache (`quant.QuantCache`) seen through its compensation: `dequantized` is Q(W) + B A truncated to
+    `rank`, what a quantized module with an eora-started adapter of that rank computes before training. The
+    profile measures each unit through it, so the priors see what the search trains."""
+
+    def __init__(self, cache: Any, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], rank: int):
+        self.cache, self.factors, self.rank, self.bits = cache, factors, rank, cache.bits
+
+    def dequantized(self, module: str, in_features: int, out_features: int,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        b, a = self.factors[module]
+        q = self.cache.dequantized(module, in_features, out_features)
+        return (q + b[:, : self.rank].float() @ a[: self.rank].float()).to(dtype)

@@ -116,21 +116,6 @@ def norm_matched(compensation: dict[str, tuple[torch.Tensor, torch.Tensor]], ran
     return out
 
 
-class Compensated:
-    """A GPTQ cache (`quant.QuantCache`) seen through its compensation: `dequantized` is Q(W) + B A truncated to
-    `rank`, what a quantized module with an eora-started adapter of that rank computes before training. The
-    profile measures each unit through it, so the priors see what the search trains."""
-
-    def __init__(self, cache: Any, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], rank: int):
-        self.cache, self.factors, self.rank, self.bits = cache, factors, rank, cache.bits
-
-    def dequantized(self, module: str, in_features: int, out_features: int,
-                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        b, a = self.factors[module]
-        q = self.cache.dequantized(module, in_features, out_features)
-        return (q + b[:, : self.rank].float() @ a[: self.rank].float()).to(dtype)
-
-
 COVARIANCE_BYTES = 2 * 2**30  # covariances held at once: more target linears than fit take several passes
 
 
