@@ -42,6 +42,16 @@ def test_default_composition_validates_and_round_trips():
     assert to_dict(load_params(tree)) == tree
 
 
+def test_stage_two_runs_no_more_workers_than_its_proposals_seeds():
+    from autoqra.params.rules import stage_workers
+
+    default = P.validated(P.compose([]))
+    assert (stage_workers(default, "evolve"), stage_workers(default, "refine")) == (2, 1)  # one seed at the top
+    gpu = P.validated(P.compose(["experiment=gpu", "search.workers=4"]))  # seeds per rung 1, 2, 3
+    assert (stage_workers(gpu, "evolve"), stage_workers(gpu, "refine")) == (4, 3)
+    assert stage_workers(P.validated(P.compose(["experiment=smoke"])), "refine") == 1  # pinned to one worker
+
+
 def test_smoke_experiment_overrides_groups_and_values():
     tree = P.compose(["experiment=smoke", "search.population=16"])
     assert tree["model"]["source"] == "tiny"

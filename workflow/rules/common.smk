@@ -8,13 +8,14 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from autoqra.params import ParamError
+from autoqra.params.rules import stage_workers
 from autoqra.space import BIT_CHOICES
 from stages import params as P
 from stages.registry import STAGES, snakemake_shell
 
 try:
     PARAMS = P.compose(P.flatten_overrides(config))
-    P.validated(PARAMS)
+    VALIDATED = P.validated(PARAMS)
 except ParamError as exc:
     raise WorkflowError(f"invalid parameter: {exc}") from None
 validate(PARAMS, "../schemas/params.schema.json")
@@ -23,7 +24,8 @@ PARAMS_FILE = P.params_file(PARAMS)
 BITS = PARAMS["quant"]["bits"]
 QUANTIZE = expand("data/quantize/b{bits}", bits=BITS)  # every GPTQ cache
 ARMS = PARAMS["finetune"]["arms"]
-WORKERS = int(PARAMS["search"]["workers"])
+# worker jobs per search stage (stage 2 runs no more than its proposals' seeds: `stage_workers`)
+WORKERS = {stage: stage_workers(VALIDATED, stage) for stage in ("evolve", "refine")}
 SWEEP = PARAMS["sweep"]
 CELLS = expand("data/sweep/cells/{ablation}-s{seed}-b{budget}", ablation=SWEEP["ablations"], seed=SWEEP["seeds"],
                budget=SWEEP["budgets"])

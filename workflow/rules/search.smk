@@ -1,11 +1,12 @@
-# The search stages. With `search.workers: N > 1` each stage is N worker jobs on one study and one
-# record store (on SLURM: N jobs with a GPU each), then a gather job that writes the stage's outputs
-# (and finishes anything the workers left). DVC, which runs one stage at a time, runs the same stage
+# The search stages. With `search.workers: N > 1` each stage is N worker jobs (stage 2: at most its
+# proposals' seeds) on one study and one record store (on SLURM: N jobs with a GPU each), then a gather
+# job that writes the stage's outputs (and finishes anything the workers left). DVC, which runs one stage at a time, runs the same stage
 # as one command with N worker processes.
 
 
 def worker_files(stage):
-    return expand(f"data/search/workers/{stage}/{{worker}}.json", worker=range(WORKERS)) if WORKERS > 1 else []
+    n = WORKERS[stage]
+    return expand(f"data/search/workers/{stage}/{{worker}}.json", worker=range(n)) if n > 1 else []
 
 
 def gathered(stage):
@@ -13,8 +14,8 @@ def gathered(stage):
     return f"--gathered {' '.join(files)} " if files else ""
 
 
-def worker_threads(wildcards):
-    return max(1, min(8, (workflow.cores or 8) // max(WORKERS, 1)))
+def worker_threads(stage):
+    return lambda wildcards: max(1, min(8, (workflow.cores or 8) // max(WORKERS[stage], 1)))
 
 
 rule evolve_worker:
@@ -29,7 +30,7 @@ rule evolve_worker:
         worker="[0-9]+",
     params:
         values=stage_params("evolve"),
-    threads: worker_threads
+    threads: worker_threads("evolve")
     resources:
         mem_mb=16000,
         runtime=1440,
@@ -72,7 +73,7 @@ rule refine_worker:
         worker="[0-9]+",
     params:
         values=stage_params("refine"),
-    threads: worker_threads
+    threads: worker_threads("refine")
     resources:
         mem_mb=16000,
         runtime=1440,

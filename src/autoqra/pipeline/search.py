@@ -17,6 +17,7 @@ from typing import Any
 
 from autoqra import stats
 from autoqra.params import Params
+from autoqra.params.rules import stage_workers
 from autoqra.pipeline.setup import Setup, evolve_settings, records_root, refine_settings
 from autoqra.pipeline.workers import run_workers
 from autoqra.report import plots
@@ -60,7 +61,8 @@ def refine_worker(setup: Setup) -> dict[str, int]:
 def evolve_stage(p: Params, params_path: str, dirs: dict[str, str], out: Path, threads: int = 0,
            gathered: list[str] = ()) -> dict[str, Any]:
     """Stage 1 to completion, its outputs in `out`; returns its metrics."""
-    setup, mine, search_s = run_workers(evolve_worker, p, params_path, dirs, threads, gathered)
+    setup, mine, search_s = run_workers(evolve_worker, p, params_path, dirs, threads, gathered,
+                                         stage_workers(p, "evolve"))
     study, sampler = setup.study()
     trials = trials_frame(study, setup.space)
     hist = history(study, setup.space)
@@ -145,7 +147,8 @@ def refine_stage(p: Params, params_path: str, dirs: dict[str, str], out: Path, t
     """Stage 2 to completion, its outputs in `out`; returns its metrics (incumbent and radius per
     proposal, restarts, the GP kernels' held-out rank correlation, the pick's paired difference to
     stage 1's pick)."""
-    setup, mine, search_s = run_workers(refine_worker, p, params_path, dirs, threads, gathered)
+    setup, mine, search_s = run_workers(refine_worker, p, params_path, dirs, threads, gathered,
+                                         stage_workers(p, "refine"))
     rs = refine_settings(p)
     study, sampler, prior = setup.refine_study()
     plan = sampler.plan

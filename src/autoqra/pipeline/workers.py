@@ -40,9 +40,9 @@ def run_worker_job(search: SearchFn, p: Params, dirs: dict[str, str], out: Path)
 
 
 def run_workers(search: SearchFn, p: Params, params_path: str, dirs: dict[str, str], threads: int,
-                gathered: list[str] = ()) -> tuple[Setup, list[dict[str, Any]], float]:
-    """Run a search stage with `search.workers` worker processes sharing its study and the record store
-    (one worker: in this process, with progress bars). Returns a setup for the outputs, each worker's
+                gathered: list[str] = (), workers: int = 0) -> tuple[Setup, list[dict[str, Any]], float]:
+    """Run a search stage with `workers` (default `search.workers`) worker processes sharing its study and
+    the record store (one worker: in this process, with progress bars). Returns a setup for the outputs, each worker's
     counts and the seconds spent; a search stopped by failures raises `SearchFailed`.
 
     With `gathered` (the files of worker jobs that already ran the search) the counts come from them,
@@ -53,10 +53,11 @@ def run_workers(search: SearchFn, p: Params, params_path: str, dirs: dict[str, s
         setup = Setup(p, dirs, progress=True)
         left = search(setup)
         return setup, [*jobs, left], max(j.get("search_s", 0.0) for j in jobs) + time.perf_counter() - start
-    if p.search.workers == 1:
+    workers = workers or p.search.workers
+    if workers == 1:
         setup = Setup(p, dirs, progress=True)
         return setup, [search(setup)], time.perf_counter() - start
-    per_worker = max(1, (threads or mp.cpu_count()) // p.search.workers)
-    with mp.get_context("spawn").Pool(p.search.workers) as pool:
-        mine = pool.starmap(_worker, [(search, params_path, dirs, per_worker)] * p.search.workers)
+    per_worker = max(1, (threads or mp.cpu_count()) // workers)
+    with mp.get_context("spawn").Pool(workers) as pool:
+        mine = pool.starmap(_worker, [(search, params_path, dirs, per_worker)] * workers)
     return Setup(p, dirs), mine, time.perf_counter() - start
