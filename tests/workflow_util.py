@@ -49,6 +49,8 @@ def dvc_stages(root: Path) -> dict[str, dict[str, Any]]:
 
 
 def normalise_cmd(cmd: str) -> str:
-    """Drop what legitimately differs: the params file path and Snakemake's thread count."""
+    """Drop what legitimately differs: the params file path, Snakemake's thread count and the files of the
+    search's worker jobs a gather job reads (DVC runs the workers inside the stage's one command)."""
     cmd = re.sub(r"--params \S+", "--params PARAMS", cmd)
+    cmd = re.sub(r" --gathered( data/search/workers/\S+)*", "", cmd)
     return re.sub(r" --threads \d+", "", cmd).strip()
