@@ -230,7 +230,7 @@ def test_nan_loss_is_a_failure_record_not_an_exception(tmp_path, tiny_dir, task_
     assert ev(space.uniform(4, 8), 30, 0) == record  # failures are cached like results
 
 
-def test_lora_ranks_and_alphas_per_module_and_rank_zero(tiny_dir):
+def test_lora_ranks_and_alphas_per_module_and_rank_zero(tiny_dir, tmp_path):
     model = models.load_model(tiny_dir)
     names = list(models.target_modules(model, TARGETS))
     ranks = {n: [0, 4, 8][i % 3] for i, n in enumerate(names)}
@@ -243,6 +243,11 @@ def test_lora_ranks_and_alphas_per_module_and_rank_zero(tiny_dir):
         else:
             assert layer.r["default"] == r and layer.lora_alpha["default"] == 2 * r
             assert layer.scaling["default"] == pytest.approx(2.0)
+    # PEFT was given one key per rank; the saved config (what serving loaders read) names every module
+    peft_model.save_pretrained(str(tmp_path / "adapter"))
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    targeted = {n: r for n, r in ranks.items() if r}
+    assert saved["rank_pattern"] == targeted and saved["alpha_pattern"] == {n: 2.0 * r for n, r in targeted.items()}
     with pytest.raises(AdapterError, match="no adapter attached"):
         attach_lora(models.load_model(tiny_dir), {**ranks, "model.layers.9.mlp.up_proj": 4}, 2.0, 0.0)
 
