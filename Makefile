@@ -26,10 +26,12 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 
 setup: $(VENV)/.installed
 
-# The final arms' training and test jobs take one thread each, so `--cores N` runs N of them side by side:
-# on the embedded model two one-thread training jobs make 1.76x the steps of one two-thread job (2 cores,
-# AMD EPYC kind, bench/threads.py; a second thread adds 6 %). RUN_THREADS= restores the rules' own threads.
-RUN_THREADS ?= --set-threads finetune=1 evaluate=1
+# The jobs that train take one thread each, so `--cores N` runs N of them side by side: on the embedded
+# model two one-thread training jobs make 1.76x the steps of one two-thread job (2 cores, AMD EPYC kind,
+# bench/threads.py; a second thread adds 6 %). The search's gather jobs (stage 1's uniform frontier, stage 2
+# with its one proposal at a time) then leave a core to the arms that need no search output (workflow/rules/
+# final.smk). RUN_THREADS= restores the rules' own threads.
+RUN_THREADS ?= --set-threads finetune=1 evaluate=1 evolve=1 refine=1 export=1
 
 run: setup
 	snakemake --cores all $(RUN_THREADS) $(ARGS)

@@ -39,7 +39,18 @@ def test_snakemake_and_dvc_define_the_same_stages(tmp_path, overrides):
         assert len(cells) == 18 and "sweep_cell@tpe-1-1.1" in cells and "sweep_summary@budgets" in smk
     else:
         assert not cells and not any(n.startswith("sweep_summary") for n in smk)
+    # what the pick's arm waits for goes first; the other arms fill the cores the search leaves idle
+    chain = {n for n in smk if n.split("@")[0] in ("quantize", "profile", "evolve", "refine", "export")
+             or n in ("finetune@autoqra", "evaluate@autoqra")}
+    rest = {n for n in smk if n.split("@")[0] in ("finetune", "evaluate")} - chain
+    assert rest and min(smk[n].pop("priority") for n in chain) > max(smk[n].pop("priority") for n in rest)
+    searched = {"data/search/evolve", "data/search/refine"}
     for name, job in smk.items():
+        job.pop("priority", None)
+        if name.startswith("finetune@"):  # an arm waits for the search outputs it reads; DVC lists them all
+            reads = {"autoqra": searched, "best_uniform": {"data/search/evolve"}}.get(name.split("@")[1], set())
+            assert searched & set(job["deps"]) == reads, name
+            job["deps"] = sorted({*job["deps"], *searched})
         # DVC depends on a folder where Snakemake lists its per-bit-width subfolders (DVC cannot loop)
         job["deps"] = sorted({next((d for d in dvc[name]["deps"] if dep.startswith(d + "/")), dep)
                               for dep in job["deps"]})

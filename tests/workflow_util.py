@@ -8,7 +8,7 @@ from typing import Any
 
 
 def snakemake_jobs(root: Path, config: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """Every job of the full Snakemake DAG: inputs, outputs, declared params keys and shell command."""
+    """Every job of the full Snakemake DAG: inputs, outputs, declared params keys, shell command, priority."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, Quietness, ResourceSettings
 
@@ -26,8 +26,9 @@ def snakemake_jobs(root: Path, config: dict[str, Any] | None = None) -> dict[str
                 continue
             values = list(job.wildcards_dict.values())  # DVC names a matrix item by its values joined with "-"
             name = job.rule.name + (f"@{'-'.join(values)}" if values else "")
+            priority = job.rule.expand_priority(job.wildcards_dict, job.input, 1)
             jobs[name] = {"cmd": normalise_cmd(job.shellcmd), "deps": sorted(job.input), "outs": sorted(job.output),
-                          "params": sorted(job.params["values"])}
+                          "params": sorted(job.params["values"]), "priority": priority}
     return jobs
 
 

@@ -26,6 +26,8 @@ QUANTIZE = expand("data/quantize/b{bits}", bits=BITS)  # every GPTQ cache
 ARMS = PARAMS["finetune"]["arms"]
 # worker jobs per search stage (stage 2 runs no more than its proposals' seeds: `stage_workers`)
 WORKERS = {stage: stage_workers(VALIDATED, stage) for stage in ("evolve", "refine")}
+# the chain every result waits for runs before the arms that wait for nothing but the profile
+PRIORITY = {"search": 10}
 SWEEP = PARAMS["sweep"]
 CELLS = expand("data/sweep/cells/{ablation}-s{seed}-b{budget}", ablation=SWEEP["ablations"], seed=SWEEP["seeds"],
                budget=SWEEP["budgets"])

@@ -1,17 +1,28 @@
+# An arm waits only for the search outputs it reads (`arms.resolve`): the pick for stage 2's, the uniform
+# frontier for stage 1's, the rest for the profile alone. On a few cores the other arms then train beside
+# the stages that leave a core idle, the pick's arm first (`priority`); DVC, which runs one stage at a time,
+# lists every search folder for every arm.
+ARM_SEARCH = {"autoqra": [rules.evolve.output[0], rules.refine.output[0]], "best_uniform": [rules.evolve.output[0]]}
+
+
+def arm_priority(wildcards):
+    return PRIORITY["search"] if wildcards.arm == "autoqra" else 0
+
+
 rule finetune:
     input:
         code=stage_code("finetune"),
         prepare=rules.prepare.output,
         quantize=QUANTIZE,
         profile=rules.profile.output,
-        evolve=rules.evolve.output,
-        refine=rules.refine.output,
+        search=lambda wildcards: ARM_SEARCH.get(wildcards.arm, []),
     output:
         directory("data/final/{arm}/train"),
     wildcard_constraints:
         arm="|".join(ARMS),
     params:
         values=stage_params("finetune"),
+    priority: arm_priority
     threads: 8
     resources:
         mem_mb=16000,
@@ -35,6 +46,7 @@ rule evaluate:
         arm="|".join(ARMS),
     params:
         values=stage_params("evaluate"),
+    priority: arm_priority
     threads: 8
     resources:
         mem_mb=16000,
@@ -76,6 +88,7 @@ rule export:
         directory("data/final/autoqra/export"),
     params:
         values=stage_params("export"),
+    priority: PRIORITY["search"]
     threads: 2
     resources:
         mem_mb=8000,

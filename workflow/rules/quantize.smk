@@ -8,6 +8,7 @@ rule quantize:
         bits="|".join(map(str, BIT_CHOICES)),
     params:
         values=stage_params("quantize"),
+    priority: PRIORITY["search"]
     threads: 8
     resources:
         mem_mb=16000,
@@ -26,6 +27,7 @@ rule profile:
         directory("data/profile"),
     params:
         values=stage_params("profile"),
+    priority: PRIORITY["search"]
     threads: 8
     resources:
         mem_mb=16000,

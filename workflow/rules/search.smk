@@ -30,6 +30,7 @@ rule evolve_worker:
         worker="[0-9]+",
     params:
         values=stage_params("evolve"),
+    priority: PRIORITY["search"]
     threads: worker_threads("evolve")
     resources:
         mem_mb=16000,
@@ -51,6 +52,7 @@ rule evolve:
     params:
         values=stage_params("evolve"),
         gathered=gathered("evolve"),
+    priority: PRIORITY["search"]
     threads: 8
     resources:
         mem_mb=16000,
@@ -73,6 +75,7 @@ rule refine_worker:
         worker="[0-9]+",
     params:
         values=stage_params("refine"),
+    priority: PRIORITY["search"]
     threads: worker_threads("refine")
     resources:
         mem_mb=16000,
@@ -95,6 +98,7 @@ rule refine:
     params:
         values=stage_params("refine"),
         gathered=gathered("refine"),
+    priority: PRIORITY["search"]
     threads: 8
     resources:
         mem_mb=16000,
