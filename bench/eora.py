@@ -13,8 +13,8 @@ test examples: at step 0 (before any training: zero-started adapters add nothing
 model against its compensation; no seed enters, the interval is the test set's sampling error alone) and after
 `--steps` training steps under each of the fresh `--seeds` (the pipeline's fidelity runs and record cache: an
 evaluation made once is read, never repeated). Differences init − zero (and eora − random when both run; with
-several `--configs`, the first under every init against each other one, which runs at zero only) are paired by
-seed and test example, 95 % intervals from `autoqra.stats` (t quantiles at the seed and example counts used).
+several `--configs`, the first under each init against each other one under the same init and under zero) are
+paired by seed and test example, 95 % intervals from `autoqra.stats` (t quantiles at the seed and example counts used).
 
 The test examples: the prepared test split, extended to `--test` by the task's generator under another seed
 with every prompt of the prepared splits left out (synthetic tasks only), so they are as the split's and
@@ -71,6 +71,7 @@ def main() -> None:
 
     from autoqra import stats
     from autoqra.pipeline.setup import Setup, check_inputs
+    from autoqra.space import UNQUANTIZED
     from autoqra.store import fingerprint
     from stages import params as P
 
@@ -102,19 +103,24 @@ def main() -> None:
     print(f"{len(test)} test examples ({test_fp[:8]}), {[name for name, _ in configs]}, "
           f"{args.steps} steps, seeds {args.seeds}", flush=True)
 
-    given = [name for name, _ in configs[len(args.bits):]]  # the first of --configs under every init, against
-    others = set(given[1:])  # the rest of them, run at zero only
+    given = [name for name, _ in configs[len(args.bits):]]  # the first of --configs against each other one
+    plain = {name for name, c in configs if all(b == UNQUANTIZED for b in c.bits)}  # nothing to compensate
     rows, scores = [], {}
     for name, config in configs:
         for init, setup in setups.items():
-            if init == "zero" or name not in others:
-                scores[(name, init, 0)], scores[(name, init, args.steps)] = measure(
-                    setup.fidelity_run, config, f"{name} {init:4s}", args, test, test_fp, p)
+            if init != "zero" and name in plain:  # PEFT's start under every init: zero's runs stand for it
+                print(f"{name} {init}: no quantized unit to compensate, zero's runs", flush=True)
+                scores[(name, init, 0)], scores[(name, init, args.steps)] = (scores[(name, "zero", s)]
+                                                                             for s in (0, args.steps))
+                continue
+            scores[(name, init, 0)], scores[(name, init, args.steps)] = measure(
+                setup.fidelity_run, config, f"{name} {init:4s}", args, test, test_fp, p)
     pairs = []  # ((config, init), (config, init)): every init against zero, eora against random, per config
-    for name in (name for name, _ in configs if name not in others):
+    for name in (name for name, _ in configs if name not in plain):
         pairs += [((name, init), (name, "zero")) for init in setups if init != "zero"]
         pairs += [((name, "eora"), (name, "random"))] if {"eora", "random"} <= set(setups) else []
-    pairs += [((given[0], init), (other, "zero")) for other in given[1:] for init in setups]
+    pairs += [((given[0], init), (other, start)) for other in given[1:] for init in setups
+              for start in dict.fromkeys(["zero", "zero" if other in plain else init])]  # the same start, PEFT's
     for steps in (0, args.steps):
         for a, b in pairs:
             c = stats.compare(scores[(*a, steps)], scores[(*b, steps)])
