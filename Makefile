@@ -28,9 +28,10 @@ setup: $(VENV)/.installed
 
 # The jobs that train take one thread each, so `--cores N` runs N of them side by side: on the embedded
 # model two one-thread training jobs make 1.76x the steps of one two-thread job (2 cores, AMD EPYC kind,
-# bench/threads.py; a second thread adds 6 %). The search's gather jobs (stage 1's uniform frontier, stage 2
-# with its one proposal at a time) then leave a core to the arms that need no search output (workflow/rules/
-# final.smk). RUN_THREADS= restores the rules' own threads.
+# bench/threads.py; a second thread adds 6 %). That includes stage 1's gather job (the uniform frontier),
+# stage 2 (one proposal at a time) and the export: the arms that need no search output train on the cores
+# they leave (workflow/rules/final.smk), and a one-thread job never waits for arms to free a second core.
+# RUN_THREADS= restores the rules' own threads (a larger model, where threads pay).
 RUN_THREADS ?= --set-threads finetune=1 evaluate=1 evolve=1 refine=1 export=1
 
 run: setup

@@ -30,25 +30,8 @@ import json
 import time
 from pathlib import Path
 
-import common  # noqa: F401  (offline environment, the stages' helpers on the path)
 import numpy as np
-
-
-def test_examples(p, task_dir: Path, n: int) -> list[dict]:
-    from autoqra import data
-
-    test = data.read_split(task_dir, "test")
-    if n <= len(test):
-        return test[:n]
-    if p.task.source != "synthetic":
-        raise SystemExit(f"error: --test {n}: the prepared test split holds {len(test)} and task.source="
-                         f"{p.task.source!r} cannot make more (synthetic only)")
-    seen = {ex["prompt"] for s in data.SPLITS for ex in data.read_split(task_dir, s)}
-    extra = data.generate(p.task.families, {"train": 0, "val": 0, "test": 4 * n, "calib": 0}, p.task.seed + 1000)
-    more = [ex for ex in extra["test"] if ex["prompt"] not in seen][: n - len(test)]
-    for i, ex in enumerate(more):
-        ex["id"] = f"test-extra-{i:05d}"
-    return test + data.with_system(more, p.task.system_prompt)
+from common import test_examples, trained_test
 
 
 def main() -> None:
@@ -148,7 +131,6 @@ def measure(ev, config, label: str, args, test: list[dict], test_fp: str, p) -> 
     steps under each seed ({seed: ...}), every evaluation a record of `ev`'s store."""
     from autoqra import stats
     from autoqra.store import fingerprint
-    from autoqra.train import evaluation
 
     with ev.workdir() as tmp:
         key = fingerprint.of_data(["step0", ev.key(config, 0, 0), test_fp])
@@ -156,17 +138,7 @@ def measure(ev, config, label: str, args, test: list[dict], test_fp: str, p) -> 
         record, computed = ev.store.get(key, lambda: _step0(ev, config, Path(tmp), test, p))
         print(f"{label} step 0: test loss {record['scores']['answer_loss']:.4f}"
               f"{'' if not computed else f' ({time.perf_counter() - start:.0f} s)'}", flush=True)
-        per_seed, built = {}, []
-        for seed in args.seeds:
-            run = ev(config, args.steps, seed, keep_adapter=True)
-            adapter = ev.adapter_path(run["key"])
-            tkey = fingerprint.of_data([evaluation.evaluation_key(run["key"], p.task.max_length, p.evaluate,
-                                                                  adapter), test_fp])
-            rec, _ = ev.store.get(tkey, lambda a=adapter: evaluation.score_seed(
-                ev, config, a, test, p.task.max_length, p.evaluate, Path(tmp), built))
-            per_seed[seed] = stats.contributions(rec["scores"]["answer_nll"])
-            print(f"{label} seed {seed}: val {run['score']:.4f} test {rec['scores']['answer_loss']:.4f} "
-                  f"(train {run.get('train_s', 0):.0f} s)", flush=True)
+    per_seed, _ = trained_test(ev, config, args.steps, args.seeds, test, test_fp, p.evaluate, label)
     return {0: stats.contributions(record["scores"]["answer_nll"])}, per_seed
 
 

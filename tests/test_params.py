@@ -50,6 +50,8 @@ def test_stage_two_runs_no_more_workers_than_its_proposals_seeds():
     gpu = P.validated(P.compose(["experiment=gpu", "search.workers=4"]))  # seeds per rung 1, 2, 3
     assert (stage_workers(gpu, "evolve"), stage_workers(gpu, "refine")) == (4, 3)
     assert stage_workers(P.validated(P.compose(["experiment=smoke"])), "refine") == 1  # pinned to one worker
+    with pytest.raises(ValueError, match="'refine_worker'"):  # a rule's name is no stage's
+        stage_workers(default, "refine_worker")
 
 
 def test_smoke_experiment_overrides_groups_and_values():

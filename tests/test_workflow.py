@@ -9,6 +9,7 @@ import pytest
 from conftest import BIN, ROOT, budget_three_ways, copy_project, nested_config, run_tool
 from workflow_util import dvc_stages, snakemake_jobs
 
+from autoqra.arms import SEARCH_OUTPUTS
 from autoqra.params.rules import stage_workers
 from autoqra.store import fingerprint
 from stages import params as P
@@ -24,6 +25,13 @@ def test_snakemake_and_dvc_define_the_same_stages(tmp_path, overrides):
         root = copy_project(tmp_path, git_commit=True)
         (root / "params.yaml").write_text(P.to_yaml(P.compose(overrides)))
     smk, dvc = snakemake_jobs(root, nested_config(overrides)), dvc_stages(root)
+    # what the pick's arm waits for goes first; the other arms fill the cores the search leaves idle
+    priority = {name: job.pop("priority") for name, job in smk.items()}
+    chain = {n for n in smk if n.split("@")[0] in ("quantize", "profile", "evolve", "evolve_worker", "refine",
+                                                   "refine_worker", "export")
+             or n in ("finetune@autoqra", "evaluate@autoqra")}
+    rest = {n for n in smk if n.split("@")[0] in ("finetune", "evaluate")} - chain
+    assert rest and min(priority[n] for n in chain) > max(priority[n] for n in rest)
     # Snakemake splits a search stage into its worker jobs and a gather job; DVC runs the workers in one command
     p = P.validated(P.compose(overrides))
     for stage in ("evolve", "refine"):
@@ -39,17 +47,11 @@ def test_snakemake_and_dvc_define_the_same_stages(tmp_path, overrides):
         assert len(cells) == 18 and "sweep_cell@tpe-1-1.1" in cells and "sweep_summary@budgets" in smk
     else:
         assert not cells and not any(n.startswith("sweep_summary") for n in smk)
-    # what the pick's arm waits for goes first; the other arms fill the cores the search leaves idle
-    chain = {n for n in smk if n.split("@")[0] in ("quantize", "profile", "evolve", "refine", "export")
-             or n in ("finetune@autoqra", "evaluate@autoqra")}
-    rest = {n for n in smk if n.split("@")[0] in ("finetune", "evaluate")} - chain
-    assert rest and min(smk[n].pop("priority") for n in chain) > max(smk[n].pop("priority") for n in rest)
     searched = {"data/search/evolve", "data/search/refine"}
     for name, job in smk.items():
-        job.pop("priority", None)
         if name.startswith("finetune@"):  # an arm waits for the search outputs it reads; DVC lists them all
-            reads = {"autoqra": searched, "best_uniform": {"data/search/evolve"}}.get(name.split("@")[1], set())
-            assert searched & set(job["deps"]) == reads, name
+            reads = {f"data/search/{s}" for s in SEARCH_OUTPUTS.get(name.split("@")[1], ())}
+            assert searched & set(job["deps"]) == reads and (reads or name != "finetune@autoqra"), name
             job["deps"] = sorted({*job["deps"], *searched})
         # DVC depends on a folder where Snakemake lists its per-bit-width subfolders (DVC cannot loop)
         job["deps"] = sorted({next((d for d in dvc[name]["deps"] if dep.startswith(d + "/")), dep)

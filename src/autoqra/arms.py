@@ -27,6 +27,9 @@ from autoqra.errors import ParamError
 from autoqra.space import UNQUANTIZED, Space
 
 ARMS = ("autoqra", "fp_lora", "best_uniform", "greedy", "prior", "sequential")
+# the search stages whose outputs an arm's configuration is read from (`pipeline.arms.resolve`; refine reads
+# evolve's): Snakemake starts every other arm as soon as the profile is done
+SEARCH_OUTPUTS = {"autoqra": ("evolve", "refine"), "best_uniform": ("evolve",)}
 
 
 def uniform_pattern(bits: tuple[int, ...] | list[int] | None = None) -> str:

@@ -7,6 +7,7 @@ sys.path.insert(0, workflow.basedir)
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from autoqra.arms import SEARCH_OUTPUTS
 from autoqra.params import ParamError
 from autoqra.params.rules import stage_workers
 from autoqra.space import BIT_CHOICES

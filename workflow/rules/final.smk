@@ -2,7 +2,7 @@
 # frontier for stage 1's, the rest for the profile alone. On a few cores the other arms then train beside
 # the stages that leave a core idle, the pick's arm first (`priority`); DVC, which runs one stage at a time,
 # lists every search folder for every arm.
-ARM_SEARCH = {"autoqra": [rules.evolve.output[0], rules.refine.output[0]], "best_uniform": [rules.evolve.output[0]]}
+ARM_SEARCH = {arm: [getattr(rules, stage).output[0] for stage in stages] for arm, stages in SEARCH_OUTPUTS.items()}
 
 
 def arm_priority(wildcards):

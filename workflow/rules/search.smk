@@ -1,7 +1,7 @@
 # The search stages. With `search.workers: N > 1` each stage is N worker jobs (stage 2: at most its
 # proposals' seeds) on one study and one record store (on SLURM: N jobs with a GPU each), then a gather
-# job that writes the stage's outputs (and finishes anything the workers left). DVC, which runs one stage at a time, runs the same stage
-# as one command with N worker processes.
+# job that writes the stage's outputs (and finishes anything the workers left). DVC, which runs one stage at a
+# time, runs the same stage as one command with N worker processes.
 
 
 def worker_files(stage):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from autoqra import arms, serving
 from autoqra.params.fields import ParamError
@@ -17,11 +17,13 @@ def search_seeds(seed: int, seeds_per_rung: list[int] | tuple[int, ...]) -> list
     return [seed + i for i in range(max(seeds_per_rung, default=1))]
 
 
-def stage_workers(p: Params, stage: str) -> int:
+def stage_workers(p: Params, stage: Literal["evolve", "refine"]) -> int:
     """How many workers search stage `stage` runs: stage 1 `search.workers`; stage 2 (`refine`) no more than
     the top rung's seeds, since it proposes one configuration at a time and only that proposal's seeds can
     train side by side (on the default, one seed: a second worker waited, and the stage took 5 min 5 s with
     two one-thread workers against 3 min 53 s with one two-thread worker, AMD EPYC kind, 2 cores)."""
+    if stage not in ("evolve", "refine"):
+        raise ValueError(f"stage={stage!r}: a search stage is 'evolve' or 'refine'")
     if stage == "evolve":
         return p.search.workers
     return min(p.search.workers, (p.search.seeds_per_rung or [1])[-1])  # the top rung's, ablated or not

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from autoqra.arms import parse_uniform
+from autoqra.arms import SEARCH_OUTPUTS, parse_uniform
 from autoqra.data import read_split
 from autoqra.params import ParamError
 from autoqra.pipeline.setup import Setup
@@ -29,10 +29,12 @@ def _read(path: Path, stage: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def resolve(arm: str, setup: Setup, search: Path) -> Config:
+def resolve(arm: str, setup: Setup, search: Path | None) -> Config:
     """The configuration of an arm, on the arms' ladders; `search` holds the search stages' folders
-    (`evolve/frontier.json`: the uniform frontier, `refine/best.json`: the pick)."""
+    (`evolve/frontier.json`: the uniform frontier, `refine/best.json`: the pick), read for the arms of
+    `arms.SEARCH_OUTPUTS` only (any other arm gets no folder: Snakemake does not wait for the search for it)."""
     p, space = setup.p, setup.arm_space
+    search = search if arm in SEARCH_OUTPUTS else None
     if arm == "autoqra":
         return space.parse(_read(search / "refine" / "best.json", "refine")["config"])
     if arm == "best_uniform":
@@ -67,12 +69,9 @@ def finetune(setup: Setup, arm: str, out: Path, search: Path) -> dict[str, Any]:
                                                   "wall_s", "peak_memory_bytes")})
         log.info("%s seed %d: %s %s", arm, seed, record["status"], record.get("score"))
     mem = setup.memory.breakdown(space, config)
-    # in the budget's unit: bytes, or bits of weights, metadata and LoRA at 16 bits (`bits_per_param`)
-    bits_per_param = setup.budget.kind == "bits_per_param"
-    cost = mem["avg_bits_with_lora"] * setup.spec.target_params if bits_per_param else mem["total"]
     write_json(out / "arm.json", {
         "arm": arm, "config": config.to_dict(), "key": config.key, "summary": config.describe(), "memory": mem,
-        "budget_limit": setup.budget.limit, "within_budget": bool(setup.budget.fits(cost)),
+        "budget_limit": setup.budget.limit, "within_budget": within_budget(setup, config),
         "steps": p.finetune.steps, "seeds": list(p.finetune.seeds)})
     write_json(out / "runs.json", {"runs": runs})
     adapters = {r["key"]: f"seed{r['seed']}.safetensors" for r in runs if r["status"] == "ok"}
@@ -80,6 +79,15 @@ def finetune(setup: Setup, arm: str, out: Path, search: Path) -> dict[str, Any]:
     return {"arm": arm, "manifest": held, "summary": config.describe(),
             "trained_steps": setup.fidelity_run.steps_trained,
             "records_computed": setup.fidelity_run.computed, "failed": sum(r["status"] != "ok" for r in runs)}
+
+
+def within_budget(setup: Setup, config: Config) -> bool:
+    """Whether an arm's configuration fits the budget, in the budget's unit: bytes, or bits of weights,
+    metadata and LoRA at 16 bits (`bits_per_param`); any arm's, not only the search space's."""
+    mem = setup.memory.breakdown(setup.arm_space, config)
+    bits_per_param = setup.budget.kind == "bits_per_param"
+    return bool(setup.budget.fits(mem["avg_bits_with_lora"] * setup.spec.target_params if bits_per_param
+                                  else mem["total"]))
 
 
 def evaluate(setup: Setup, arm: str, train: Path, out: Path) -> dict[str, Any]:

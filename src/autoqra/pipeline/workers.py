@@ -40,8 +40,8 @@ def run_worker_job(search: SearchFn, p: Params, dirs: dict[str, str], out: Path)
 
 
 def run_workers(search: SearchFn, p: Params, params_path: str, dirs: dict[str, str], threads: int,
-                gathered: list[str] = (), workers: int = 0) -> tuple[Setup, list[dict[str, Any]], float]:
-    """Run a search stage with `workers` (default `search.workers`) worker processes sharing its study and
+                gathered: list[str], workers: int) -> tuple[Setup, list[dict[str, Any]], float]:
+    """Run a search stage with `workers` (`params.rules.stage_workers`) worker processes sharing its study and
     the record store (one worker: in this process, with progress bars). Returns a setup for the outputs, each worker's
     counts and the seconds spent; a search stopped by failures raises `SearchFailed`.
 
@@ -53,7 +53,6 @@ def run_workers(search: SearchFn, p: Params, params_path: str, dirs: dict[str, s
         setup = Setup(p, dirs, progress=True)
         left = search(setup)
         return setup, [*jobs, left], max(j.get("search_s", 0.0) for j in jobs) + time.perf_counter() - start
-    workers = workers or p.search.workers
     if workers == 1:
         setup = Setup(p, dirs, progress=True)
         return setup, [search(setup)], time.perf_counter() - start
