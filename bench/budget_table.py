@@ -3,7 +3,7 @@ the arms a careful user would pick instead, trained under fresh seeds and scored
 
     python bench/budget_table.py [--budgets 1.0 0.9 1.1] [--seeds 0 10 20] [--fresh-seeds 3] [--test 1000]
                                  [--arms greedy best_uniform uniform4_r16 fp_lora] [--params params.yaml]
-                                 [--out data/bench/budget_table] [--summarize]
+                                 [--out data/bench/budget_table] [--no-headroom] [--summarize]
 
 For each budget (`budget.value`, in `budget.kind` against `budget.reference`) and search seed (`seed`) the
 evolve and refine stages run as `make run` runs them (the same stage commands, `search.workers` processes,
@@ -17,6 +17,12 @@ search seed's fresh seeds, `1000 + 100·seed + i` (no search trains under them),
 examples (answer loss; `bench/eora.py`'s extension of the test split, disjoint from everything trained,
 validated and calibrated on; nothing is chosen on it). The arms that do not depend on the budget (uniform,
 fp_lora) are records: trained once per seed for all budgets.
+
+The headroom (`best_found`, unless `--no-headroom`): once every search at a budget has run, the configuration
+with the lowest mean validation score over all the top-fidelity runs any of them made (their seeds pooled;
+configurations run at least twice first; within the budget), measured like the other arms under every
+search seed's fresh seeds. Whether the search could have done better than its pick, and than greedy, on
+configurations it actually evaluated; chosen on validation, like everything else.
 
 The table, per budget: autoqra − each arm, 95 % intervals from `autoqra.stats.difference` over search seeds ×
 test examples (a search seed's row: its per-example losses averaged over its fresh seeds, so the search's
@@ -52,6 +58,8 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=1000, help="test examples")
     ap.add_argument("--arms", nargs="+", default=["greedy", "best_uniform", "uniform4_r16", "fp_lora"])
     ap.add_argument("--out", default="data/bench/budget_table")
+    ap.add_argument("--no-headroom", dest="headroom", action="store_false",
+                    help="leave out the best configuration all searches at a budget found (best_found)")
     ap.add_argument("--summarize", action="store_true", help="print the table of the rows so far")
     args = ap.parse_args()
     out = Path(args.out)
@@ -115,17 +123,39 @@ def main() -> None:
     done = {(r["budget"], r["seed"], r["arm"]) for r in rows}
     print(f"{len(test)} test examples ({test_fp[:8]}); budgets {args.budgets}, search seeds {args.seeds}, "
           f"{args.fresh_seeds} fresh seeds each; {len(done)} rows already in {rows_file}", flush=True)
+    def measure(budget: float, seed: int, arms: list[str], searched: dict, configs: dict | None = None,
+                **extra) -> None:
+        cell = out / f"b{budget:g}-s{seed}"
+        for row in measure_cell(P.validated(cells[(budget, seed)]), {**dirs, "search": str(cell / "search")}, cell,
+                                arms, searched, budget, seed, args, test, test_fp, configs):
+            rows.append({**row, **extra})
+            write(rows_file, settings, rows)
+
     for budget in args.budgets:
+        searched = {}
         for seed in args.seeds:
             arms = [a for a in ("autoqra", *args.arms) if (budget, seed, a) not in done]
-            if not arms:
+            if arms or args.headroom:
+                searched[seed] = search(out / f"b{budget:g}-s{seed}", P.to_yaml(cells[(budget, seed)]), dirs)
+            if arms:
+                measure(budget, seed, arms, searched[seed])
+        if not args.headroom:
+            continue
+        # the headroom: the best configuration any search at this budget found, under every row's fresh seeds
+        setup = Setup(P.validated(cells[(budget, args.seeds[0])]),
+                      {**dirs, "search": str(out / f"b{budget:g}-s{args.seeds[0]}" / "search")},
+                      progress=False, arm_ladders=True)
+        best, found = best_found(setup, [out / f"b{budget:g}-s{s}" / "search" for s in args.seeds])
+        print(f"budget {budget:g}: best found {best.describe()} (validation {found['val_mean']:.4f} over "
+              f"{found['val_n']} top-fidelity runs, among {found['candidates']} configurations)", flush=True)
+        total = sum(searched[s]["autoqra"] for s in args.seeds)  # every search's steps went into finding it
+        for seed in args.seeds:
+            old = [r for r in rows if (r["budget"], r["seed"], r["arm"]) == (budget, seed, "best_found")]
+            if old and old[0]["key"] == best.key:
                 continue
-            cell, params = out / f"b{budget:g}-s{seed}", cells[(budget, seed)]
-            searched = search(cell, P.to_yaml(params), dirs)
-            for row in measure_cell(P.validated(params), {**dirs, "search": str(cell / "search")}, cell, arms,
-                                    searched, budget, seed, args, test, test_fp):
-                rows.append(row)
-                write(rows_file, settings, rows)
+            rows[:] = [r for r in rows if r not in old]  # another best among more searches: measured again
+            measure(budget, seed, ["best_found"], {**searched[seed], "best_found": total}, {"best_found": best},
+                    found=found)
     summarize(rows)
 
 
@@ -156,8 +186,33 @@ def search(cell: Path, params_yaml: str, dirs: dict[str, str]) -> dict[str, floa
             "search_s": evolve["wall_s"] + refine["wall_s"]}
 
 
+def best_found(setup, searches: list[Path]):
+    """(configuration, what it was chosen on): among every top-fidelity configuration within the budget that
+    the searches' evolve and refine stages trained, the lowest mean validation score over all their runs of
+    it (searches under other seeds pool: more runs), preferring configurations run at least twice (a single
+    run's low score is mostly luck). Chosen on validation only; the fresh-seed test is what measures it."""
+    import pandas as pd
+
+    from autoqra.pipeline.arms import within_budget
+
+    top = max(setup.p.search.fidelities)
+    trials = pd.concat([pd.read_parquet(s / stage / "trials.parquet") for s in searches for stage in
+                        ("evolve", "refine")])
+    trials = trials[(trials["status"] == "ok") & (trials["fidelity"] == top)]
+    # one run per (configuration, seed): the refine stage reads stage 1's runs, and a record is one run
+    runs = trials.drop_duplicates(["config_key", "seed"]).groupby("config_key")
+    table = pd.DataFrame({"mean": runs["score"].mean(), "n": runs["score"].size(), "config": runs["config"].first()})
+    table = table.sort_values(["mean"], kind="stable")
+    for key in [*table.index[table["n"] >= 2], *table.index[table["n"] < 2]]:
+        config = setup.arm_space.parse({"units": json.loads(table.loc[key, "config"])})
+        if within_budget(setup, config):
+            return config, {"val_mean": float(table.loc[key, "mean"]), "val_n": int(table.loc[key, "n"]),
+                            "candidates": len(table), "searches": [s.parent.name for s in searches]}
+    raise SystemExit(f"error: {searches[0].parent}: no top-fidelity run within the budget to choose from")
+
+
 def measure_cell(p, dirs: dict[str, str], cell: Path, arms: list[str], searched: dict[str, float], budget: float,
-                 seed: int, args, test: list[dict], test_fp: str) -> Iterator[dict]:
+                 seed: int, args, test: list[dict], test_fp: str, configs: dict | None = None) -> Iterator[dict]:
     """One row per arm of the cell, as each is done: its configuration, memory and steps, per fresh seed the
     validation score and the per-example test contributions."""
     import dataclasses
@@ -169,7 +224,7 @@ def measure_cell(p, dirs: dict[str, str], cell: Path, arms: list[str], searched:
     evaluate = dataclasses.replace(p.evaluate, exact_match=False, lm_eval_tasks=[])
     fresh = [1000 + 100 * seed + i for i in range(args.fresh_seeds)]
     for arm in arms:
-        config = resolve(arm, setup, cell / "search")
+        config = (configs or {}).get(arm) or resolve(arm, setup, cell / "search")
         start = time.perf_counter()
         per_seed, val = trained_test(setup.fidelity_run, config, p.finetune.steps, fresh, test, test_fp, evaluate,
                                      f"{cell.name} {arm}")
@@ -194,10 +249,11 @@ def write(path: Path, settings: dict, rows: list[dict]) -> None:
 
 def summarize(rows: list[dict]) -> list[dict]:
     """Per budget, over the search seeds every arm finished: each arm's test answer loss and autoqra − arm
-    with 95 % intervals over search seeds × test examples; printed as a Markdown table and returned."""
+    with 95 % intervals over search seeds × test examples, and where the headroom was measured best_found −
+    each arm; printed as Markdown tables and returned."""
     from autoqra import stats
 
-    table = []
+    table, headroom = [], []
     print("\n| budget | arm | configuration | steps | test answer loss | autoqra − arm [95 %] | verdict (autoqra) "
           "| search seeds |\n|---|---|---|---|---|---|---|---|")
     for budget in sorted({r["budget"] for r in rows}):
@@ -219,9 +275,21 @@ def summarize(rows: list[dict]) -> list[dict]:
                           "verdict": diff and diff["verdict"], "steps": steps, "search_seeds": len(seeds),
                           "configurations": summaries})
             d = "—" if diff is None else f"{diff['diff']:+.4f} [{diff['ci'][0]:+.4f}, {diff['ci'][1]:+.4f}]"
-            conf = summaries[0] if len(summaries) == 1 else f"{len(summaries)} different"
+            conf = summaries[0].replace("|", "\\|") if len(summaries) == 1 else f"{len(summaries)} different"
             print(f"| {budget:g} | {arm} | {conf} | {steps:.0f} | {level['diff']:.4f} | {d} | "
                   f"{'—' if diff is None else diff['verdict']} | {len(seeds)} |")
+        if "best_found" in arms:
+            headroom.append((budget, get, arms, seeds))
+    if headroom:  # what the best configuration any search found buys over each arm: the room there was
+        print("\n| budget | arm | best_found − arm [95 %] | verdict (best_found) |\n|---|---|---|---|")
+    for budget, get, arms, seeds in headroom:
+        best = _matrix(get, "best_found", seeds)
+        for arm in (a for a in arms if a != "best_found"):
+            diff = stats.difference(best - _matrix(get, arm, seeds))
+            next(t for t in table if (t["budget"], t["arm"]) == (budget, arm)).update(
+                best_found_minus=diff["diff"], best_found_ci=diff["ci"], best_found_verdict=diff["verdict"])
+            print(f"| {budget:g} | {arm} | {diff['diff']:+.4f} [{diff['ci'][0]:+.4f}, {diff['ci'][1]:+.4f}] | "
+                  f"{diff['verdict']} |")
     return table
 
 
