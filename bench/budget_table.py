@@ -294,9 +294,11 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def _matrix(get: dict, arm: str, seeds: list[int]) -> np.ndarray:
-    """Search seeds × test examples: each search seed's per-example losses, averaged over its fresh seeds."""
-    return np.stack([np.mean([get[(arm, s)]["test"][k] for k in sorted(get[(arm, s)]["test"])], axis=0)
-                     for s in seeds])
+    """Search seeds × test examples: each search seed's per-example losses, averaged over its fresh seeds
+    (their noise is in the spread between search seeds). With one search seed, its fresh seeds × test
+    examples instead: the interval of the pipeline's report, with the training seeds' noise in it."""
+    rows = [np.array([get[(arm, s)]["test"][k] for k in sorted(get[(arm, s)]["test"])]) for s in seeds]
+    return rows[0] if len(rows) == 1 else np.stack([r.mean(axis=0) for r in rows])
 
 
 if __name__ == "__main__":
