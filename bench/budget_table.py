@@ -19,14 +19,15 @@ validated and calibrated on; nothing is chosen on it). The arms that do not depe
 fp_lora) are records: trained once per seed for all budgets.
 
 The headroom (`best_found`, unless `--no-headroom`): once every search at a budget has run, the configuration
-with the lowest mean validation score over all the top-fidelity runs any of them made (their seeds pooled;
-configurations run at least twice first; within the budget), measured like the other arms under every
+with the lowest mean validation score over all the top-fidelity runs any of them made (a configuration two
+searches reached has both their runs; within the budget), measured like the other arms under every
 search seed's fresh seeds. Whether the search could have done better than its pick, and than greedy, on
 configurations it actually evaluated; chosen on validation, like everything else.
 
 The table, per budget: autoqra − each arm, 95 % intervals from `autoqra.stats.difference` over search seeds ×
 test examples (a search seed's row: its per-example losses averaged over its fresh seeds, so the search's
-own outcome is what varies between rows), and the steps each pick cost (search steps for autoqra, the
+own outcome is what varies between rows; with one search seed finished, over its fresh seeds × examples as
+in the pipeline's report), and the steps each pick cost (search steps for autoqra, the
 uniform frontier's for best_uniform, none for the rest). Every finished training and scoring is a record
 and every finished row is in `<out>/rows.json`: a killed run loses at most the evaluation it was in, and
 `--summarize` prints the table of the rows so far (budgets and seeds not finished are left out of it).
@@ -151,9 +152,10 @@ def main() -> None:
         total = sum(searched[s]["autoqra"] for s in args.seeds)  # every search's steps went into finding it
         for seed in args.seeds:
             old = [r for r in rows if (r["budget"], r["seed"], r["arm"]) == (budget, seed, "best_found")]
-            if old and old[0]["key"] == best.key:
+            if old and old[0]["key"] == best.key and old[0]["found"]["searches"] == found["searches"]:
                 continue
-            rows[:] = [r for r in rows if r not in old]  # another best among more searches: measured again
+            rows[:] = [r for r in rows if r not in old]  # chosen among other searches: measured again
+            write(rows_file, settings, rows)
             measure(budget, seed, ["best_found"], {**searched[seed], "best_found": total}, {"best_found": best},
                     found=found)
     summarize(rows)
@@ -189,8 +191,8 @@ def search(cell: Path, params_yaml: str, dirs: dict[str, str]) -> dict[str, floa
 def best_found(setup, searches: list[Path]):
     """(configuration, what it was chosen on): among every top-fidelity configuration within the budget that
     the searches' evolve and refine stages trained, the lowest mean validation score over all their runs of
-    it (searches under other seeds pool: more runs), preferring configurations run at least twice (a single
-    run's low score is mostly luck). Chosen on validation only; the fresh-seed test is what measures it."""
+    it (a configuration two searches reached is run under both their seeds). A low validation score is partly
+    luck (the winner's curse); the fresh-seed test is what measures it. Chosen on validation only."""
     import pandas as pd
 
     from autoqra.pipeline.arms import within_budget
@@ -202,8 +204,7 @@ def best_found(setup, searches: list[Path]):
     # one run per (configuration, seed): the refine stage reads stage 1's runs, and a record is one run
     runs = trials.drop_duplicates(["config_key", "seed"]).groupby("config_key")
     table = pd.DataFrame({"mean": runs["score"].mean(), "n": runs["score"].size(), "config": runs["config"].first()})
-    table = table.sort_values(["mean"], kind="stable")
-    for key in [*table.index[table["n"] >= 2], *table.index[table["n"] < 2]]:
+    for key in table.sort_values(["mean"], kind="stable").index:
         config = setup.arm_space.parse({"units": json.loads(table.loc[key, "config"])})
         if within_budget(setup, config):
             return config, {"val_mean": float(table.loc[key, "mean"]), "val_n": int(table.loc[key, "n"]),
@@ -249,8 +250,9 @@ def write(path: Path, settings: dict, rows: list[dict]) -> None:
 
 def summarize(rows: list[dict]) -> list[dict]:
     """Per budget, over the search seeds every arm finished: each arm's test answer loss and autoqra − arm
-    with 95 % intervals over search seeds × test examples, and where the headroom was measured best_found −
-    each arm; printed as Markdown tables and returned."""
+    with 95 % intervals (over search seeds × test examples; with one search seed, over its fresh seeds × test
+    examples), and where the headroom was measured, best_found − each arm over the search seeds it has;
+    printed as Markdown tables and returned."""
     from autoqra import stats
 
     table, headroom = [], []
@@ -258,11 +260,10 @@ def summarize(rows: list[dict]) -> list[dict]:
           "| search seeds |\n|---|---|---|---|---|---|---|---|")
     for budget in sorted({r["budget"] for r in rows}):
         get = {(r["arm"], r["seed"]): r for r in rows if r["budget"] == budget}
-        arms = list(dict.fromkeys(r["arm"] for r in rows if r["budget"] == budget))
+        arms = [a for a in dict.fromkeys(r["arm"] for r in rows if r["budget"] == budget) if a != "best_found"]
         seeds = sorted(s for s in {k[1] for k in get} if all((a, s) in get for a in arms))
         if "autoqra" not in arms or not seeds:
             continue
-
         pick = _matrix(get, "autoqra", seeds)
         for arm in arms:
             m = _matrix(get, arm, seeds)
@@ -278,18 +279,27 @@ def summarize(rows: list[dict]) -> list[dict]:
             conf = summaries[0].replace("|", "\\|") if len(summaries) == 1 else f"{len(summaries)} different"
             print(f"| {budget:g} | {arm} | {conf} | {steps:.0f} | {level['diff']:.4f} | {d} | "
                   f"{'—' if diff is None else diff['verdict']} | {len(seeds)} |")
-        if "best_found" in arms:
-            headroom.append((budget, get, arms, seeds))
+        found = [get[k] for k in get if k[0] == "best_found" and k[1] in seeds]
+        if found and len({(r["key"], tuple(r["found"]["searches"])) for r in found}) > 1:
+            print(f"(budget {budget:g}: best_found rows chosen among different searches; headroom left out until "
+                  "the next run measures them again)")
+        elif found:
+            headroom.append((budget, get, arms, sorted(r["seed"] for r in found)))
     if headroom:  # what the best configuration any search found buys over each arm: the room there was
-        print("\n| budget | arm | best_found − arm [95 %] | verdict (best_found) |\n|---|---|---|---|")
+        print("\n| budget | best_found | arm | best_found − arm [95 %] | verdict (best_found) | search seeds |\n"
+              "|---|---|---|---|---|---|")
     for budget, get, arms, seeds in headroom:
         best = _matrix(get, "best_found", seeds)
-        for arm in (a for a in arms if a != "best_found"):
+        conf = get[("best_found", seeds[0])]["summary"].replace("|", "\\|")
+        for arm in arms:
             diff = stats.difference(best - _matrix(get, arm, seeds))
             next(t for t in table if (t["budget"], t["arm"]) == (budget, arm)).update(
                 best_found_minus=diff["diff"], best_found_ci=diff["ci"], best_found_verdict=diff["verdict"])
-            print(f"| {budget:g} | {arm} | {diff['diff']:+.4f} [{diff['ci'][0]:+.4f}, {diff['ci'][1]:+.4f}] | "
-                  f"{diff['verdict']} |")
+            print(f"| {budget:g} | {conf} | {arm} | {diff['diff']:+.4f} [{diff['ci'][0]:+.4f}, {diff['ci'][1]:+.4f}] "
+                  f"| {diff['verdict']} | {len(seeds)} |")
+    print("\nIntervals: over search seeds × test examples (each search seed's fresh seeds averaged); with one "
+          "search seed, over its fresh seeds × test examples. best_found is held fixed: how its choice would "
+          "vary is not in its intervals.")
     return table
 
 
