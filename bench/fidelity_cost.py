@@ -71,7 +71,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for backend in args.backends:
             ev = FidelityRun(model_dir=model_dir, task_dir=task_dir, caches=caches, space=space,
-                           lora=LoraParams(ranks=[args.rank]), finetune=ft, records=Path(tmp) / backend,
+                           lora=LoraParams(ranks=[args.rank], init="zero"), finetune=ft, records=Path(tmp) / backend,
                            max_length=args.max_length, backend=backend)
             bits, _ = space.per_module(config)
             floor = plain_loop(ev.backend.build(bits, Path(tmp) / f"plain-{backend}"), ev.train_data,

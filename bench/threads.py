@@ -41,7 +41,7 @@ def one_run(args: argparse.Namespace) -> None:
     space = Space.from_modules([m.name for m in spec.modules], "block", [args.bits], [args.rank])
     with tempfile.TemporaryDirectory() as tmp:
         ev = FidelityRun(model_dir=model_dir, task_dir=task_dir, caches=caches, space=space,
-                         lora=LoraParams(ranks=[args.rank]), finetune=FinetuneParams(), records=Path(tmp),
+                         lora=LoraParams(ranks=[args.rank], init="zero"), finetune=FinetuneParams(), records=Path(tmp),
                          max_length=128, backend="dequant")
         ev(space.uniform(args.bits, args.rank), 1, 0, val_samples=8)  # assembly, caches, first allocations
         record = ev(space.uniform(args.bits, args.rank), args.steps, 1, val_samples=8)

@@ -30,7 +30,8 @@ def space(tiny_dir):
 
 
 def _fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space, name="records", **kw):
-    args = dict(model_dir=tiny_dir, task_dir=task_dir, caches=tiny_caches, space=space, lora=LoraParams(ranks=[4, 8]),
+    args = dict(model_dir=tiny_dir, task_dir=task_dir, caches=tiny_caches, space=space,
+                lora=LoraParams(ranks=[4, 8], init="zero"),
                 finetune=FT, records=tmp_path / name, backend="dequant", max_length=64)
     return FidelityRun(**{**args, **kw})
 
@@ -82,7 +83,7 @@ def test_records_are_cached_and_any_input_change_makes_a_new_one(tmp_path, tiny_
         keys.add(other.key(config, 5, 0))
         assert other.lookup(config, 5, 0) is None
     keys.add(_fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space,
-                        lora=LoraParams(ranks=[4, 8], dropout=0.1)).key(config, 5, 0))
+                        lora=LoraParams(ranks=[4, 8], init="zero", dropout=0.1)).key(config, 5, 0))
     keys.add(_fidelity_run(tmp_path, tiny_dir, task_dir, tiny_caches, space, max_length=48).key(config, 5, 0))
     keys.add(ev.key(space.uniform(4, 4), 5, 0))
     assert len(keys) == 9

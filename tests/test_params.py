@@ -16,6 +16,24 @@ def test_params_yaml_is_the_default_composition():
     assert (ROOT / "params.yaml").read_text() == P.to_yaml(P.compose([]))
 
 
+def test_a_key_a_group_file_leaves_out_takes_the_default_compositions_value():
+    """The dataclasses' defaults are what a user's own group file (a `search/` with two keys, say) gets for
+    every key it leaves out: they must be `make run`'s values, or that user silently runs another search."""
+    import dataclasses
+
+    from autoqra.params import Params, to_dict
+
+    tree = P.compose([])
+    differ = []
+    for f in dataclasses.fields(Params):
+        if dataclasses.is_dataclass(default := f.default_factory() if callable(f.default_factory) else f.default):
+            differ += [f"{f.name}.{k}: {v!r} != {tree[f.name][k]!r}" for k, v in to_dict(default).items()
+                       if v != tree[f.name][k] and f"{f.name}.{k}" != "task.system_prompt"]  # user tasks: null
+        else:
+            assert default == tree[f.name], f.name
+    assert not differ, differ
+
+
 def test_schema_file_is_generated_from_the_dataclasses():
     assert json.loads((ROOT / "workflow/schemas/params.schema.json").read_text()) == params_schema()
 

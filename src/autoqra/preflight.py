@@ -192,7 +192,7 @@ def json_config(path: Path) -> SimpleNamespace | None:
 
 def warn_slow_backend(backend: str) -> None:
     """The packed backend computes in bf16: on a CPU without BF16 instructions a bf16 matmul is tens of times
-    slower than fp32 (77x measured on an AMD EPYC, README "Benchmarks"), so a forced `packed` on a CPU is
+    slower than fp32 (77x measured on an AMD EPYC, docs/precision.md "Processors"), so a forced `packed` on a CPU is
     warned about (`auto` picks dequant there)."""
     if backend != "packed":
         return

@@ -1,8 +1,11 @@
 """The parameter sections: one dataclass per `params.yaml` section, validated at construction.
 
 Every value the pipeline uses comes from `params/` (composed into `params.yaml`); `load_params` turns
-that plain dict into these dataclasses (`autoqra.params.fields.from_dict`). Cross-field rules live in
-each section's `__post_init__` and in `Params.__post_init__`.
+that plain dict into these dataclasses (`autoqra.params.fields.from_dict`). A key a group file leaves out
+(a user's own `search/` or `task/` file, say) takes the dataclass default, which is the default
+composition's value (tests/test_params.py keeps them equal), except `task.system_prompt`: null (the
+chat template decides) for a user's task, '' in the synthetic one. Cross-field rules live in each
+section's `__post_init__` and in `Params.__post_init__`.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ class QuantParams:
     desc_act: bool = spec(False, help="act-order (quantize columns by decreasing activation)")
     damp: float = spec(0.01, help="GPTQ dampening (fraction of the mean Hessian diagonal)",
                        min=0.0, max=1.0, exclusive_min=True)
-    calib_samples: int = spec(128, help="calibration sequences (from the calib split)", min=1)
+    calib_samples: int = spec(32, help="calibration sequences (from the calib split)", min=1)
     max_length: int = spec(256, help="tokens per calibration sequence", min=8)
     eval_examples: int = spec(0, help="validation examples the quantize stage scores each quantized model on, for "
                               "orientation (0: none; 64 cost 19 s per bit-width on 2 cores, a sixth of GPTQ itself)",
@@ -75,9 +78,9 @@ class LoraParams:
     ranks: list[int] = spec([4, 8, 16], help="candidate ranks, ascending (0 = no adapter on that unit)",
                             items={"min": 0, "max": 1024}, min_items=1, increasing=True)
     alpha_ratio: float = spec(2.0, help="lora_alpha = alpha_ratio * rank", min=0.0, exclusive_min=True)
-    dropout: float = spec(0.0, help="LoRA dropout (0: measured no better, a quarter slower; see README)",
+    dropout: float = spec(0.0, help="LoRA dropout (0: measured no better, a quarter slower; docs/precision.md)",
                           min=0.0, max=0.9)
-    init: str = spec("zero", help="how each adapter starts: 'zero' (PEFT's: B = 0, the adapter adds nothing at "
+    init: str = spec("eora", help="how each adapter starts: 'zero' (PEFT's: B = 0, the adapter adds nothing at "
                      "step 0) or 'eora' (a quantized module's adapter starts at EoRA's compensation of its "
                      "quantization error, from the GPTQ calibration set; computed once per bit-width and kept "
                      "in the record cache), or 'random', eora's control: the same factors' norms in random "
@@ -129,28 +132,28 @@ class SearchParams:
 
     granularity: str = spec("block", help="unit of choice: one (bits, rank) per block, per group of linears a "
                             "serving engine fuses (q/k/v, gate/up), or per linear", choices=list(GRANULARITIES))
-    population: int = spec(20, help="configurations in generation 0", min=2)
-    generations: int = spec(8, help="generations of stage 1", min=1)
-    offspring: int = spec(8, help="children evaluated per generation (Thompson draws, then the performance "
+    population: int = spec(14, help="configurations in generation 0", min=2)
+    generations: int = spec(4, help="generations of stage 1", min=1)
+    offspring: int = spec(6, help="children evaluated per generation (Thompson draws, then the performance "
                           "model's best)", min=1)
     thompson: float = spec(0.5, help="share of each generation's offspring (rounded up) that are the exact budget "
                            "optima of Thompson draws from the performance model, new configurations only; the rest "
                            "are the bred children it predicts best", min=0.0, max=1.0)
     candidates: int = spec(200, help="children bred per generation for the performance model to screen (its "
                            "best `offspring` of them, after the Thompson draws, are evaluated)", min=1)
-    fidelities: list[int] = spec([8, 24, 72], help="successive-halving rungs in fine-tuning steps",
+    fidelities: list[int] = spec([8, 16, 48], help="successive-halving rungs in fine-tuning steps",
                                  items={"min": 1}, min_items=1, increasing=True)
-    eta: int = spec(3, help="successive-halving ratio (best 1/eta of a rung are promoted)", min=2)
-    max_steps: int = spec(2400, help="compute budget of stage 1 in training steps, a promotion counting only "
+    eta: int = spec(2, help="successive-halving ratio (best 1/eta of a rung are promoted)", min=2)
+    max_steps: int = spec(800, help="compute budget of stage 1 in training steps, a promotion counting only "
                           "the steps it adds to the lower rung's run (0 = unlimited)", min=0)
     metric: str = spec("answer_loss", help="search objective on the validation split",
                        choices=["answer_loss", "exact_match"])
     storage: str | None = spec(None, help="Optuna storage URL, or env:NAME to read it from an environment "
                                 "variable (a password stays out of params files); null = a journal file in the "
                                 "record cache (data/records/studies/<stage>.journal)")
-    workers: int = spec(1, help="search workers sharing one study (each a job under Snakemake, a process "
+    workers: int = spec(2, help="search workers sharing one study (each a job under Snakemake, a process "
                         "under DVC), the same evaluations as one", min=1)
-    seeds_per_rung: list[int] = spec([1, 1, 2], help="training seeds per configuration at each rung (paired: "
+    seeds_per_rung: list[int] = spec([1, 1, 1], help="training seeds per configuration at each rung (paired: "
                                      "every configuration sees the same seeds; the score is their mean)",
                                      items={"min": 1}, min_items=1)
     val_per_rung: list[int] = spec([], help="validation examples scored at each rung (0 or an empty list: all); "
@@ -180,7 +183,8 @@ class SearchParams:
                         choices=["auto", "packed", "dequant"])
     frontier: str = spec("maximal", help="uniform configurations the evolve stage scores at the arms' steps to "
                          "choose best_uniform: 'all' that fit the budget, or the 'maximal' ones (none with both "
-                         "more bits and more rank fits; README: every dominated one scored worse)",
+                         "more bits and more rank fits: a dominated one is assumed to score no better, and is not "
+                         "trained)",
                          choices=["maximal", "all"])
 
 
@@ -188,7 +192,7 @@ class SearchParams:
 class FinetuneParams:
     """Training and evaluation settings shared by fidelity runs and the final fine-tune."""
 
-    steps: int = spec(250, help="steps of the final fine-tune of every arm", min=1)
+    steps: int = spec(48, help="steps of the final fine-tune of every arm", min=1)
     batch_size: int = spec(8, help="sequences per step", min=1)
     lr: float = spec(5e-4, help="peak learning rate (AdamW)", min=0.0, exclusive_min=True)
     warmup_ratio: float = spec(0.1, help="fraction of steps of linear warm-up", min=0.0, max=1.0)
@@ -204,7 +208,7 @@ class FinetuneParams:
     seeds: list[int] = spec([100, 101, 102], help="training seeds of every final arm (paired: the same for each "
                             "arm; fresh: none a search stage trained under)", items={"min": 0}, min_items=1,
                             unique=True)
-    arms: list[str] = spec(["autoqra", "fp_lora", "best_uniform", "greedy", "prior", "sequential", "uniform4_r16"],
+    arms: list[str] = spec(["autoqra", "fp_lora", "best_uniform", "greedy", "sequential", "uniform4_r16"],
                            help="final arms: autoqra, fp_lora, best_uniform, greedy, prior, sequential, "
                            "uniform<bits>_r<rank>", min_items=1, unique=True)
     arm_rank: int = spec(16, help="the uniform rank of the fp_lora arm and the largest of the sequential arm", min=1)
