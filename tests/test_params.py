@@ -17,8 +17,8 @@ def test_params_yaml_is_the_default_composition():
 
 
 def test_a_key_a_group_file_leaves_out_takes_the_default_compositions_value():
-    """The dataclasses' defaults are what a user's own group file (a `search/` with two keys, say) gets for
-    every key it leaves out: they must be `make run`'s values, or that user silently runs another search."""
+    """The dataclasses' defaults are what a library caller's params dict gets for every key it leaves out:
+    they must be `make run`'s values, or that caller silently runs another search than the docs describe."""
     import dataclasses
 
     from autoqra.params import Params, to_dict

@@ -1,10 +1,11 @@
 """The parameter sections: one dataclass per `params.yaml` section, validated at construction.
 
 Every value the pipeline uses comes from `params/` (composed into `params.yaml`); `load_params` turns
-that plain dict into these dataclasses (`autoqra.params.fields.from_dict`). A key a group file leaves out
-(a user's own `search/` or `task/` file, say) takes the dataclass default, which is the default
-composition's value (tests/test_params.py keeps them equal), except `task.system_prompt`: null (the
-chat template decides) for a user's task, '' in the synthetic one. Cross-field rules live in each
+that plain dict into these dataclasses (`autoqra.params.fields.from_dict`). A key a dict leaves out (the
+library's callers) takes the dataclass default, which is the default composition's value
+(tests/test_params.py keeps them equal), except `task.system_prompt`: null (the chat template decides)
+for a user's task, '' in the synthetic one. The workflow (the schema, Snakemake, DVC) requires every key:
+a group file of one's own starts as a copy of the default one. Cross-field rules live in each
 section's `__post_init__` and in `Params.__post_init__`.
 """
 
