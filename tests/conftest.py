@@ -149,14 +149,19 @@ def snakemake_config(overrides: list[str]) -> list[str]:
     return ["--config", *(f"{k}={v}" for k, v in nested_config(overrides).items())]
 
 
-def trained_records(root: Path) -> dict[str, int]:
-    """{record key: steps} of every training record in a project's record stores (every stage's)."""
+def training_records(root: Path) -> dict[str, dict]:
+    """{record key: record} of every training record in a project's record stores (every stage's)."""
     out = {}
     for path in (root / "data/records").rglob("*.json"):
         r = json.loads(path.read_text())
         if "train_steps" in r:
-            out[r["key"]] = r["train_steps"]
+            out[r["key"]] = r
     return out
+
+
+def trained_records(root: Path) -> dict[str, int]:
+    """{record key: steps trained} of every training record in a project's record stores."""
+    return {k: r["train_steps"] for k, r in training_records(root).items()}
 
 
 # a smaller search than the smoke experiment's, for the tests that run several searches

@@ -16,7 +16,7 @@ def test_params_yaml_is_the_default_composition():
     assert (ROOT / "params.yaml").read_text() == P.to_yaml(P.compose([]))
 
 
-def test_a_key_a_group_file_leaves_out_takes_the_default_compositions_value():
+def test_a_key_a_params_dict_leaves_out_takes_the_default_compositions_value():
     """The dataclasses' defaults are what a library caller's params dict gets for every key it leaves out:
     they must be `make run`'s values, or that caller silently runs another search than the docs describe."""
     import dataclasses

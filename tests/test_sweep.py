@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import SMALL_SEARCH, run_tool, snakemake_config
+from conftest import SMALL_SEARCH, run_tool, snakemake_config, training_records
 from conftest import trained_records as _trained
 
 from stages import params as P
@@ -53,11 +52,6 @@ def swept(base, tmp_path_factory):
     return root, config
 
 
-def _records(root):
-    return {r["key"]: r for r in map(json.loads, map(Path.read_text, (root / "data/records").rglob("*.json")))
-            if "train_steps" in r}
-
-
 def test_two_cells_train_what_two_single_runs_would_minus_what_they_share(singles, swept):
     root, _ = swept
     a, b = (_trained(singles[x]) for x in ABLATIONS)
@@ -68,8 +62,8 @@ def test_two_cells_train_what_two_single_runs_would_minus_what_they_share(single
     # each record for no more steps than a single run that made it: a cell may continue a rung from the state
     # the other cell kept (a run cut at 4 of 12 steps) where its single run trained it whole; the same record
     assert sum(sweep.values()) <= sum(max(a.get(k, 0), b.get(k, 0)) for k in sweep)
-    alone = [_records(singles[x]) for x in ABLATIONS]
-    for key, record in _records(root).items():
+    alone = [training_records(singles[x]) for x in ABLATIONS]
+    for key, record in training_records(root).items():
         theirs = [r[key] for r in alone if key in r]
         if all(r["train_steps"] != record["train_steps"] for r in theirs):
             assert record.get("continued_from", 0) > max(r.get("continued_from", 0) for r in theirs), key
