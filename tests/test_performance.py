@@ -13,7 +13,7 @@ from autoqra.search import EvolveSettings, evolve
 from autoqra.search.knapsack import solve
 from autoqra.search.operators import greedy_config
 from autoqra.search.optuna import history
-from autoqra.search.performance import Observation, PerformanceModel
+from autoqra.search.performance import PICK_CONFIDENCE, Observation, PerformanceModel, guarded_pick
 from autoqra.search.prices import Prices
 from autoqra.search.repair import fill, repair
 from autoqra.space import Space
@@ -118,3 +118,27 @@ def test_the_search_beats_greedy_on_a_planted_objective_with_wrong_priors():
     print("regret (search, greedy):", [(round(a, 4), round(b, 4)) for a, b in regrets])
     assert all(g > 0 for _, g in regrets)  # the priors are wrong enough that greedy misses the optimum
     assert sum(a < 0.5 * g for a, g in regrets) >= 4
+
+
+def test_the_pick_keeps_greedy_unless_the_model_is_confident_that_a_configuration_beats_it():
+    obj = Planted(3)
+    greedy, optimum = greedy_config(SPACE, BUDGET, obj.prices), solve(obj.table, BUDGET)
+    rng = np.random.default_rng(4)
+    others = [fill(repair(SPACE.random(rng), BUDGET), BUDGET, obj.prices.values()) for _ in range(30)]
+    configs = [greedy, optimum, *others]
+    # evidence enough (small noise, two seeds each): a configuration better than greedy, and the report says why
+    sharp = PerformanceModel(SPACE, obj.prices, [Observation(c, 9, s, obj(c, 9, s)) for c in configs for s in (0, 1)])
+    pick, report = guarded_pick(sharp, configs, 9, greedy)
+    assert pick.key != greedy.key and obj.value(pick) < obj.value(greedy)
+    assert not report["kept_reference"] and report["p_better"] >= PICK_CONFIDENCE and report["beating"] >= 1
+    # noise larger than the differences, one seed each: some other configuration has the lowest posterior mean,
+    # but the model is not confident it beats greedy, so greedy stays; at confidence 0.5 the challenger is taken
+    loud = Planted(3, sigma=0.3)
+    few = configs[:8]
+    noisy = PerformanceModel(SPACE, obj.prices, [Observation(c, 9, 0, loud(c, 9, 0)) for c in few])
+    pick, report = guarded_pick(noisy, few, 9, greedy)
+    assert report["challenger"] != greedy.key and report["difference"] < 0
+    assert pick.key == greedy.key and report["kept_reference"] and report["p_better"] < PICK_CONFIDENCE
+    assert guarded_pick(noisy, few, 9, greedy, confidence=0.5)[0].key == report["challenger"]
+    # without the reference among the scored configurations: the lowest posterior mean
+    assert guarded_pick(noisy, few[1:], 9, greedy)[0].key == report["challenger"]

@@ -7,11 +7,13 @@ import math
 import numpy as np
 import optuna
 import pytest
+from scipy.stats import norm
 from test_search import BUDGET, SPACE, _settings
 
 from autoqra.search import RefineSettings, evolve, refine
 from autoqra.search import trust_region as tr
 from autoqra.search.optuna import PlanSampler, drive, history, open_study
+from autoqra.search.performance import PICK_CONFIDENCE
 from autoqra.search.refinement import Refinement
 from autoqra.search.synthetic import SyntheticObjective
 
@@ -86,9 +88,10 @@ def test_every_proposal_is_within_budget_and_inside_its_region_and_new(stage_one
     assert kernel in ("additive", "ordinal", "categorical") and set(quality) == {"additive", "ordinal", "categorical"}
 
 
-def test_the_answer_is_the_lowest_posterior_mean_among_the_fully_scored(stage_one):
-    """Not the raw minimum over two seeds (the winner's curse): the performance model's posterior mean at the
-    top fidelity, over stage 1's top rung and the proposals scored under every top seed."""
+def test_the_answer_is_greedy_unless_the_model_is_confident_that_a_fully_scored_one_beats_it(stage_one):
+    """Not the raw minimum over two seeds nor the lowest posterior mean (both the winner's curse): greedy,
+    unless the performance model gives a configuration of stage 1's top rung or of the proposals scored under
+    every top seed a posterior probability ≥ 0.95 of scoring lower; then the lowest posterior mean of those."""
     obj, prices, prior = stage_one
     study, plan = refine(obj, SPACE, BUDGET, prior, _refine_settings(evaluations=3), prices)
     own = history(study, SPACE)
@@ -98,9 +101,20 @@ def test_the_answer_is_the_lowest_posterior_mean_among_the_fully_scored(stage_on
     full = {r.config.key: r.config for r in results
             if {s.seed for s in results if s.config.key == r.config.key and s.fidelity == 9} >= seeds}
     assert best.key in full and len(full) > 3 and len(scores) == 2 and mean == pytest.approx(np.mean(scores))
+    greedy = plan.reference()
+    assert greedy.key in full  # stage 1 scored the warm start's greedy at the top rung
     model = plan.performance(plan.history1 + [r for r in own if r.done])
     predicted = dict(zip(full, model.predict(list(full.values()), 9)))
-    assert predicted[best.key] == min(predicted.values())
+    diff, sd = model.difference(list(full.values()), greedy, 9)
+    p_better = dict(zip(full, norm.cdf(-diff / np.maximum(sd, 1e-300))))
+    confident = {k for k, pb in p_better.items() if pb >= PICK_CONFIDENCE and k != greedy.key}
+    if confident:
+        assert best.key in confident and predicted[best.key] == min(predicted[k] for k in confident)
+    else:
+        assert best.key == greedy.key
+    _, report = plan.decision(own)
+    assert report["kept_reference"] == (not confident) and report["reference"] == greedy.key
+    assert report["challenger"] == min(predicted, key=predicted.get)
 
 
 def test_a_killed_refinement_resumes_exactly(stage_one, tmp_path):

@@ -82,12 +82,14 @@ def write(p: Params, dirs: dict[str, str], final: Path, out: Path) -> dict[str, 
 def _pick_gap(search: Path, arm: dict[str, Any] | None) -> dict[str, Any] | None:
     """The pick's validation mean at the top rung (the search's seeds) next to its test score under the
     fresh seeds: how much of the pick's lead was the search's selection (winner's curse) and how much
-    the split."""
+    the split; and the refine stage's decision (`guarded_pick`'s report: was greedy kept, and why)."""
     best = search / "refine" / "best.json"
     if arm is None or not best.exists():
         return None
     top = json.loads(best.read_text())["top_rung"]
     tests = [s["answer_loss"] for s in arm["seeds"] if s.get("answer_loss") is not None]
     test = sum(tests) / len(tests) if tests else None
+    metrics = search / "refine" / "metrics.json"  # the guarded pick's decision (greedy kept, or why not)
+    decision = json.loads(metrics.read_text()).get("pick") if metrics.exists() else None
     return {"validation_mean": top["mean"], "test_mean": test,
-            "test_minus_validation": None if test is None else test - top["mean"]}
+            "test_minus_validation": None if test is None else test - top["mean"], "decision": decision}

@@ -5,8 +5,9 @@ ask/tell loop on the stage's study; `evolve_stage` / `refine_stage` run the work
 - evolve: stage 1 (multi-fidelity evolution warm-started by the priors, or an ablation's search) into
   `<out>/trials.parquet`, `front.parquet`, `best.json`, `trace.png`;
 - refine: stage 2 (trust-region Bayesian refinement of stage 1's top-rung configurations) into
-  `<out>/trials.parquet`, `best.json` (the lowest posterior mean of the performance model at the top
-  fidelity among configurations scored under every top seed, stage 1's included) and `refine.png`.
+  `<out>/trials.parquet`, `best.json` (greedy unless the performance model gives a configuration scored
+  under every top seed, stage 1's included, a posterior probability ≥ 0.95 of scoring lower: `guarded_pick`)
+  and `refine.png`.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def evolve_stage(p: Params, params_path: str, dirs: dict[str, str], out: Path, t
                            f"all {len(trials)} are kept (records under {dirs['search']}/records)")
     plan = sampler.plan
     evolution = isinstance(plan, Evolution)
-    pick = plan.pick(hist) if evolution else None  # the lowest posterior mean at the top fidelity
+    decided = plan.decision(hist) if evolution else None  # greedy unless the model says otherwise (guarded_pick)
+    pick = decided[0] if decided else None
     best = next((e for e in ranked if pick is not None and e.config.key == pick.key), ranked[0])
     searched_steps, searched_records = setup.fidelity_run.steps_trained, setup.fidelity_run.computed
     frontier = setup.frontier()
@@ -112,6 +114,7 @@ def evolve_stage(p: Params, params_path: str, dirs: dict[str, str], out: Path, t
                                                                            setup)) if evolution else None,
         "fidelity_agreement": fidelity_agreement(trials),
         "promotion": diagnostics.promotions(plan, hist) if evolution else None,
+        "pick": decided[1] if decided else None,
         "exchange_rates": exchange_rates(_means(hist, frontier, setup), setup.budget, setup.prices),
         "manifest": held,
         "search_s": round(search_s, 1),
@@ -153,7 +156,7 @@ def refine_stage(p: Params, params_path: str, dirs: dict[str, str], out: Path, t
     study, sampler, prior = setup.refine_study()
     plan = sampler.plan
     hist = history(study, setup.space)
-    found = plan.incumbent(hist)
+    found, decided = plan.incumbent(hist), plan.decision(hist)
     if found is None:
         raise SearchFailed("stage 1 has no configuration scored at the top fidelity under every top seed; "
                            "nothing to refine (raise search.max_steps or lower search.generations)")
@@ -191,6 +194,7 @@ def refine_stage(p: Params, params_path: str, dirs: dict[str, str], out: Path, t
         "best": {"key": best.key, "summary": best.describe(), "mean": m, "se": se, "from_refine": best.key in
                  {s.config.key for s in steps}, "memory_bytes": setup.memory.total(setup.space, best)},
         "best_minus_stage1": pick_minus,
+        "pick": decided[1],
         "all_within_budget": bool(all(setup.budget.feasible(s.config) for s in steps)),
         "manifest": held,
         "search_s": round(search_s, 1),

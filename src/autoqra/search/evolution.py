@@ -30,7 +30,7 @@ from autoqra.search import operators as ops
 from autoqra.search import promotion
 from autoqra.search.history import DONE, WAIT, Job, Result, ranking, seed_means, seed_scores, unique
 from autoqra.search.knapsack import solve
-from autoqra.search.performance import Observation, PerformanceModel
+from autoqra.search.performance import Observation, PerformanceModel, guarded_pick
 from autoqra.search.prices import Prices
 from autoqra.search.repair import fill, repair
 from autoqra.space import Config, Space
@@ -156,16 +156,26 @@ class Evolution:
         return self._memo[key]
 
     def pick(self, history: list[Result]) -> Config | None:
-        """The configuration of lowest posterior mean at the top fidelity among those scored there under
-        every top-rung seed (not the raw minimum of a few seeds: that is the winner's curse)."""
+        """The search's answer among the configurations scored at the top fidelity under every top-rung seed:
+        greedy (the zero-cost allocation) unless the performance model gives one of them a posterior
+        probability ≥ `PICK_CONFIDENCE` of scoring lower (`guarded_pick`; not the raw minimum of a few seeds,
+        nor the argmin of noisy predictions: both are the winner's curse)."""
+        found = self.decision(history)
+        return None if found is None else found[0]
+
+    def decision(self, history: list[Result]) -> tuple[Config, dict[str, Any]] | None:
+        """`pick` and what it read (`guarded_pick`'s report)."""
         top, seeds = self.fidelities[-1], self.settings.seeds(len(self.fidelities) - 1)
         scores = seed_scores(history)
         done = {k for (k, f), v in scores.items() if f == top and all(v.get(sd) is not None for sd in seeds)}
-        configs = sorted({r.config.key: r.config for r in history if r.config.key in done}.items())
+        configs = list({r.config.key: r.config for r in history if r.config.key in done}.values())
         if not configs:
             return None
-        predicted = self.model(history).predict([c for _, c in configs], top)
-        return configs[int(np.argmin(predicted))][1]
+        return guarded_pick(self.model(history), configs, top, self.reference())
+
+    def reference(self) -> Config | None:
+        """What the search answers without evidence against it: greedy (None in the ablation without priors)."""
+        return ops.greedy_config(self.space, self.budget, self.prices) if self.settings.priors else None
 
     def members(self, generation: int, history: list[Result]) -> list[Config]:
         if generation == 0:

@@ -28,9 +28,10 @@ import numpy as np
 
 from autoqra.memory import Budget
 from autoqra.search import gp
+from autoqra.search import operators as ops
 from autoqra.search import trust_region as tr
 from autoqra.search.history import DONE, Job, Result, proposal_in_flight, seed_scores
-from autoqra.search.performance import Observation, PerformanceModel
+from autoqra.search.performance import Observation, PerformanceModel, guarded_pick
 from autoqra.search.prices import Prices
 from autoqra.search.repair import fill, repair
 from autoqra.space import Config, Space
@@ -236,18 +237,29 @@ class Refinement:
         return self._memo[key]
 
     def incumbent(self, history: list[Result]) -> tuple[Config, float, list[float]] | None:
-        """The configuration of lowest posterior mean at the top fidelity (the performance model on stage
-        1's results and this stage's) among those scored under every top seed, with its observed mean and
-        per-seed scores: not the raw minimum of a few seeds, which favours the luckiest (winner's curse)."""
+        """The answer among the configurations scored at the top fidelity under every top seed (stage 1's
+        and this stage's), with its observed mean and per-seed scores: greedy unless the performance model
+        (on every stage-1 and stage-2 result) gives one of them a posterior probability ≥ `PICK_CONFIDENCE`
+        of scoring lower (`guarded_pick`): not the raw minimum of a few seeds, nor the argmin of noisy
+        predictions, which favour the luckiest (winner's curse)."""
+        found = self.decision(history)
+        if found is None:
+            return None
+        config, _ = found
+        results = self.prior + [r for r in history if r.done]
+        by_seed = seed_scores(results)[(config.key, self.settings.fidelity)]
+        return config, self._means(results)[config.key], [by_seed[s] for s in self.settings.seeds]
+
+    def decision(self, history: list[Result]) -> tuple[Config, dict[str, Any]] | None:
+        """`incumbent`'s configuration and what it read (`guarded_pick`'s report)."""
         results = self.prior + [r for r in history if r.done]
         means = {k: m for k, m in self._means(results).items() if m is not None}
         if not means:
             return None
         configs = {r.config.key: r.config for r in results}
-        keys = sorted(means)
-        predicted = self.performance(self.history1 + [r for r in history if r.done]).predict(
-            [configs[k] for k in keys], self.settings.fidelity)
-        key = keys[int(np.argmin(predicted))]
-        config = configs[key]
-        by_seed = seed_scores(results)[(key, self.settings.fidelity)]
-        return config, means[key], [by_seed[s] for s in self.settings.seeds]
+        model = self.performance(self.history1 + [r for r in history if r.done])
+        return guarded_pick(model, [configs[k] for k in sorted(means)], self.settings.fidelity, self.reference())
+
+    def reference(self) -> Config:
+        """What the search answers without evidence against it: greedy, the optimum of the priors' prices."""
+        return ops.greedy_config(self.space, self.budget, self.prices)
