@@ -130,15 +130,20 @@ def test_the_pick_keeps_greedy_unless_the_model_is_confident_that_a_configuratio
     sharp = PerformanceModel(SPACE, obj.prices, [Observation(c, 9, s, obj(c, 9, s)) for c in configs for s in (0, 1)])
     pick, report = guarded_pick(sharp, configs, 9, greedy)
     assert pick.key != greedy.key and obj.value(pick) < obj.value(greedy)
-    assert not report["kept_reference"] and report["p_better"] >= PICK_CONFIDENCE and report["beating"] >= 1
+    assert report["pick"]["key"] == pick.key and report["pick"]["p_better"] >= PICK_CONFIDENCE
+    assert not report["kept_reference"] and report["reference_scored"] and report["beating"] >= 1
     # noise larger than the differences, one seed each: some other configuration has the lowest posterior mean,
     # but the model is not confident it beats greedy, so greedy stays; at confidence 0.5 the challenger is taken
     loud = Planted(3, sigma=0.3)
     few = configs[:8]
     noisy = PerformanceModel(SPACE, obj.prices, [Observation(c, 9, 0, loud(c, 9, 0)) for c in few])
     pick, report = guarded_pick(noisy, few, 9, greedy)
-    assert report["challenger"] != greedy.key and report["difference"] < 0
-    assert pick.key == greedy.key and report["kept_reference"] and report["p_better"] < PICK_CONFIDENCE
-    assert guarded_pick(noisy, few, 9, greedy, confidence=0.5)[0].key == report["challenger"]
-    # without the reference among the scored configurations: the lowest posterior mean
-    assert guarded_pick(noisy, few[1:], 9, greedy)[0].key == report["challenger"]
+    challenger = report["challenger"]
+    assert challenger["key"] != greedy.key and challenger["difference"] < 0
+    assert pick.key == greedy.key and report["kept_reference"] and challenger["p_better"] < PICK_CONFIDENCE
+    assert report["pick"] == {"key": greedy.key, "difference": 0.0, "difference_sd": 0.0, "p_better": 0.0}
+    assert guarded_pick(noisy, few, 9, greedy, confidence=0.5)[0].key == challenger["key"]
+    # greedy never scored at this fidelity: nothing measured to keep, the lowest posterior mean
+    pick, report = guarded_pick(noisy, few[1:], 9, greedy)
+    assert pick.key == challenger["key"] and not report["reference_scored"] and not report["kept_reference"]
+    assert report["pick"]["p_better"] is None and report["reference"] == greedy.key

@@ -12,6 +12,7 @@ from test_search import BUDGET, SPACE, _settings
 
 from autoqra.search import RefineSettings, evolve, refine
 from autoqra.search import trust_region as tr
+from autoqra.search.operators import greedy_config
 from autoqra.search.optuna import PlanSampler, drive, history, open_study
 from autoqra.search.performance import PICK_CONFIDENCE
 from autoqra.search.refinement import Refinement
@@ -93,7 +94,8 @@ def test_the_answer_is_greedy_unless_the_model_is_confident_that_a_fully_scored_
     unless the performance model gives a configuration of stage 1's top rung or of the proposals scored under
     every top seed a posterior probability ≥ 0.95 of scoring lower; then the lowest posterior mean of those."""
     obj, prices, prior = stage_one
-    study, plan = refine(obj, SPACE, BUDGET, prior, _refine_settings(evaluations=3), prices)
+    greedy = greedy_config(SPACE, BUDGET, prices)
+    study, plan = refine(obj, SPACE, BUDGET, prior, _refine_settings(evaluations=3), prices, reference=greedy)
     own = history(study, SPACE)
     best, mean, scores = plan.incumbent(own)
     results = plan.prior + [r for r in own if r.done]
@@ -101,7 +103,6 @@ def test_the_answer_is_greedy_unless_the_model_is_confident_that_a_fully_scored_
     full = {r.config.key: r.config for r in results
             if {s.seed for s in results if s.config.key == r.config.key and s.fidelity == 9} >= seeds}
     assert best.key in full and len(full) > 3 and len(scores) == 2 and mean == pytest.approx(np.mean(scores))
-    greedy = plan.reference()
     assert greedy.key in full  # stage 1 scored the warm start's greedy at the top rung
     model = plan.performance(plan.history1 + [r for r in own if r.done])
     predicted = dict(zip(full, model.predict(list(full.values()), 9)))
@@ -114,7 +115,7 @@ def test_the_answer_is_greedy_unless_the_model_is_confident_that_a_fully_scored_
         assert best.key == greedy.key
     _, report = plan.decision(own)
     assert report["kept_reference"] == (not confident) and report["reference"] == greedy.key
-    assert report["challenger"] == min(predicted, key=predicted.get)
+    assert report["pick"]["key"] == best.key and report["challenger"]["key"] == min(predicted, key=predicted.get)
 
 
 def test_a_killed_refinement_resumes_exactly(stage_one, tmp_path):

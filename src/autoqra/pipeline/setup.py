@@ -23,7 +23,7 @@ from autoqra.pipeline.fidelity import FidelityRun
 from autoqra.search import make_plan
 from autoqra.search import operators as ops
 from autoqra.search.ablations import REFINE_OFF, ablated
-from autoqra.search.evolution import EvolveSettings
+from autoqra.search.evolution import Evolution, EvolveSettings
 from autoqra.search.history import Evidence, Result
 from autoqra.search.optuna import PlanSampler, SearchFailed, history, open_study
 from autoqra.search.prices import Prices
@@ -150,9 +150,12 @@ class Setup:
 
     def refine_study(self) -> tuple[Any, PlanSampler, list[Result]]:
         """Stage 2's study, named after stage 1's search and its own settings, and stage 1's history."""
-        stage1, _ = self.study(readonly=True)
+        stage1, stage1_sampler = self.study(readonly=True)
         prior = history(stage1, self.space)
-        sampler = PlanSampler(Refinement(self.space, self.budget, self.prices, prior, refine_settings(self.p)))
+        plan = stage1_sampler.plan  # its reference (greedy) guards the answer; an ablation's search has none
+        reference = plan.reference() if isinstance(plan, Evolution) else None
+        sampler = PlanSampler(Refinement(self.space, self.budget, self.prices, prior, refine_settings(self.p),
+                                         reference))
         name = f"refine-{fingerprint.of_data([self.identity(evolve_settings(self.p)), refine_settings(self.p)])[:16]}"
         return self.open(name, sampler, self.dirs.get("journal", "refine")), sampler, prior
 

@@ -59,14 +59,16 @@ def evolve(objective: Callable[[Config, int, int], Any], space: Space, budget: B
 
 
 def refine(objective: Callable[[Config, int, int], Any], space: Space, budget: Budget, history: list[Result],
-           settings: RefineSettings, prices: Prices | None = None, *,
+           settings: RefineSettings, prices: Prices | None = None, *, reference: Config | None = None,
            study_name: str = "autoqra-refine", storage: str | None = None, journal: str | None = None,
            describe: Callable[[Config], dict[str, Any]] | None = None) -> tuple[Any, Refinement]:
     """Run (or resume) stage 2 from stage 1's `history` (its top-fidelity results are the prior);
-    returns the Optuna study of the proposals and the plan (`plan.incumbent(...)` is the answer)."""
+    returns the Optuna study of the proposals and the plan (`plan.incumbent(...)` is the answer: `reference`,
+    stage 1's greedy, unless the evidence says otherwise; without one, the lowest posterior mean)."""
     from autoqra.search.optuna import PlanSampler, drive, open_study
 
-    refinement = Refinement(space, budget, Prices.flat(space) if prices is None else prices, history, settings)
+    refinement = Refinement(space, budget, Prices.flat(space) if prices is None else prices, history, settings,
+                            reference)
     sampler = PlanSampler(refinement)
     study = open_study(study_name, storage, journal, sampler)
     drive(study, sampler, objective, describe=describe)

@@ -187,22 +187,32 @@ def guarded_pick(model: PerformanceModel, configs: Sequence[Config], fidelity: i
                  confidence: float = PICK_CONFIDENCE) -> tuple[Config, dict[str, Any]]:
     """The answer among `configs` (each scored at `fidelity`): `reference` (the zero-cost allocation) unless
     some configuration beats it with posterior probability ≥ `confidence` (then the lowest posterior mean of
-    those that do); without the reference among `configs`, the lowest posterior mean. Also what the
-    decision read: the challenger (the lowest posterior mean), its difference to the reference and the
-    probability that it is lower."""
+    those that do). Without a reference, or with one that was never scored at `fidelity` (stage 1 did not
+    promote it), the lowest posterior mean: there is nothing measured to keep. Also what the decision read:
+    the pick and the challenger (the lowest posterior mean), each one's difference to the reference, its
+    standard deviation and the probability that it is lower (None where there is no scored reference)."""
     if not configs:
         raise ValueError("guarded_pick: no configuration to pick from")
     configs = sorted({c.key: c for c in configs}.values(), key=lambda c: c.key)
     mean = model.predict(configs, fidelity)
     challenger = configs[int(np.argmin(mean))]
-    report: dict[str, Any] = {"confidence": confidence, "challenger": challenger.key, "reference": None}
-    if reference is None or reference.key not in {c.key for c in configs}:
-        return challenger, {**report, "kept_reference": False, "beating": None}
-    diff, sd = model.difference(configs, reference, fidelity)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = np.where(sd > 0, norm.cdf(-diff / np.where(sd > 0, sd, 1.0)), (diff < 0).astype(float))
-    beating = [i for i in np.argsort(mean, kind="stable") if p[i] >= confidence and configs[i].key != reference.key]
-    i = configs.index(challenger)
-    return (configs[beating[0]] if beating else reference), {
-        **report, "reference": reference.key, "difference": float(diff[i]), "difference_sd": float(sd[i]),
-        "p_better": float(p[i]), "beating": len(beating), "kept_reference": not beating}
+    scored = reference is not None and reference.key in {c.key for c in configs}
+    if scored:
+        diff, sd = model.difference(configs, reference, fidelity)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p = np.where(sd > 0, norm.cdf(-diff / np.where(sd > 0, sd, 1.0)), (diff < 0).astype(float))
+        beating = [i for i in np.argsort(mean, kind="stable")
+                   if p[i] >= confidence and configs[i].key != reference.key]
+        pick = configs[beating[0]] if beating else reference
+    else:
+        beating, pick = [], challenger
+
+    def versus(c: Config) -> dict[str, Any]:
+        if not scored:
+            return {"key": c.key, "difference": None, "difference_sd": None, "p_better": None}
+        i = configs.index(c)
+        return {"key": c.key, "difference": float(diff[i]), "difference_sd": float(sd[i]), "p_better": float(p[i])}
+
+    return pick, {"confidence": confidence, "reference": None if reference is None else reference.key,
+                  "reference_scored": scored, "kept_reference": scored and pick.key == reference.key,
+                  "beating": len(beating) if scored else None, "pick": versus(pick), "challenger": versus(challenger)}

@@ -28,7 +28,6 @@ import numpy as np
 
 from autoqra.memory import Budget
 from autoqra.search import gp
-from autoqra.search import operators as ops
 from autoqra.search import trust_region as tr
 from autoqra.search.history import DONE, Job, Result, proposal_in_flight, seed_scores
 from autoqra.search.performance import Observation, PerformanceModel, guarded_pick
@@ -67,9 +66,12 @@ class Step:
 
 
 class Refinement:
-    def __init__(self, space: Space, budget: Budget, prices: Prices, prior: list[Result], settings: RefineSettings):
-        """`prices`: the priors' tables (`Prices`), what the performance model starts from."""
+    def __init__(self, space: Space, budget: Budget, prices: Prices, prior: list[Result], settings: RefineSettings,
+                 reference: Config | None = None):
+        """`prices`: the priors' tables (`Prices`), what the performance model starts from; `reference`: what
+        the answer is unless the evidence says otherwise (stage 1's, greedy; None: the lowest posterior mean)."""
         self.space, self.budget, self.settings, self.prices = space, budget, settings, prices
+        self.reference = reference
         self.fidelities = (settings.fidelity,)
         self.history1 = [r for r in prior if r.done and r.fidelity <= settings.fidelity]  # every rung: the GP's
         self.prior = [r for r in self.history1 if r.fidelity == settings.fidelity and r.seed in settings.seeds]
@@ -258,8 +260,4 @@ class Refinement:
             return None
         configs = {r.config.key: r.config for r in results}
         model = self.performance(self.history1 + [r for r in history if r.done])
-        return guarded_pick(model, [configs[k] for k in sorted(means)], self.settings.fidelity, self.reference())
-
-    def reference(self) -> Config:
-        """What the search answers without evidence against it: greedy, the optimum of the priors' prices."""
-        return ops.greedy_config(self.space, self.budget, self.prices)
+        return guarded_pick(model, [configs[k] for k in sorted(means)], self.settings.fidelity, self.reference)
