@@ -56,7 +56,7 @@ SEARCH = tuple(f"search.{k}" for k in ("granularity", "population", "generations
                                        "fidelities", "eta", "max_steps", "metric", "workers", "backend",
                                        "seeds_per_rung", "val_per_rung", "max_failures",
                                        "oom_attempts", "ablation", "frontier", "promotion",
-                                       "warm_start", "thompson", "frontier_seeds"))
+                                       "warm_start", "thompson", "frontier_seeds", "pick_confidence"))
 DIRS = ("--prepare data/prepare --quantize data/quantize --profile data/profile --search data/search "
         "--records data/records")
 SEARCH_PARAMS = ("seed", *SEARCH, "budget", "lora", "finetune", "task.max_length", "quant.bits", "quant.group_size",

@@ -98,6 +98,7 @@ def test_snakemake_config_is_flattened_to_hydra_overrides(config, expected):
     (["finetune.schedule=step"], "finetune.schedule"),
     (["quant.calib_samples=500"], "quant.calib_samples"),
     (["search.fidelities=[32,8]"], "search.fidelities"),
+    (["search.pick_confidence=0.3"], "search.pick_confidence"),  # below 0.5 the guard would prefer a worse one
     (["lora.ranks=true"], "lora.ranks"),
     (["task.source=/no/such/file.jsonl"], "task.source"),
     (["sweep.seeds=[1]"], "sweep.name"),

@@ -97,7 +97,7 @@ def test_the_answer_is_greedy_unless_the_model_is_confident_that_a_fully_scored_
     greedy = greedy_config(SPACE, BUDGET, prices)
     study, plan = refine(obj, SPACE, BUDGET, prior, _refine_settings(evaluations=3), prices, reference=greedy)
     own = history(study, SPACE)
-    best, mean, scores = plan.incumbent(own)
+    best, mean, scores, report = plan.incumbent(own)
     results = plan.prior + [r for r in own if r.done]
     seeds = set(plan.settings.seeds)
     full = {r.config.key: r.config for r in results
@@ -113,9 +113,11 @@ def test_the_answer_is_greedy_unless_the_model_is_confident_that_a_fully_scored_
         assert best.key in confident and predicted[best.key] == min(predicted[k] for k in confident)
     else:
         assert best.key == greedy.key
-    _, report = plan.decision(own)
     assert report["kept_reference"] == (not confident) and report["reference"] == greedy.key
     assert report["pick"]["key"] == best.key and report["challenger"]["key"] == min(predicted, key=predicted.get)
+    # the threshold is the plan's (`search.pick_confidence`): at 0.5 the lowest posterior mean is the answer
+    loose = Refinement(SPACE, BUDGET, prices, prior, plan.settings, greedy, confidence=0.5).incumbent(own)
+    assert loose[0].key == report["challenger"]["key"] and loose[3]["confidence"] == 0.5
 
 
 def test_a_killed_refinement_resumes_exactly(stage_one, tmp_path):

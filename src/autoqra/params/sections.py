@@ -179,6 +179,10 @@ class SearchParams:
     frontier_seeds: int = spec(2, help="training seeds under which each frontier uniform is scored to choose "
                                "best_uniform (at least the top rung's; its first seeds are the search's, so their "
                                "records are shared)", min=1)
+    pick_confidence: float = spec(0.95, help="the posterior probability (the performance model's, joint) with "
+                                  "which a configuration must beat greedy to be the answer instead of it; the "
+                                  "answer is read from the studies, so a change re-runs no evaluation",
+                                  min=0.5, max=1.0)
     refine: RefineParams = field(default_factory=RefineParams, metadata={"help": "stage 2"})
     backend: str = spec("auto", help="weight backend of fidelity runs ('auto': packed on GPU, dequant on CPU)",
                         choices=["auto", "packed", "dequant"])

@@ -156,11 +156,11 @@ def refine_stage(p: Params, params_path: str, dirs: dict[str, str], out: Path, t
     study, sampler, prior = setup.refine_study()
     plan = sampler.plan
     hist = history(study, setup.space)
-    found, decided = plan.incumbent(hist), plan.decision(hist)
+    found = plan.incumbent(hist)
     if found is None:
         raise SearchFailed("stage 1 has no configuration scored at the top fidelity under every top seed; "
                            "nothing to refine (raise search.max_steps or lower search.generations)")
-    best, mean, scores = found
+    best, mean, scores, decided = found
     stage1 = plan.starts()[0]
     first = seed_scores(prior + hist)[(stage1.key, rs.fidelity)]
     pick_minus = stats.compare(setup.scored(best, rs.fidelity, rs.seeds)["values"],
@@ -194,7 +194,7 @@ def refine_stage(p: Params, params_path: str, dirs: dict[str, str], out: Path, t
         "best": {"key": best.key, "summary": best.describe(), "mean": m, "se": se, "from_refine": best.key in
                  {s.config.key for s in steps}, "memory_bytes": setup.memory.total(setup.space, best)},
         "best_minus_stage1": pick_minus,
-        "pick": decided[1],
+        "pick": decided,
         "all_within_budget": bool(all(setup.budget.feasible(s.config) for s in steps)),
         "manifest": held,
         "search_s": round(search_s, 1),

@@ -144,7 +144,8 @@ class Setup:
         """Stage 1's Optuna study (in the stage-1 store's journal); its name hashes everything that
         defines the search. The later stages read it `readonly`: it is the evolve stage's output."""
         settings = evolve_settings(self.p)
-        sampler = PlanSampler(make_plan(self.space, self.budget, self.prices, settings))
+        sampler = PlanSampler(make_plan(self.space, self.budget, self.prices, settings,
+                                        self.p.search.pick_confidence))
         name = f"evolve-{fingerprint.of_data(self.identity(settings))[:16]}"
         return self.open(name, sampler, self.dirs.get("stage1_journal", "evolve"), readonly), sampler
 
@@ -155,7 +156,7 @@ class Setup:
         plan = stage1_sampler.plan  # its reference (greedy) guards the answer; an ablation's search has none
         reference = plan.reference() if isinstance(plan, Evolution) else None
         sampler = PlanSampler(Refinement(self.space, self.budget, self.prices, prior, refine_settings(self.p),
-                                         reference))
+                                         reference, self.p.search.pick_confidence))
         name = f"refine-{fingerprint.of_data([self.identity(evolve_settings(self.p)), refine_settings(self.p)])[:16]}"
         return self.open(name, sampler, self.dirs.get("journal", "refine")), sampler, prior
 

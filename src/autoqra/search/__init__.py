@@ -22,6 +22,7 @@ from autoqra.memory import Budget
 from autoqra.search.ablations import REFINE_OFF, ablated
 from autoqra.search.evolution import Evolution, EvolveSettings
 from autoqra.search.history import DONE, WAIT, Job, Result, ranking
+from autoqra.search.performance import PICK_CONFIDENCE
 from autoqra.search.prices import Prices
 from autoqra.search.refinement import Refinement, RefineSettings
 from autoqra.space import Config, Space
@@ -31,11 +32,13 @@ __all__ = ["DONE", "REFINE_OFF", "WAIT", "Evolution", "Job", "Prices", "RefineSe
            "ablated", "evolve", "make_plan", "ranking", "refine"]
 
 
-def make_plan(space: Space, budget: Budget, prices: Prices, settings: EvolveSettings) -> Any:
-    """Stage 1's plan: the evolution, or (`settings.method`) random search or TPE at the top fidelity
-    under the top rung's seeds with the same step budget."""
+def make_plan(space: Space, budget: Budget, prices: Prices, settings: EvolveSettings,
+              confidence: float = PICK_CONFIDENCE) -> Any:
+    """Stage 1's plan: the evolution (its answer greedy unless the performance model gives another
+    configuration a probability ≥ `confidence` of beating it), or (`settings.method`) random search or TPE
+    at the top fidelity under the top rung's seeds with the same step budget."""
     if settings.method == "evolution":
-        return Evolution(space, budget, prices, settings)
+        return Evolution(space, budget, prices, settings, confidence)
     from autoqra.search.baselines import BaselineSettings, baseline_plan
 
     top = len(settings.fidelities) - 1
@@ -44,14 +47,14 @@ def make_plan(space: Space, budget: Budget, prices: Prices, settings: EvolveSett
 
 
 def evolve(objective: Callable[[Config, int, int], Any], space: Space, budget: Budget, prices: Prices,
-           settings: EvolveSettings, *, study_name: str = "autoqra-evolve", storage: str | None = None,
-           journal: str | None = None,
+           settings: EvolveSettings, *, confidence: float = PICK_CONFIDENCE, study_name: str = "autoqra-evolve",
+           storage: str | None = None, journal: str | None = None,
            describe: Callable[[Config], dict[str, Any]] | None = None) -> tuple[Any, Evolution]:
     """Run (or resume) stage 1 to completion in this process; returns the Optuna study and the plan
     (`settings.method` "random" or "tpe": the alternative search in its place)."""
     from autoqra.search.optuna import PlanSampler, drive, open_study
 
-    evolution = make_plan(space, budget, prices, settings)
+    evolution = make_plan(space, budget, prices, settings, confidence)
     sampler = PlanSampler(evolution)
     study = open_study(study_name, storage, journal, sampler)
     drive(study, sampler, objective, describe=describe)
@@ -60,7 +63,8 @@ def evolve(objective: Callable[[Config, int, int], Any], space: Space, budget: B
 
 def refine(objective: Callable[[Config, int, int], Any], space: Space, budget: Budget, history: list[Result],
            settings: RefineSettings, prices: Prices | None = None, *, reference: Config | None = None,
-           study_name: str = "autoqra-refine", storage: str | None = None, journal: str | None = None,
+           confidence: float = PICK_CONFIDENCE, study_name: str = "autoqra-refine", storage: str | None = None,
+           journal: str | None = None,
            describe: Callable[[Config], dict[str, Any]] | None = None) -> tuple[Any, Refinement]:
     """Run (or resume) stage 2 from stage 1's `history` (its top-fidelity results are the prior);
     returns the Optuna study of the proposals and the plan (`plan.incumbent(...)` is the answer: `reference`,
@@ -68,7 +72,7 @@ def refine(objective: Callable[[Config, int, int], Any], space: Space, budget: B
     from autoqra.search.optuna import PlanSampler, drive, open_study
 
     refinement = Refinement(space, budget, Prices.flat(space) if prices is None else prices, history, settings,
-                            reference)
+                            reference, confidence)
     sampler = PlanSampler(refinement)
     study = open_study(study_name, storage, journal, sampler)
     drive(study, sampler, objective, describe=describe)

@@ -30,7 +30,7 @@ from autoqra.search import operators as ops
 from autoqra.search import promotion
 from autoqra.search.history import DONE, WAIT, Job, Result, ranking, seed_means, seed_scores, unique
 from autoqra.search.knapsack import solve
-from autoqra.search.performance import Observation, PerformanceModel, guarded_pick
+from autoqra.search.performance import PICK_CONFIDENCE, Observation, PerformanceModel, guarded_pick
 from autoqra.search.prices import Prices
 from autoqra.search.repair import fill, repair
 from autoqra.space import Config, Space
@@ -62,11 +62,14 @@ class EvolveSettings:
 
 
 class Evolution:
-    def __init__(self, space: Space, budget: Budget, prices: Prices, settings: EvolveSettings):
-        """`prices`: the priors' tables (`Prices`), what greedy, repair, mutation and the model start from."""
+    def __init__(self, space: Space, budget: Budget, prices: Prices, settings: EvolveSettings,
+                 confidence: float = PICK_CONFIDENCE):
+        """`prices`: the priors' tables (`Prices`), what greedy, repair, mutation and the model start from;
+        `confidence`: what the answer needs to be other than greedy (`pick`). It changes no evaluation, so it is
+        not one of the `settings` the study's name hashes."""
         if len(prices) != len(space):
             raise ValueError(f"prices for {len(prices)} units: the space has {len(space)}")
-        self.space, self.budget, self.settings = space, budget, settings
+        self.space, self.budget, self.settings, self.confidence = space, budget, settings, confidence
         self.fidelities = settings.fidelities
         # ablation off: every unit alike (uniform mutation, repair by bytes)
         self.prices = prices if settings.priors else Prices.flat(space)
@@ -81,7 +84,7 @@ class Evolution:
             pool = [repair(self.space.random(rng), self.budget, self.prices) for _ in range(50 * s.population)]
             return unique(pool)[: s.population]
         prior = ops.prior_config(self.space, self.budget, self.prices)
-        pool = [prior, ops.greedy_config(self.space, self.budget, self.prices)]
+        pool = [prior, self.reference()]
         pool += ops.feasible_uniforms(self.space, self.budget)
         attempts = 0
         while len({c.key for c in pool}) < s.population and attempts < 50 * s.population:
@@ -158,7 +161,7 @@ class Evolution:
     def pick(self, history: list[Result]) -> Config | None:
         """The search's answer among the configurations scored at the top fidelity under every top-rung seed:
         greedy (the zero-cost allocation) unless the performance model gives one of them a posterior
-        probability ≥ `PICK_CONFIDENCE` of scoring lower (`guarded_pick`; not the raw minimum of a few seeds,
+        probability ≥ `confidence` of scoring lower (`guarded_pick`; not the raw minimum of a few seeds,
         nor the argmin of noisy predictions: both are the winner's curse)."""
         found = self.decision(history)
         return None if found is None else found[0]
@@ -171,11 +174,15 @@ class Evolution:
         configs = list({r.config.key: r.config for r in history if r.config.key in done}.values())
         if not configs:
             return None
-        return guarded_pick(self.model(history), configs, top, self.reference())
+        return guarded_pick(self.model(history), configs, top, self.reference(), self.confidence)
 
     def reference(self) -> Config | None:
         """What the search answers without evidence against it: greedy (None in the ablation without priors)."""
-        return ops.greedy_config(self.space, self.budget, self.prices) if self.settings.priors else None
+        if not self.settings.priors:
+            return None
+        if ("reference",) not in self._memo:
+            self._memo[("reference",)] = ops.greedy_config(self.space, self.budget, self.prices)
+        return self._memo[("reference",)]
 
     def members(self, generation: int, history: list[Result]) -> list[Config]:
         if generation == 0:

@@ -39,7 +39,7 @@ from autoqra.space import Config, Space
 
 GRID = (0.01, 0.03, 0.1, 0.3, 1.0)  # τ and σ, as fractions of the scores' standard deviation
 SCALE_SD = 3.0  # prior standard deviation of a_q and a_r (prior mean 1)
-PICK_CONFIDENCE = 0.95  # the posterior probability of beating the reference a pick needs (`guarded_pick`)
+PICK_CONFIDENCE = 0.95  # the probability of beating the reference a pick needs (`guarded_pick`; search.pick_confidence)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from autoqra.memory import Budget
 from autoqra.search import gp
 from autoqra.search import trust_region as tr
 from autoqra.search.history import DONE, Job, Result, proposal_in_flight, seed_scores
-from autoqra.search.performance import Observation, PerformanceModel, guarded_pick
+from autoqra.search.performance import PICK_CONFIDENCE, Observation, PerformanceModel, guarded_pick
 from autoqra.search.prices import Prices
 from autoqra.search.repair import fill, repair
 from autoqra.space import Config, Space
@@ -67,11 +67,12 @@ class Step:
 
 class Refinement:
     def __init__(self, space: Space, budget: Budget, prices: Prices, prior: list[Result], settings: RefineSettings,
-                 reference: Config | None = None):
+                 reference: Config | None = None, confidence: float = PICK_CONFIDENCE):
         """`prices`: the priors' tables (`Prices`), what the performance model starts from; `reference`: what
-        the answer is unless the evidence says otherwise (stage 1's, greedy; None: the lowest posterior mean)."""
+        the answer is unless the model gives another a posterior probability ≥ `confidence` of beating it
+        (stage 1's, greedy; None: the lowest posterior mean). Neither changes a proposal."""
         self.space, self.budget, self.settings, self.prices = space, budget, settings, prices
-        self.reference = reference
+        self.reference, self.confidence = reference, confidence
         self.fidelities = (settings.fidelity,)
         self.history1 = [r for r in prior if r.done and r.fidelity <= settings.fidelity]  # every rung: the GP's
         self.prior = [r for r in self.history1 if r.fidelity == settings.fidelity and r.seed in settings.seeds]
@@ -238,19 +239,19 @@ class Refinement:
             self._memo[key] = PerformanceModel(self.space, self.prices, obs)
         return self._memo[key]
 
-    def incumbent(self, history: list[Result]) -> tuple[Config, float, list[float]] | None:
+    def incumbent(self, history: list[Result]) -> tuple[Config, float, list[float], dict[str, Any]] | None:
         """The answer among the configurations scored at the top fidelity under every top seed (stage 1's
-        and this stage's), with its observed mean and per-seed scores: greedy unless the performance model
-        (on every stage-1 and stage-2 result) gives one of them a posterior probability ≥ `PICK_CONFIDENCE`
-        of scoring lower (`guarded_pick`): not the raw minimum of a few seeds, nor the argmin of noisy
-        predictions, which favour the luckiest (winner's curse)."""
+        and this stage's), with its observed mean, its per-seed scores and what the decision read: greedy
+        unless the performance model (on every stage-1 and stage-2 result) gives one of them a posterior
+        probability ≥ `confidence` of scoring lower (`guarded_pick`): not the raw minimum of a few seeds, nor
+        the argmin of noisy predictions, which favour the luckiest (winner's curse)."""
         found = self.decision(history)
         if found is None:
             return None
-        config, _ = found
+        config, report = found
         results = self.prior + [r for r in history if r.done]
         by_seed = seed_scores(results)[(config.key, self.settings.fidelity)]
-        return config, self._means(results)[config.key], [by_seed[s] for s in self.settings.seeds]
+        return config, self._means(results)[config.key], [by_seed[s] for s in self.settings.seeds], report
 
     def decision(self, history: list[Result]) -> tuple[Config, dict[str, Any]] | None:
         """`incumbent`'s configuration and what it read (`guarded_pick`'s report)."""
@@ -260,4 +261,5 @@ class Refinement:
             return None
         configs = {r.config.key: r.config for r in results}
         model = self.performance(self.history1 + [r for r in history if r.done])
-        return guarded_pick(model, [configs[k] for k in sorted(means)], self.settings.fidelity, self.reference)
+        return guarded_pick(model, [configs[k] for k in sorted(means)], self.settings.fidelity, self.reference,
+                            self.confidence)
