@@ -41,18 +41,21 @@ def one_run(args: argparse.Namespace) -> None:
     space = Space.from_modules([m.name for m in spec.modules], "block", [args.bits], [args.rank])
     with tempfile.TemporaryDirectory() as tmp:
         ev = FidelityRun(model_dir=model_dir, task_dir=task_dir, caches=caches, space=space,
-                         lora=LoraParams(ranks=[args.rank], init="zero"), finetune=FinetuneParams(), records=Path(tmp),
+                         lora=LoraParams(ranks=[args.rank], init="zero"), finetune=FinetuneParams(dtype=args.dtype),
+                         records=Path(tmp),
                          max_length=128, backend="dequant")
         ev(space.uniform(args.bits, args.rank), 1, 0, val_samples=8)  # assembly, caches, first allocations
         record = ev(space.uniform(args.bits, args.rank), args.steps, 1, val_samples=8)
     print(json.dumps({"train_s": record["train_s"], "threads": torch.get_num_threads()}))
 
 
-def launch(args: argparse.Namespace, threads: int, copies: int) -> tuple[float, list[float]]:
-    """`copies` worker processes of `threads` threads at once: (wall seconds, each one's training seconds)."""
+def launch(args: argparse.Namespace, threads: int, copies: int, dtype: str = "auto") -> tuple[float, list[float]]:
+    """`copies` worker processes of `threads` threads at once, training in `dtype` (`finetune.dtype`):
+    (wall seconds, each one's training seconds)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     cmd = [sys.executable, __file__, "--worker", "--threads", str(threads), "--steps", str(args.steps),
-           "--bits", str(args.bits), "--rank", str(args.rank), "--prepare", args.prepare, "--quantize", args.quantize]
+           "--bits", str(args.bits), "--rank", str(args.rank), "--prepare", args.prepare, "--quantize", args.quantize,
+           "--dtype", dtype]
     start = time.perf_counter()
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(copies)]
     outs = [p.communicate()[0] for p in procs]
@@ -71,6 +74,7 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--dtype", default="auto", help=argparse.SUPPRESS)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:

@@ -69,3 +69,20 @@ def test_a_gguf_config_read_from_the_cache_equals_the_files_own(tmp_path, monkey
         got = c.to_diff_dict()
         assert {k: v for k, v in got.items() if k != "transformers_version"} == \
                {k: v for k, v in direct.items() if k != "transformers_version"}
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [
+    (False, False, torch.float32), (True, False, torch.bfloat16), (False, True, torch.bfloat16)])
+def test_auto_trains_in_bf16_only_on_an_x86_cpu_that_multiplies_it_natively(monkeypatch, avx512_bf16, amx, expected):
+    """oneDNN "supports" bf16 on every AVX-512 CPU; only AVX-512 BF16 or AMX multiply it natively, and without
+    them an Intel Xeon trained 2.6x slower in bf16 than in fp32 (bench/dtype_speed.py)."""
+    from autoqra import devices
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert devices.compute_dtype("auto", "cpu") == expected
+    assert devices.compute_dtype("fp32", "cpu") == torch.float32
+    assert devices.compute_dtype("bf16", "cpu") == torch.bfloat16
+    assert devices.compute_dtype("auto", "cuda") == torch.bfloat16
