@@ -72,7 +72,8 @@ STAGES: dict[str, Stage] = {
     "quantize": Stage(params=("quant.group_size", "quant.sym", "quant.desc_act", "quant.damp", "quant.calib_samples",
                               "quant.max_length", "quant.targets", "quant.eval_examples"),
                       code=_code("quantize", *files("autoqra.pipeline.quantize", "autoqra.quant.gptq",
-                                                   "autoqra.data.encoding")),  # the calibration ids
+                                                   "autoqra.data.encoding", "autoqra.devices")),
+                      # the calibration ids; the dtype of its held-out pass
                       cmd="python -m stages.quantize --params params.yaml --bits ${item} --prepare data/prepare "
                           "--out data/quantize/b${item}",
                       deps=("data/prepare",), outs=("data/quantize/b${item}",), foreach="${quant.bits}"),

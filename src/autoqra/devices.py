@@ -4,6 +4,7 @@ about the machine changes a run's numbers (recorded with every record)."""
 from __future__ import annotations
 
 import contextlib
+import platform as host
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,10 +61,10 @@ def _cpuinfo() -> str:
     try:
         return Path("/proc/cpuinfo").read_text()
     except OSError:  # macOS, Windows
-        import platform as host
-
         return f"model name: {host.processor() or host.machine()}"
 
+
+X86 = {"x86_64", "amd64", "i386", "i686"}  # `platform.machine()`, lower-cased
 
 
 def cpu_has_bf16() -> bool:
@@ -71,7 +72,7 @@ def cpu_has_bf16() -> bool:
     fp32. Not oneDNN's "bf16 supported": on x86 that holds on every AVX-512 CPU, which without AVX-512 BF16
     converts to fp32 and back (an Intel Xeon without it trained 2.6x slower in bf16: bench/dtype_speed.py)."""
     try:
-        if torch.backends.cpu.get_cpu_capability().startswith("AVX"):  # x86: AVX2, AVX512 (none: DEFAULT)
+        if host.machine().lower() in X86:  # the hardware's flags, not the kernels torch was told to use
             return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

@@ -6,8 +6,8 @@ ask/tell loop on the stage's study; `evolve_stage` / `refine_stage` run the work
   `<out>/trials.parquet`, `front.parquet`, `best.json`, `trace.png`;
 - refine: stage 2 (trust-region Bayesian refinement of stage 1's top-rung configurations) into
   `<out>/trials.parquet`, `best.json` (greedy unless the performance model gives a configuration scored
-  under every top seed, stage 1's included, a posterior probability ≥ 0.95 of scoring lower: `guarded_pick`)
-  and `refine.png`.
+  under every top seed, stage 1's included, a posterior probability ≥ `search.pick_confidence` of scoring
+  lower: `guarded_pick`) and `refine.png`.
 """
 
 from __future__ import annotations
