@@ -27,6 +27,20 @@ def search_parser(description: str, needs: str):
     return ap
 
 
+def training_parser(description: str, steps: int):
+    """Arguments of the benchmarks that train one uniform configuration from a `make run` workspace's
+    prepare and quantize folders: `--bits` r`--rank` for `--steps` steps."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--prepare", default="data/prepare")
+    ap.add_argument("--quantize", default="data/quantize")
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--bits", type=int, default=4)
+    ap.add_argument("--rank", type=int, default=16)
+    return ap
+
+
 def search_setup(args, needs: str):
     """(params, the evolve stage's Setup, path of `needs` in --out), with one-line errors first."""
     from autoqra.pipeline.setup import Setup, check_inputs

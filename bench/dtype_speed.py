@@ -11,22 +11,15 @@ CPU, but only AVX-512 BF16 and AMX multiply it natively; elsewhere it converts, 
 
 from __future__ import annotations
 
-import argparse
-
 import torch
+from common import training_parser
 from threads import launch
 
 from autoqra import devices
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prepare", default="data/prepare")
-    ap.add_argument("--quantize", default="data/quantize")
-    ap.add_argument("--steps", type=int, default=16)
-    ap.add_argument("--bits", type=int, default=4)
-    ap.add_argument("--rank", type=int, default=16)
-    args = ap.parse_args()
+    args = training_parser(__doc__.splitlines()[0], steps=16).parse_args()
     flags = {"avx512_bf16": torch.cpu._is_avx512_bf16_supported(), "amx": torch.cpu._is_amx_tile_supported(),
              "onednn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
     auto = devices.compute_dtype("auto", "cpu")

@@ -13,14 +13,13 @@ goes. Writes the table as JSON to `--json`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import TARGETS  # sets the offline environment (read when transformers is first imported)
+from common import TARGETS, training_parser  # sets the offline environment (read when transformers is first imported)
 
 from autoqra import devices, quant
 from autoqra.data import collate
@@ -50,12 +49,7 @@ def plain_loop(model, encoded, pad_id, steps, batch_size, lr, seed) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prepare", default="data/prepare")
-    ap.add_argument("--quantize", default="data/quantize")
-    ap.add_argument("--steps", type=int, default=16)
-    ap.add_argument("--bits", type=int, default=4)
-    ap.add_argument("--rank", type=int, default=16)
+    ap = training_parser(__doc__.splitlines()[0], steps=16)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--backends", nargs="+", default=["dequant", "packed"])

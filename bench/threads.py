@@ -66,12 +66,9 @@ def launch(args: argparse.Namespace, threads: int, copies: int, dtype: str = "au
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prepare", default="data/prepare")
-    ap.add_argument("--quantize", default="data/quantize")
-    ap.add_argument("--steps", type=int, default=24)
-    ap.add_argument("--bits", type=int, default=4)
-    ap.add_argument("--rank", type=int, default=16)
+    from common import training_parser
+
+    ap = training_parser(__doc__.splitlines()[0], steps=24)
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--dtype", default="auto", help=argparse.SUPPRESS)
