@@ -57,6 +57,10 @@ SEARCH = tuple(f"search.{k}" for k in ("granularity", "population", "generations
                                        "seeds_per_rung", "val_per_rung", "max_failures",
                                        "oom_attempts", "ablation", "frontier", "promotion",
                                        "warm_start", "thompson", "frontier_seeds", "pick_confidence"))
+# keys only a search stage's gather job reads: they choose the answer among scored results (the pick's
+# threshold) or score beside the search (the frontier's seeds); a search worker's evaluations never depend on
+# them, so a change re-runs the gather, not the workers (`worker_params`)
+ANSWER_ONLY = ("search.frontier_seeds", "search.pick_confidence")
 DIRS = ("--prepare data/prepare --quantize data/quantize --profile data/profile --search data/search "
         "--records data/records")
 SEARCH_PARAMS = ("seed", *SEARCH, "budget", "lora", "finetune", "task.max_length", "quant.bits", "quant.group_size",
@@ -189,6 +193,11 @@ def _lookup(tree: dict[str, Any], expr: str) -> Any:
     for part in re.findall(r"[^.\[\]]+", expr):
         node = node[int(part)] if part.isdigit() else node[part]
     return node
+
+
+def worker_params(name: str) -> tuple[str, ...]:
+    """The params one worker job of search stage `name` reads: the stage's, less `ANSWER_ONLY`."""
+    return tuple(k for k in STAGES[name].params if k not in ANSWER_ONLY)
 
 
 def snakemake_shell(name: str, params: dict[str, Any], wildcards: tuple[str, ...] = (), extra: str = "",

@@ -42,6 +42,11 @@ def test_two_worker_jobs_make_the_evaluations_of_one_worker_once_each(searchable
     assert metrics["records_computed_this_run"] + metrics["comparison"]["records_computed"] == len(trained_records(two))
     again = run_tool(["snakemake", "-n", "data/search/evolve", *config], cwd=two)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    # the pick's threshold chooses among scored results: it re-runs the gather job, not the workers
+    threshold = snakemake_config([*SMALL_SEARCH, "search.workers=2", "search.pick_confidence=0.9"])
+    dry = run_tool(["snakemake", "-n", "data/search/evolve", *threshold], cwd=two)
+    assert dry.returncode == 0 and "rule evolve:" in dry.stdout and "rule evolve_worker" not in dry.stdout, \
+        dry.stdout[-3000:]
 
 
 def test_two_worker_processes_of_one_stage_command_make_the_evaluations_of_one_worker(searchable_project,

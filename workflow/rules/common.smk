@@ -12,7 +12,7 @@ from autoqra.params import ParamError
 from autoqra.params.rules import stage_workers
 from autoqra.space import BIT_CHOICES
 from stages import params as P
-from stages.registry import STAGES, snakemake_shell
+from stages.registry import STAGES, snakemake_shell, worker_params
 
 try:
     PARAMS = P.compose(P.flatten_overrides(config))
@@ -37,6 +37,11 @@ CELLS = expand("data/sweep/cells/{ablation}-s{seed}-b{budget}", ablation=SWEEP["
 def stage_params(name):
     """The values of the params a stage reads: a change re-runs the rule (rerun trigger `params`)."""
     return P.section(PARAMS, STAGES[name].params)
+
+
+def worker_stage_params(name):
+    """What one worker job of search stage `name` reads: a key only its gather job reads re-runs only that."""
+    return P.section(PARAMS, worker_params(name))
 
 
 def stage_code(name):

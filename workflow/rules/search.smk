@@ -29,7 +29,7 @@ rule evolve_worker:
     wildcard_constraints:
         worker="[0-9]+",
     params:
-        values=stage_params("evolve"),
+        values=worker_stage_params("evolve"),
     priority: PRIORITY["search"]
     threads: worker_threads("evolve")
     resources:
@@ -74,7 +74,7 @@ rule refine_worker:
     wildcard_constraints:
         worker="[0-9]+",
     params:
-        values=stage_params("refine"),
+        values=worker_stage_params("refine"),
     priority: PRIORITY["search"]
     threads: worker_threads("refine")
     resources:
