@@ -58,9 +58,9 @@ SEARCH = tuple(f"search.{k}" for k in ("granularity", "population", "generations
                                        "oom_attempts", "ablation", "frontier", "promotion",
                                        "warm_start", "thompson", "frontier_seeds", "pick_confidence"))
 # keys only a search stage's gather job reads: they choose the answer among scored results (the pick's
-# threshold) or score beside the search (the frontier's seeds); a search worker's evaluations never depend on
-# them, so a change re-runs the gather, not the workers (`worker_params`)
-ANSWER_ONLY = ("search.frontier_seeds", "search.pick_confidence")
+# threshold) or score beside the search (which uniforms the frontier trains, under how many seeds); a search
+# worker's evaluations never depend on them, so a change re-runs the gathers, not the workers (`worker_params`)
+ANSWER_ONLY = ("search.frontier", "search.frontier_seeds", "search.pick_confidence")
 DIRS = ("--prepare data/prepare --quantize data/quantize --profile data/profile --search data/search "
         "--records data/records")
 SEARCH_PARAMS = ("seed", *SEARCH, "budget", "lora", "finetune", "task.max_length", "quant.bits", "quant.group_size",

@@ -42,11 +42,14 @@ def test_two_worker_jobs_make_the_evaluations_of_one_worker_once_each(searchable
     assert metrics["records_computed_this_run"] + metrics["comparison"]["records_computed"] == len(trained_records(two))
     again = run_tool(["snakemake", "-n", "data/search/evolve", *config], cwd=two)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
-    # the pick's threshold chooses among scored results: it re-runs the gather job, not the workers
+    # stage 2 as two worker jobs too; then the pick's threshold, which chooses among scored results, re-runs
+    # both stages' gather jobs and none of their workers
+    res = run_tool(["snakemake", "--cores", "2", "data/search/refine", *config], cwd=two, timeout=1200)
+    assert res.returncode == 0 and (res.stdout + res.stderr).count("rule refine_worker") == 2, res.stderr[-3000:]
     threshold = snakemake_config([*SMALL_SEARCH, "search.workers=2", "search.pick_confidence=0.9"])
-    dry = run_tool(["snakemake", "-n", "data/search/evolve", *threshold], cwd=two)
-    assert dry.returncode == 0 and "rule evolve:" in dry.stdout and "rule evolve_worker" not in dry.stdout, \
-        dry.stdout[-3000:]
+    dry = run_tool(["snakemake", "-n", "data/search/refine", *threshold], cwd=two)
+    assert dry.returncode == 0 and "rule evolve:" in dry.stdout and "rule refine:" in dry.stdout, dry.stdout[-3000:]
+    assert "rule evolve_worker" not in dry.stdout and "rule refine_worker" not in dry.stdout, dry.stdout[-3000:]
 
 
 def test_two_worker_processes_of_one_stage_command_make_the_evaluations_of_one_worker(searchable_project,

@@ -68,7 +68,9 @@ rule refine_worker:
         prepare=rules.prepare.output,
         quantize=QUANTIZE,
         profile=rules.profile.output,
-        evolve=rules.evolve.output,
+        # stage 1 must have finished; a worker reads its study from the record cache, not this folder, and
+        # re-writing the folder (a key only the gather reads, `worker_params`) changes nothing it reads
+        evolve=ancient("data/search/evolve"),  # a path: ancient() would flag the gather's input too
     output:
         "data/search/workers/refine/{worker}.json",
     wildcard_constraints:
